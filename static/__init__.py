@@ -1,0 +1,1 @@
+"""Static files of the welcome page, packaged with the gateway."""

@@ -1,0 +1,44 @@
+"""make_app(): the one route table."""
+
+from __future__ import annotations
+
+import os
+
+from tornado.web import Application, StaticFileHandler
+
+import tornado_imagegate.static
+from tornado_imagegate.config import Settings
+from tornado_imagegate.generation import ImageService
+from tornado_imagegate.handlers.base import NotFoundHandler
+from tornado_imagegate.handlers.chat import ChatCompletionsHandler
+from tornado_imagegate.handlers.images import ImageProxyHandler
+from tornado_imagegate.handlers.meta import HealthHandler, ModelsHandler, WelcomeHandler
+from tornado_imagegate.imagecache import ImageCache
+from tornado_imagegate.logsafe import log_request
+
+STATIC_DIR = os.path.dirname(os.path.abspath(tornado_imagegate.static.__file__))
+
+
+def make_app(settings: Settings, cache: ImageCache | None = None) -> Application:
+    """Build the Tornado application with its services."""
+    cache = cache or ImageCache(settings.image_cache_max_bytes)
+    service = ImageService(settings, cache)
+    # The /v1 prefix is optional: some clients are given the bare origin as their base URL.
+    routes = [
+        (r"/", WelcomeHandler),
+        (r"/(?:v1/)?health/?", HealthHandler),
+        (r"/(?:v1/)?models/?", ModelsHandler),
+        (r"/(?:v1/)?chat/completions/?", ChatCompletionsHandler, {"service": service}),
+        (r"/image-proxy", ImageProxyHandler, {"cache": cache}),
+        (r"/static/(.+)", StaticFileHandler, {"path": STATIC_DIR}),
+    ]
+    return Application(
+        routes,
+        imagegate=settings,
+        image_service=service,
+        template_path=STATIC_DIR,
+        default_handler_class=NotFoundHandler,
+        log_function=log_request,
+        compress_response=False,
+        xsrf_cookies=False,
+    )

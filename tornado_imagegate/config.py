@@ -1,0 +1,432 @@
+"""The one validated, frozen settings object, built from the environment, an env file and flags."""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+DEMO_MODEL = "imagegate-demo"
+DEFAULT_SD_API_BASE = "https://sd.exacg.cc/api/v1/generate_image"
+DEFAULT_SD_MODEL = "Z-Image"
+GROUP_KINDS = ("chat", "openai-images", "siliconflow", "sd")
+LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+
+_GROUP_VAR = re.compile(r"^IMAGE_GEN_(MODEL|API_BASE|API_KEY|KIND)_([0-9]+)$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; ``problems`` lists every problem, each naming its variable."""
+
+    def __init__(self, problems: list[str], groups: tuple[ProviderGroup, ...] = ()) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+        self.groups = groups
+
+
+@dataclass(frozen=True)
+class ProviderGroup:
+    """One configured image provider: its kind, endpoint, models and keys."""
+
+    name: str
+    kind: str
+    models: tuple[str, ...]
+    endpoint: str = ""
+    keys: tuple[str, ...] = field(default=(), repr=False)
+    model_variable: str = ""
+
+    @property
+    def owned_by(self) -> str:
+        """The ``owned_by`` value of this group's models in ``/v1/models``."""
+        return "imagegate" if self.kind == "demo" else self.name.lower().replace("_", "-")
+
+
+@dataclass(frozen=True)
+class OptimiserSettings:
+    """The OpenAI-compatible LLM that rewrites prompts; no ``model`` means optimisation is off."""
+
+    api_base: str = ""
+    keys: tuple[str, ...] = field(default=(), repr=False)
+    model: str = ""
+    reasoning: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        """Whether prompts are sent to the LLM before generation."""
+        return bool(self.model)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the gateway needs to run, validated once at start-up."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    client_keys: tuple[str, ...] = field(default=(), repr=False)
+    client_keys_generated: bool = False
+    groups: tuple[ProviderGroup, ...] = ()
+    optimiser: OptimiserSettings = OptimiserSettings()
+    public_base_url: str = ""
+    image_proxy_secret: str = field(default="", repr=False)
+    image_cache_max_bytes: int = 256 * 1024 * 1024
+    image_cache_dir: str = ""
+    image_proxy_allow_private_networks: bool = False
+    llm_timeout: float = 30.0
+    image_gen_timeout: float = 180.0
+    image_fetch_timeout: float = 30.0
+    upstream_max_clients: int = 1024
+    cors_allow_origins: tuple[str, ...] = ("*",)
+    sse_keepalive_seconds: float = 10.0
+    log_level: str = "INFO"
+
+    def group_for(self, model: str) -> ProviderGroup | None:
+        """The provider group serving ``model``, or None when no group has it."""
+        for group in self.groups:
+            if model in group.models:
+                return group
+        return None
+
+    @property
+    def model_ids(self) -> list[str]:
+        """Every model id, in configuration order."""
+        return [model for group in self.groups for model in group.models]
+
+
+# --- value parsers: each returns the parsed value or raises ValueError with a short reason ---
+
+
+def _number(text: str, kind: type) -> Any:
+    try:
+        return kind(text)
+    except ValueError:
+        raise ValueError(
+            "must be a number" if kind is float else "must be a whole number"
+        ) from None
+
+
+def _positive_float(text: str) -> float:
+    value = _number(text, float)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError("must be a positive number of seconds")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = _number(text, int)
+    if value <= 0:
+        raise ValueError("must be a positive whole number")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _number(text, int)
+    if not 0 <= value <= 65535:
+        raise ValueError("must be a port number from 0 to 65535")
+    return value
+
+
+def _boolean(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("must be true or false")
+
+
+def _log_level(text: str) -> str:
+    level = text.strip().upper()
+    if level == "WARN":
+        level = "WARNING"
+    if level not in LOG_LEVELS:
+        raise ValueError("must be one of " + ", ".join(LOG_LEVELS))
+    return level
+
+
+def _http_url(text: str) -> str:
+    url = text.strip()
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an absolute http:// or https:// URL")
+    return url
+
+
+def _base_url(text: str) -> str:
+    url = _http_url(text)
+    parts = urlsplit(url)
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError("must be a plain base URL, without user, query or fragment")
+    return url.rstrip("/")
+
+
+_URL_PARSERS = (_http_url, _base_url)
+
+
+def _host(text: str) -> str:
+    host = text.strip()
+    if not host:
+        raise ValueError("must not be empty")
+    return host
+
+
+def split_list(text: str) -> tuple[str, ...]:
+    """Split a comma-separated variable into its non-empty, stripped items."""
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def redact_url(url: str) -> str:
+    """A URL fit for logs and reports: no user-info, query or fragment (they may carry keys)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port else ""
+    suffix = "?..." if parts.query else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}{suffix}"
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` is a loopback address or ``localhost``."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class _Reader:
+    """Reads variables from a mapping, collecting every problem instead of stopping at the first."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.environ = environ
+        self.problems: list[str] = []
+
+    def raw(self, name: str) -> str:
+        return self.environ.get(name, "").strip()
+
+    def value(self, name: str, parse: Callable[[str], Any], default: Any) -> Any:
+        text = self.raw(name)
+        if not text:
+            return default
+        try:
+            return parse(text)
+        except ValueError as exc:
+            # URLs are not echoed: a query string or user-info may hold a key.
+            shown = "" if parse in _URL_PARSERS else f" (got {_describe(text)})"
+            self.problems.append(f"{name}: {exc}{shown}")
+            return default
+
+
+def _describe(text: str) -> str:
+    """Quote a non-secret value for an error message, shortened."""
+    shown = text if len(text) <= 40 else text[:37] + "..."
+    return repr(shown)
+
+
+def _read_groups(reader: _Reader) -> list[ProviderGroup]:
+    groups: list[ProviderGroup] = []
+    env = reader.environ
+
+    flux = {part: reader.raw(f"FLUX_GEN_{part}") for part in ("MODEL", "API_BASE", "API_KEY")}
+    if any(flux.values()):
+        missing = [f"FLUX_GEN_{part}" for part, value in flux.items() if not value]
+        if missing:
+            reader.problems.append(
+                f"{', '.join(missing)}: missing; the FLUX_GEN group needs FLUX_GEN_MODEL, "
+                "FLUX_GEN_API_BASE and FLUX_GEN_API_KEY together"
+            )
+        else:
+            endpoint = reader.value("FLUX_GEN_API_BASE", _http_url, "")
+            groups.append(
+                ProviderGroup(
+                    name="FLUX_GEN",
+                    kind="siliconflow",
+                    models=split_list(flux["MODEL"]),
+                    endpoint=endpoint,
+                    keys=split_list(flux["API_KEY"]),
+                    model_variable="FLUX_GEN_MODEL",
+                )
+            )
+
+    numbers = sorted({int(m.group(2)) for name in env if (m := _GROUP_VAR.match(name))})
+    for n in numbers:
+        names = {part: f"IMAGE_GEN_{part}_{n}" for part in ("MODEL", "API_BASE", "API_KEY", "KIND")}
+        values = {part: reader.raw(var) for part, var in names.items()}
+        if not any(values.values()):
+            continue
+        missing = [names[p] for p in ("MODEL", "API_BASE", "API_KEY") if not values[p]]
+        if missing:
+            reader.problems.append(
+                f"{', '.join(missing)}: missing; group IMAGE_GEN_{n} needs IMAGE_GEN_MODEL_{n}, "
+                f"IMAGE_GEN_API_BASE_{n} and IMAGE_GEN_API_KEY_{n} together"
+            )
+            continue
+        kind = (values["KIND"] or "chat").lower()
+        if kind not in GROUP_KINDS:
+            reader.problems.append(
+                f"{names['KIND']}: must be one of {', '.join(GROUP_KINDS)} (got {_describe(kind)})"
+            )
+            continue
+        groups.append(
+            ProviderGroup(
+                name=f"IMAGE_GEN_{n}",
+                kind=kind,
+                models=split_list(values["MODEL"]),
+                endpoint=reader.value(names["API_BASE"], _http_url, ""),
+                keys=split_list(values["API_KEY"]),
+                model_variable=names["MODEL"],
+            )
+        )
+
+    sd_key = reader.raw("SD_API_KEY")
+    if sd_key:
+        groups.append(
+            ProviderGroup(
+                name="SD",
+                kind="sd",
+                models=split_list(reader.raw("SD_MODEL") or DEFAULT_SD_MODEL),
+                endpoint=reader.value("SD_API_BASE", _http_url, DEFAULT_SD_API_BASE),
+                keys=split_list(sd_key),
+                model_variable="SD_MODEL",
+            )
+        )
+    elif reader.raw("SD_API_BASE") or reader.raw("SD_MODEL"):
+        reader.problems.append("SD_API_KEY: missing; SD_API_BASE or SD_MODEL is set without it")
+
+    for group in groups:
+        if not group.models:
+            reader.problems.append(f"{group.model_variable}: lists no model id")
+        if not group.keys:
+            reader.problems.append(f"group {group.name}: its key variable lists no key")
+
+    groups.append(ProviderGroup(name="demo", kind="demo", models=(DEMO_MODEL,)))
+    seen: dict[str, str] = {}
+    for group in groups:
+        variable = group.model_variable or "the built-in demo provider"
+        for model in group.models:
+            if model in seen:
+                reader.problems.append(
+                    f"{variable}: model id {model!r} is already defined by {seen[model]}; "
+                    "model ids must be unique"
+                )
+            else:
+                seen[model] = variable
+    return groups
+
+
+def _read_optimiser(reader: _Reader) -> OptimiserSettings:
+    plain = reader.raw("OPENAI_MODEL")
+    reasoning = reader.raw("OPENAI_MODEL_REASONING")
+    if plain and reasoning:
+        reader.problems.append(
+            "OPENAI_MODEL, OPENAI_MODEL_REASONING: set one of them, not both "
+            "(OPENAI_MODEL for a plain model, OPENAI_MODEL_REASONING for a thinking model)"
+        )
+        return OptimiserSettings()
+    model = plain or reasoning
+    if not model:
+        return OptimiserSettings()
+    variable = "OPENAI_MODEL" if plain else "OPENAI_MODEL_REASONING"
+    api_base = reader.value("OPENAI_API_BASE", _base_url, "")
+    keys = split_list(reader.raw("OPENAI_API_KEY"))
+    if not reader.raw("OPENAI_API_BASE"):
+        reader.problems.append(f"OPENAI_API_BASE: missing; {variable} is set and needs it")
+    if not keys:
+        reader.problems.append(f"OPENAI_API_KEY: missing; {variable} is set and needs it")
+    return OptimiserSettings(api_base=api_base, keys=keys, model=model, reasoning=bool(reasoning))
+
+
+def load_settings(
+    environ: Mapping[str, str], overrides: Mapping[str, Any] | None = None
+) -> Settings:
+    """Build and validate the settings; raise ConfigError listing every problem found."""
+    reader = _Reader(environ)
+    defaults = Settings()
+    values: dict[str, Any] = {
+        "host": reader.value("IMAGEGATE_HOST", _host, defaults.host),
+        "port": reader.value("IMAGEGATE_PORT", _port, defaults.port),
+        "public_base_url": reader.value("PUBLIC_BASE_URL", _base_url, ""),
+        "image_proxy_secret": reader.raw("IMAGE_PROXY_SECRET"),
+        "image_cache_max_bytes": reader.value(
+            "IMAGE_CACHE_MAX_BYTES", _positive_int, defaults.image_cache_max_bytes
+        ),
+        "image_cache_dir": reader.raw("IMAGE_CACHE_DIR"),
+        "image_proxy_allow_private_networks": reader.value(
+            "IMAGE_PROXY_ALLOW_PRIVATE_NETWORKS", _boolean, False
+        ),
+        "llm_timeout": reader.value("LLM_TIMEOUT", _positive_float, defaults.llm_timeout),
+        "image_gen_timeout": reader.value(
+            "IMAGE_GEN_TIMEOUT", _positive_float, defaults.image_gen_timeout
+        ),
+        "image_fetch_timeout": reader.value(
+            "IMAGE_FETCH_TIMEOUT", _positive_float, defaults.image_fetch_timeout
+        ),
+        "upstream_max_clients": reader.value(
+            "UPSTREAM_MAX_CLIENTS", _positive_int, defaults.upstream_max_clients
+        ),
+        "cors_allow_origins": split_list(reader.raw("CORS_ALLOW_ORIGINS") or "*"),
+        "sse_keepalive_seconds": reader.value(
+            "SSE_KEEPALIVE_SECONDS", _positive_float, defaults.sse_keepalive_seconds
+        ),
+        "log_level": reader.value("LOG_LEVEL", _log_level, defaults.log_level),
+    }
+    client_keys = split_list(reader.raw("AUTHORIZED_API_KEY") or reader.raw("GATEWAY_API_KEY"))
+    if reader.raw("AUTHORIZED_API_KEY") and reader.raw("GATEWAY_API_KEY"):
+        # Both set is almost always a leftover; joining them keeps both working.
+        client_keys = tuple(dict.fromkeys(client_keys + split_list(reader.raw("GATEWAY_API_KEY"))))
+    values["client_keys"] = client_keys
+    values["optimiser"] = _read_optimiser(reader)
+    groups = _read_groups(reader)
+    values["groups"] = tuple(groups)
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            values[name] = value
+    if not client_keys and not is_loopback_host(values["host"]):
+        reader.problems.append(
+            f"AUTHORIZED_API_KEY: not set, so the gateway may only listen on loopback; "
+            f"set a client key to listen on {values['host']} (IMAGEGATE_HOST / --host)"
+        )
+    if reader.problems:
+        raise ConfigError(reader.problems, tuple(groups))
+    return Settings(**values)
+
+
+def read_env_file(path: str) -> dict[str, str]:
+    """Parse a systemd ``EnvironmentFile=``: KEY=VALUE lines, ``#`` comments, optional quotes."""
+    values: dict[str, str] = {}
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except OSError as exc:
+        raise ConfigError([f"--env-file: cannot read {path}: {exc.strerror}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"--env-file: {path} is not UTF-8 text"]) from None
+    problems = []
+    for number, line in enumerate(lines, start=1):
+        stripped = line.strip()
+        if not stripped or stripped[0] in "#;":
+            continue
+        name, sep, value = stripped.partition("=")
+        name = name.strip()
+        if not sep or not _ENV_NAME.match(name):
+            problems.append(f"--env-file: {path} line {number} is not KEY=VALUE")
+            continue
+        values[name] = _unquote(value.strip())
+    if problems:
+        raise ConfigError(problems)
+    return values
+
+
+def _unquote(value: str) -> str:
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        inner = value[1:-1]
+        if value[0] == '"':
+            inner = re.sub(r"\\(.)", lambda m: {"n": "\n"}.get(m.group(1), m.group(1)), inner)
+        return inner
+    return value

@@ -1,0 +1,127 @@
+"""Gateway errors: an HTTP status, the OpenAI error type and code, and a public message."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Any
+
+
+class GatewayError(Exception):
+    """An error with a public message for the client; ``detail`` is for the log only."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        error_type: str | None = None,
+        param: str | None = None,
+        detail: str = "",
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.error_type = error_type or default_type(status)
+        self.param = param
+        self.detail = detail
+        self.headers = headers or {}
+
+    def envelope(self) -> dict[str, Any]:
+        """The OpenAI error body: all four keys, ``None`` where empty."""
+        return error_envelope(self.message, self.error_type, self.param, self.code)
+
+
+def default_type(status: int) -> str:
+    """The OpenAI ``type`` that goes with an HTTP status."""
+    if status == 401:
+        return "authentication_error"
+    if status in (502, 504):
+        return "upstream_error"
+    if status >= 500:
+        return "server_error"
+    return "invalid_request_error"
+
+
+def error_envelope(
+    message: str, error_type: str, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    """Build ``{"error": {"message", "type", "param", "code"}}``."""
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+def from_status(status: int) -> GatewayError:
+    """The error to send for a bare HTTP status raised by Tornado itself (405, 413, ...)."""
+    codes = {
+        400: ("bad_request", "The request could not be understood."),
+        404: ("path_not_found", "Not found."),
+        405: ("method_not_allowed", "Method not allowed on this path."),
+        413: ("request_too_large", "The request body is too large."),
+    }
+    if status in codes:
+        code, message = codes[status]
+        return GatewayError(status, code, message)
+    if status >= 500:
+        return GatewayError(500, "internal_error", "Unhandled error.")
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Error"
+    return GatewayError(status, phrase.lower().replace(" ", "_"), phrase + ".")
+
+
+def invalid_json(detail: str = "") -> GatewayError:
+    """The body is not a JSON object."""
+    return GatewayError(
+        400, "invalid_json", "The request body must be a JSON object.", detail=detail
+    )
+
+
+def invalid_parameter(param: str, message: str) -> GatewayError:
+    """A field has the wrong type or range."""
+    return GatewayError(400, "invalid_parameters", message, param=param)
+
+
+def missing_model() -> GatewayError:
+    """The request names no model."""
+    return GatewayError(
+        400,
+        "missing_model_field",
+        "The request must name a model in the 'model' field.",
+        param="model",
+    )
+
+
+def model_not_found(model: str) -> GatewayError:
+    """The requested model is not configured."""
+    shown = model if len(model) <= 100 else model[:100] + "..."
+    return GatewayError(
+        404,
+        "model_not_found",
+        f"The model '{shown}' does not exist on this gateway; GET /v1/models lists the models.",
+        param="model",
+    )
+
+
+def invalid_api_key() -> GatewayError:
+    """Missing or wrong client key."""
+    return GatewayError(
+        401,
+        "invalid_api_key",
+        "Missing or invalid API key: send 'Authorization: Bearer <key>'.",
+    )
+
+
+def request_too_large(limit: int) -> GatewayError:
+    """The request body is over the limit."""
+    return GatewayError(
+        413, "request_too_large", f"The request body is larger than {limit // 1024} KiB."
+    )
+
+
+def path_not_found(path: str) -> GatewayError:
+    """No route matches."""
+    shown = path if len(path) <= 100 else path[:100] + "..."
+    return GatewayError(404, "path_not_found", f"Path {shown} not found.")

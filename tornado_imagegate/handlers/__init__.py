@@ -1,0 +1,1 @@
+"""Thin Tornado request handlers: parse, call a service, answer."""

@@ -1,0 +1,154 @@
+"""Base handlers: CORS, bearer auth, bounded JSON bodies and the OpenAI error envelope."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from typing import Any
+
+from tornado.web import HTTPError, RequestHandler, stream_request_body
+
+from tornado_imagegate import errors
+from tornado_imagegate.config import Settings
+from tornado_imagegate.errors import GatewayError
+from tornado_imagegate.openai_api import decode_json_object
+from tornado_imagegate.urlpolicy import base_url
+
+logger = logging.getLogger(__name__)
+
+MAX_REQUEST_BYTES = 4 * 1024 * 1024
+CORS_ALLOW_METHODS = "GET, HEAD, POST, OPTIONS"
+CORS_DEFAULT_HEADERS = "Authorization, Content-Type"
+
+
+class BaseHandler(RequestHandler):
+    """Every route: CORS headers, OPTIONS preflight, and errors as the OpenAI envelope."""
+
+    @property
+    def config(self) -> Settings:
+        """The gateway's validated settings."""
+        return self.application.settings["imagegate"]
+
+    def set_default_headers(self) -> None:
+        """Add the CORS headers to every answer, errors included."""
+        allowed = self.config.cors_allow_origins
+        origin = self.request.headers.get("Origin")
+        if "*" in allowed:
+            self.set_header("Access-Control-Allow-Origin", "*")
+        elif origin and origin in allowed:
+            self.set_header("Access-Control-Allow-Origin", origin)
+            self.add_header("Vary", "Origin")
+        self.set_header("Access-Control-Expose-Headers", "X-Request-Id")
+
+    def options(self, *args: Any, **kwargs: Any) -> None:
+        """Answer a CORS preflight, before and without auth."""
+        self.set_header("Access-Control-Allow-Methods", CORS_ALLOW_METHODS)
+        requested = self.request.headers.get("Access-Control-Request-Headers")
+        self.set_header("Access-Control-Allow-Headers", requested or CORS_DEFAULT_HEADERS)
+        self.set_header("Access-Control-Max-Age", "86400")
+        self.set_status(204)
+        self.finish()
+
+    def write_json(self, value: Any, status: int = 200) -> None:
+        """Send ``value`` as a JSON body."""
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
+
+    def request_base_url(self) -> str:
+        """The absolute base for links in this answer."""
+        config = self.config
+        return base_url(
+            config.public_base_url,
+            self.request.protocol,
+            self.request.host,
+            f"{config.host}:{config.port}",
+        )
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        """Log gateway errors briefly, without a traceback; the unexpected with one."""
+        if isinstance(value, GatewayError):
+            if value.status >= 500:
+                logger.warning(
+                    "%s %s -> %d %s%s",
+                    self.request.method,
+                    self.request.path,
+                    value.status,
+                    value.code,
+                    f": {value.detail}" if value.detail else "",
+                )
+            return
+        super().log_exception(typ, value, tb)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Send every error as ``{"error": {message, type, param, code}}``."""
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, GatewayError):
+            error = exc
+        elif isinstance(exc, HTTPError):
+            error = errors.from_status(exc.status_code)
+        else:
+            error = errors.from_status(status_code)
+        self.clear_header("Content-Encoding")
+        for name, value in error.headers.items():
+            self.set_header(name, value)
+        self.write_json(error.envelope(), status=error.status)
+
+
+class ApiHandler(BaseHandler):
+    """A route that needs ``Authorization: Bearer <client key>``."""
+
+    def prepare(self) -> None:
+        """Refuse requests without a valid client key (preflights pass)."""
+        if self.request.method != "OPTIONS":
+            self.check_client_key()
+
+    def check_client_key(self) -> None:
+        """Compare the bearer token with every client key in constant time."""
+        scheme, _, token = self.request.headers.get("Authorization", "").partition(" ")
+        presented = token.strip().encode()
+        if scheme.lower() != "bearer" or not presented:
+            raise errors.invalid_api_key()
+        matched = False
+        for key in self.config.client_keys:
+            matched |= hmac.compare_digest(presented, key.encode())
+        if not matched:
+            raise errors.invalid_api_key()
+
+
+@stream_request_body
+class JsonApiHandler(ApiHandler):
+    """An authenticated POST route whose body is a JSON object of bounded size."""
+
+    def prepare(self) -> None:
+        """Check the key, then refuse a declared body over the limit before reading it."""
+        super().prepare()
+        self._chunks: list[bytes] = []
+        self._received = 0
+        declared = self.request.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > MAX_REQUEST_BYTES:
+            raise errors.request_too_large(MAX_REQUEST_BYTES)
+
+    def data_received(self, chunk: bytes) -> None:
+        """Collect the body; past the limit, keep counting but stop storing."""
+        self._received += len(chunk)
+        if self._received <= MAX_REQUEST_BYTES:
+            self._chunks.append(chunk)
+        else:
+            self._chunks.clear()
+
+    def json_body(self) -> dict[str, Any]:
+        """The request body as a JSON object (400 if it is not one, 413 if it was too large)."""
+        if self._received > MAX_REQUEST_BYTES:
+            raise errors.request_too_large(MAX_REQUEST_BYTES)
+        return decode_json_object(b"".join(self._chunks))
+
+
+class NotFoundHandler(BaseHandler):
+    """Any path without a route: 404 ``path_not_found`` (a CORS preflight still gets 204)."""
+
+    def prepare(self) -> None:
+        """Refuse everything but a preflight."""
+        if self.request.method != "OPTIONS":
+            raise errors.path_not_found(self.request.path)

@@ -1,0 +1,34 @@
+"""Logging that never carries a secret: access lines without query strings, curl kept quiet."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+access_log = logging.getLogger("tornado.access")
+
+
+def log_request(handler: Any) -> None:
+    """One access line per request: status, method, path without its query (links are secrets)."""
+    status = handler.get_status()
+    if status < 400:
+        log = access_log.info
+    elif status < 500:
+        log = access_log.warning
+    else:
+        log = access_log.error
+    request = handler.request
+    log("%d %s %s %.1fms", status, request.method, request.path, 1000.0 * request.request_time())
+
+
+def configure_logging(level: str) -> None:
+    """Log to stderr (unbuffered under systemd) at ``level``, keeping curl's verbose mode off."""
+    logging.basicConfig(
+        level=level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # At DEBUG, Tornado switches curl to verbose mode, which prints Authorization headers.
+    curl_logger = logging.getLogger("tornado.curl_httpclient")
+    curl_logger.setLevel(max(logging.INFO, logging.getLogger().getEffectiveLevel()))

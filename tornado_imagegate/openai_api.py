@@ -1,0 +1,262 @@
+"""Parse OpenAI-shaped requests and build OpenAI-shaped responses (pure functions)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from tornado_imagegate import errors
+from tornado_imagegate.sizing import (
+    Size,
+    clamp_side,
+    default_size,
+    extract_ratio,
+    parse_size,
+    ratio_table,
+    tidy_prompt,
+)
+
+MAX_PROMPT_CHARS = 8000
+MAX_N = 10
+MAX_SEED = 2**63 - 1
+ALT_TEXT_CHARS = 80
+_NO_ENHANCE = re.compile(r"(?<![\w-])no[-_ ]enhance(?![\w-])", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    """One generation asked for by a client, validated and normalised."""
+
+    model: str
+    prompt: str
+    width: int
+    height: int
+    seed: int
+    seed_given: bool = False
+    cfg: float | None = None
+    negative_prompt: str = ""
+    n: int = 1
+    stream: bool = False
+    enhance: bool = True
+
+    @property
+    def size(self) -> str:
+        """The size as ``"WxH"``."""
+        return f"{self.width}x{self.height}"
+
+
+def decode_json_object(body: bytes) -> dict[str, Any]:
+    """Decode a request body that must be a JSON object."""
+    try:
+        value = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise errors.invalid_json(detail=f"{type(exc).__name__}") from None
+    if not isinstance(value, dict):
+        raise errors.invalid_json(detail="not an object")
+    return value
+
+
+def requested_model(body: dict[str, Any]) -> str:
+    """The ``model`` field: 400 when missing or not a non-empty string."""
+    model = body.get("model")
+    if model is None or model == "":
+        raise errors.missing_model()
+    if not isinstance(model, str):
+        raise errors.invalid_parameter("model", "'model' must be a string.")
+    return model.strip()
+
+
+def chat_prompt(body: dict[str, Any]) -> str:
+    """The prompt of a chat request: a top-level ``prompt``, else the last user message's text."""
+    prompt = body.get("prompt")
+    if prompt is not None and not isinstance(prompt, str):
+        raise errors.invalid_parameter("prompt", "'prompt' must be a string.")
+    if prompt and prompt.strip():
+        return prompt.strip()
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise errors.invalid_parameter(
+            "messages", "'messages' must be a non-empty list of chat messages."
+        )
+    for message in reversed(messages):
+        if not isinstance(message, dict):
+            raise errors.invalid_parameter("messages", "Each message must be a JSON object.")
+        if message.get("role") != "user":
+            continue
+        text = message_text(message.get("content"))
+        if not text:
+            raise errors.invalid_parameter(
+                "messages", "The last user message has no text to make an image from."
+            )
+        return text
+    raise errors.invalid_parameter("messages", "There is no user message to make an image from.")
+
+
+def message_text(content: Any) -> str:
+    """The text of a message's content: a string, or the text parts of a list joined by spaces."""
+    if isinstance(content, str):
+        return content.strip()
+    if content is None:
+        return ""
+    if not isinstance(content, list):
+        raise errors.invalid_parameter(
+            "messages", "Message content must be a string or a list of content parts."
+        )
+    texts = []
+    for part in content:
+        if isinstance(part, str):
+            texts.append(part)
+        elif isinstance(part, dict) and part.get("type", "text") == "text":
+            text = part.get("text")
+            if isinstance(text, str):
+                texts.append(text)
+    return " ".join(t.strip() for t in texts if t.strip())
+
+
+def _number(body: dict[str, Any], name: str) -> float | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise errors.invalid_parameter(name, f"'{name}' must be a number.")
+    return value
+
+
+def _integer(body: dict[str, Any], name: str, low: int, high: int) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise errors.invalid_parameter(
+            name, f"'{name}' must be a whole number from {low} to {high}."
+        )
+    return value
+
+
+def _boolean(body: dict[str, Any], name: str, default: bool) -> bool:
+    value = body.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise errors.invalid_parameter(name, f"'{name}' must be true or false.")
+    return value
+
+
+def _string(body: dict[str, Any], name: str) -> str:
+    value = body.get(name)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise errors.invalid_parameter(name, f"'{name}' must be a string.")
+    return value.strip()
+
+
+def explicit_size(body: dict[str, Any]) -> Size | None:
+    """``width`` and ``height`` (both numbers, clamped), else ``size`` ("WxH"), else None."""
+    width, height = _number(body, "width"), _number(body, "height")
+    if (width is None) != (height is None):
+        param = "height" if height is None else "width"
+        raise errors.invalid_parameter(param, "'width' and 'height' must be given together.")
+    if width is not None and height is not None:
+        return clamp_side(width), clamp_side(height)
+    size = body.get("size")
+    if size is None or size == "auto":
+        return None
+    if not isinstance(size, str) or parse_size(size) is None:
+        raise errors.invalid_parameter("size", "'size' must be a string like \"1024x768\".")
+    return parse_size(size)
+
+
+def image_request(body: dict[str, Any], model: str, prompt: str, kind: str) -> ImageRequest:
+    """Validate the generation fields of a request for a provider of ``kind``."""
+    enhance = _boolean(body, "enhance", True)
+    if _NO_ENHANCE.search(prompt):
+        enhance = False
+        prompt = tidy_prompt(_NO_ENHANCE.sub(" ", prompt))
+    prompt, ratio_size = extract_ratio(prompt, ratio_table(kind))
+    if not prompt:
+        raise errors.invalid_parameter("prompt", "The prompt is empty once the size is taken out.")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise errors.invalid_parameter(
+            "prompt", f"The prompt is longer than {MAX_PROMPT_CHARS} characters."
+        )
+    size = explicit_size(body) or ratio_size or default_size(kind)
+    seed = _integer(body, "seed", 0, MAX_SEED)
+    cfg = _number(body, "cfg")
+    if cfg is not None and not 0 <= cfg <= 100:
+        raise errors.invalid_parameter("cfg", "'cfg' must be a number from 0 to 100.")
+    return ImageRequest(
+        model=model,
+        prompt=prompt,
+        width=size[0],
+        height=size[1],
+        seed=seed if seed is not None else secrets.randbelow(2**31 - 1),
+        seed_given=seed is not None,
+        cfg=cfg,
+        negative_prompt=_string(body, "negative_prompt"),
+        n=_integer(body, "n", 1, MAX_N) or 1,
+        stream=_boolean(body, "stream", False),
+        enhance=enhance,
+    )
+
+
+def markdown_image(alt: str, link: str) -> str:
+    """``![alt](link)`` with the alt text shortened and escaped so it cannot break the markdown."""
+    alt = " ".join(alt.split())
+    if len(alt) > ALT_TEXT_CHARS:
+        alt = alt[: ALT_TEXT_CHARS - 1].rstrip() + "…"
+    alt = re.sub(r"([\\\[\]()<>*_`!])", r"\\\1", alt)
+    return f"![{alt or 'image'}]({link})"
+
+
+def completion_id() -> str:
+    """A fresh ``chatcmpl-`` id."""
+    return "chatcmpl-" + uuid.uuid4().hex
+
+
+def estimate_tokens(text: str) -> int:
+    """A rough token count (about four characters a token) for ``usage``."""
+    return (len(text) + 3) // 4
+
+
+def chat_completion(model: str, content: str, prompt: str) -> dict[str, Any]:
+    """A complete ``chat.completion`` object whose message is ``content``."""
+    prompt_tokens, completion_tokens = estimate_tokens(prompt), estimate_tokens(content)
+    return {
+        "id": completion_id(),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
+
+
+def model_list(entries: list[tuple[str, str]], created: int) -> dict[str, Any]:
+    """The ``/v1/models`` answer for ``(model id, owner)`` pairs, in the given order."""
+    return {
+        "object": "list",
+        "data": [
+            {"id": model, "object": "model", "created": created, "owned_by": owner}
+            for model, owner in entries
+        ],
+    }

@@ -1,0 +1,72 @@
+"""The ``--check-config`` report: every provider, model and problem, never a secret."""
+
+from __future__ import annotations
+
+from tornado_imagegate import __version__
+from tornado_imagegate.config import ProviderGroup, Settings, redact_url
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def describe_groups(groups: tuple[ProviderGroup, ...]) -> list[str]:
+    """One block per provider group: kind, endpoint without secrets, key count, models."""
+    lines = []
+    for group in groups:
+        if group.kind == "demo":
+            lines.append("  demo: built-in offline demo provider (renders locally, no keys)")
+        else:
+            lines.append(
+                f"  {group.name}: kind {group.kind}, {redact_url(group.endpoint)}, "
+                f"{_plural(len(group.keys), 'key')}"
+            )
+        lines.append(f"    models: {', '.join(group.models) or '(none)'}")
+    return lines
+
+
+def settings_report(settings: Settings) -> str:
+    """The report of a valid configuration."""
+    optimiser = settings.optimiser
+    if optimiser.enabled:
+        mode = "reasoning" if optimiser.reasoning else "non-reasoning"
+        optimiser_line = (
+            f"on, {mode} model {optimiser.model} at {redact_url(optimiser.api_base)}, "
+            f"{_plural(len(optimiser.keys), 'key')}"
+        )
+    else:
+        optimiser_line = "off (prompts go to the image model as written)"
+    if settings.client_keys:
+        keys_line = f"{_plural(len(settings.client_keys), 'client key')} configured"
+    else:
+        keys_line = "none configured: one is generated at start-up (loopback only)"
+    cache_disk = settings.image_cache_dir or "off (memory only)"
+    lines = [
+        f"tornado-imagegate {__version__}: configuration is valid",
+        f"listen: {settings.host}:{settings.port}",
+        f"client keys: {keys_line}",
+        f"public base URL: {settings.public_base_url or '(from each request)'}",
+        f"prompt optimiser: {optimiser_line}",
+        "providers:",
+        *describe_groups(settings.groups),
+        f"image cache: {settings.image_cache_max_bytes} bytes in memory, disk tier: {cache_disk}",
+        f"image proxy secret: {'set' if settings.image_proxy_secret else 'derived'}",
+        f"private networks for image fetches: "
+        f"{'allowed' if settings.image_proxy_allow_private_networks else 'refused'}",
+        f"timeouts: LLM {settings.llm_timeout:g}s, generation {settings.image_gen_timeout:g}s, "
+        f"image fetch {settings.image_fetch_timeout:g}s",
+        f"upstream connections: {settings.upstream_max_clients}",
+        f"CORS origins: {', '.join(settings.cors_allow_origins)}",
+        f"log level: {settings.log_level}",
+    ]
+    return "\n".join(lines)
+
+
+def problems_report(problems: list[str], groups: tuple[ProviderGroup, ...]) -> str:
+    """The report of an invalid configuration: what could be read, then every problem."""
+    lines = [f"tornado-imagegate {__version__}: configuration is NOT valid"]
+    if groups:
+        lines += ["providers read so far:", *describe_groups(groups)]
+    lines.append(f"{_plural(len(problems), 'problem')}:")
+    lines += [f"  - {problem}" for problem in problems]
+    return "\n".join(lines)

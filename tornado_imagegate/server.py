@@ -1,0 +1,163 @@
+"""Start-up: flags and configuration, logging, the HTTP client configured once, listen, signals."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import errno
+import logging
+import os
+import secrets
+import signal
+import socket
+import sys
+from collections.abc import Mapping, Sequence
+
+from tornado.httpclient import AsyncHTTPClient
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
+
+from tornado_imagegate import __version__
+from tornado_imagegate.app import make_app
+from tornado_imagegate.config import ConfigError, Settings, load_settings, read_env_file
+from tornado_imagegate.logsafe import configure_logging
+from tornado_imagegate.report import problems_report, settings_report
+
+logger = logging.getLogger(__name__)
+
+EXIT_CONFIG = 2
+# Streaming handlers enforce the real request limit with a 413; this only caps chunked bodies.
+SERVER_MAX_BODY_BYTES = 64 * 1024 * 1024
+IDLE_CONNECTION_TIMEOUT = 75.0
+BODY_TIMEOUT = 60.0
+MAX_HEADER_BYTES = 64 * 1024
+MAX_UPSTREAM_BODY_BYTES = 64 * 1024 * 1024
+LISTEN_ERRNOS = (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line; each flag can also come from its environment variable."""
+    parser = argparse.ArgumentParser(
+        prog="imagegate",
+        description="OpenAI-compatible image-generation gateway. With no configuration it runs "
+        "the built-in offline demo provider on 127.0.0.1:8080.",
+    )
+    parser.add_argument("--host", help="address to listen on (IMAGEGATE_HOST, default 127.0.0.1)")
+    parser.add_argument("--port", help="port to listen on (IMAGEGATE_PORT, default 8080)")
+    parser.add_argument(
+        "--env-file",
+        metavar="PATH",
+        help="read KEY=VALUE lines (systemd EnvironmentFile syntax); real environment wins",
+    )
+    parser.add_argument(
+        "--check-config",
+        action="store_true",
+        help="validate the configuration, print a report (no secrets), exit 0 if valid, 2 if not",
+    )
+    parser.add_argument("--version", action="version", version=f"imagegate {__version__}")
+    return parser.parse_args(argv)
+
+
+def build_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
+    """Merge the env file, the environment and the flags, then validate."""
+    merged: dict[str, str] = {}
+    if args.env_file:
+        merged.update(read_env_file(args.env_file))
+    merged.update(environ)
+    if args.host is not None:
+        merged["IMAGEGATE_HOST"] = args.host
+    if args.port is not None:
+        merged["IMAGEGATE_PORT"] = args.port
+    return load_settings(merged)
+
+
+def with_generated_key(settings: Settings) -> Settings:
+    """With no client key configured, make one for this run."""
+    if settings.client_keys:
+        return settings
+    key = "sk-imagegate-" + secrets.token_urlsafe(24)
+    return dataclasses.replace(settings, client_keys=(key,), client_keys_generated=True)
+
+
+def welcome_text(settings: Settings, port: int) -> str:
+    """What is printed once on start-up: where to go, and the generated key if there is one."""
+    host = settings.host
+    shown_host = f"[{host}]" if ":" in host else host
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 (naming the wildcard, not binding it)
+        shown_host = "127.0.0.1"
+    origin = settings.public_base_url or f"http://{shown_host}:{port}"
+    lines = [
+        f"tornado-imagegate {__version__} is listening on {host}:{port}",
+        f"  welcome page and playground: {origin}/",
+        f"  base URL for OpenAI clients: {origin}/v1",
+        f"  models: {', '.join(settings.model_ids)}",
+    ]
+    if settings.client_keys_generated:
+        lines += [
+            "  No AUTHORIZED_API_KEY is set, so this key was generated for this run only",
+            "  (the gateway listens on loopback only without a configured key):",
+            f"    {settings.client_keys[0]}",
+        ]
+    return "\n".join(lines)
+
+
+def configure_http_client(settings: Settings) -> None:
+    """Configure the one curl client for every upstream call, once, before any is made."""
+    AsyncHTTPClient.configure(
+        "tornado.curl_httpclient.CurlAsyncHTTPClient",
+        max_clients=settings.upstream_max_clients,
+        max_body_size=MAX_UPSTREAM_BODY_BYTES,
+    )
+
+
+async def serve(settings: Settings) -> None:
+    """Listen and run until SIGTERM or SIGINT."""
+    configure_http_client(settings)
+    app = make_app(settings)
+    server = HTTPServer(
+        app,
+        max_body_size=SERVER_MAX_BODY_BYTES,
+        idle_connection_timeout=IDLE_CONNECTION_TIMEOUT,
+        body_timeout=BODY_TIMEOUT,
+        max_header_size=MAX_HEADER_BYTES,
+    )
+    sockets = bind_sockets(settings.port, settings.host)
+    server.add_sockets(sockets)
+    port = sockets[0].getsockname()[1]
+    print(welcome_text(settings, port), flush=True)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    logger.info("shutting down")
+    server.stop()
+    await server.close_all_connections()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``imagegate`` command."""
+    args = parse_args(argv)
+    try:
+        settings = build_settings(args, os.environ)
+    except ConfigError as exc:
+        print(problems_report(exc.problems, exc.groups), file=sys.stderr)
+        return EXIT_CONFIG
+    if args.check_config:
+        print(settings_report(settings))
+        return 0
+    configure_logging(settings.log_level)
+    settings = with_generated_key(settings)
+    try:
+        asyncio.run(serve(settings))
+    except (socket.gaierror, OSError) as exc:
+        if isinstance(exc, socket.gaierror) or exc.errno in LISTEN_ERRNOS:
+            print(
+                f"imagegate: cannot listen on {settings.host}:{settings.port}: {exc.strerror}",
+                file=sys.stderr,
+            )
+            return 1
+        raise
+    return 0

@@ -1,0 +1,123 @@
+"""Image sizes: the providers' aspect-ratio tables, ratios written in prompts, explicit sizes."""
+
+from __future__ import annotations
+
+import re
+
+Size = tuple[int, int]
+
+MIN_SIDE = 64
+MAX_SIDE = 2048
+
+# Seed 000 (SiliconFlow-type, direct groups) and the demo provider.
+RATIOS_1024: dict[str, Size] = {
+    "1:1": (1024, 1024),
+    "1:2": (512, 1024),
+    "3:2": (768, 512),
+    "3:4": (768, 1024),
+    "16:9": (1024, 576),
+    "9:16": (576, 1024),
+}
+# Seed 004 (SD / Z-Image): longest side 2048.
+RATIOS_2048: dict[str, Size] = {
+    "1:1": (2048, 2048),
+    "1:2": (1024, 2048),
+    "3:2": (1920, 1280),
+    "3:4": (1536, 2048),
+    "16:9": (2048, 1152),
+    "9:16": (1152, 2048),
+}
+
+# Ratios people write that are not in the tables: sized from the table's longest side.
+# Anything else of the form a:b (10:30, 7:45) is left in the prompt: it is probably a time.
+COMMON_RATIOS = frozenset(
+    {
+        "2:1",
+        "2:3",
+        "4:3",
+        "4:5",
+        "5:4",
+        "3:1",
+        "1:3",
+        "21:9",
+        "9:21",
+        "16:10",
+        "10:16",
+        "5:7",
+        "7:5",
+        "3:5",
+        "5:3",
+        "9:19",
+        "19:9",
+    }
+)
+
+_RATIO = re.compile(
+    r"(?P<lead>[,，;；]?\s*(?:(?:aspect\s+)?ratio\s*[:：=]?\s*|比例\s*[:：]?\s*)?)"
+    r"(?<![\d.:：/])(?P<w>\d{1,2})\s*[:：]\s*(?P<h>\d{1,2})(?![\d:：])"
+    r"(?!\s*(?:am|pm|a\.m|p\.m|h\b|uhr|点|時|时))",
+    re.IGNORECASE,
+)
+
+
+def ratio_table(kind: str) -> dict[str, Size]:
+    """The ratio table of a provider kind: 2048-based for SD, 1024-based for the others."""
+    return RATIOS_2048 if kind == "sd" else RATIOS_1024
+
+
+def default_size(kind: str) -> Size:
+    """The size used when the prompt gives no ratio and the request no size."""
+    return ratio_table(kind)["1:1"]
+
+
+def extract_ratio(prompt: str, table: dict[str, Size]) -> tuple[str, Size | None]:
+    """Find the first aspect ratio written in ``prompt``; return the prompt without it and the size.
+
+    A ratio is one of the table's, or a common one (``4:3``, ``21:9``...); other ``a:b`` pairs
+    such as times are left alone. Both ``:`` and the full-width ``：`` count.
+    """
+    for match in _RATIO.finditer(prompt):
+        w, h = int(match.group("w")), int(match.group("h"))
+        key = f"{w}:{h}"
+        if key in table:
+            size = table[key]
+        elif key in COMMON_RATIOS:
+            size = size_for_ratio(w, h, max(table["1:1"]))
+        else:
+            continue
+        cleaned = prompt[: match.start()] + " " + prompt[match.end() :]
+        return tidy_prompt(cleaned), size
+    return prompt.strip(), None
+
+
+def size_for_ratio(w: int, h: int, longest: int) -> Size:
+    """A size of ratio w:h whose longest side is ``longest``, both sides multiples of 64."""
+    if w >= h:
+        short = max(MIN_SIDE, round(longest * h / w / 64) * 64)
+        return longest, short
+    short = max(MIN_SIDE, round(longest * w / h / 64) * 64)
+    return short, longest
+
+
+def tidy_prompt(text: str) -> str:
+    """Collapse the spaces and stray separators left behind when a token is cut out of a prompt."""
+    text = re.sub(r"\s+", " ", text)
+    text = re.sub(r"\s+([,，.;；!?。])", r"\1", text)
+    text = re.sub(r"([,，;；])\s*(?=[,，;；])", "", text)
+    return text.strip().strip(",，;；").strip()
+
+
+def clamp_side(value: float) -> int:
+    """Round a requested side and clamp it to what any provider accepts."""
+    return min(MAX_SIDE, max(MIN_SIDE, round(value)))
+
+
+_SIZE = re.compile(r"^\s*(\d{1,5})\s*[xX×*]\s*(\d{1,5})\s*$")
+
+
+def parse_size(text: str) -> Size | None:
+    """Parse ``"WxH"`` into a clamped size, or None when it is not of that form."""
+    match = _SIZE.match(text)
+    if not match:
+        return None
+    return clamp_side(int(match.group(1))), clamp_side(int(match.group(2)))
