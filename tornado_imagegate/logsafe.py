@@ -29,6 +29,13 @@ def configure_logging(level: str) -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    # At DEBUG, Tornado switches curl to verbose mode, which prints Authorization headers.
-    curl_logger = logging.getLogger("tornado.curl_httpclient")
-    curl_logger.setLevel(max(logging.INFO, logging.getLogger().getEffectiveLevel()))
+    keep_curl_quiet()
+
+
+def keep_curl_quiet() -> None:
+    """Keep Tornado's curl logger above DEBUG, where it turns on curl's verbose mode.
+
+    curl's verbose output prints request headers, ``Authorization`` included.
+    """
+    root_level = logging.getLogger().getEffectiveLevel()
+    logging.getLogger("tornado.curl_httpclient").setLevel(max(logging.INFO, root_level))

@@ -59,6 +59,11 @@ def decode_json_object(body: bytes) -> dict[str, Any]:
         raise errors.invalid_json(detail=f"{type(exc).__name__}") from None
     if not isinstance(value, dict):
         raise errors.invalid_json(detail="not an object")
+    try:
+        # JSON may spell lone UTF-16 surrogates ("\ud800"), which no provider can be sent.
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise errors.invalid_json(detail="lone surrogate") from None
     return value
 
 

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from tornado.httpclient import AsyncHTTPClient
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
+from tornado.web import Application
 
 from tornado_imagegate import __version__
 from tornado_imagegate.app import make_app
@@ -111,17 +112,21 @@ def configure_http_client(settings: Settings) -> None:
     )
 
 
-async def serve(settings: Settings) -> None:
-    """Listen and run until SIGTERM or SIGINT."""
-    configure_http_client(settings)
-    app = make_app(settings)
-    server = HTTPServer(
+def make_http_server(app: Application) -> HTTPServer:
+    """The HTTP server with inbound limits: body size, header size, idle and body timeouts."""
+    return HTTPServer(
         app,
         max_body_size=SERVER_MAX_BODY_BYTES,
         idle_connection_timeout=IDLE_CONNECTION_TIMEOUT,
         body_timeout=BODY_TIMEOUT,
         max_header_size=MAX_HEADER_BYTES,
     )
+
+
+async def serve(settings: Settings) -> None:
+    """Listen and run until SIGTERM or SIGINT."""
+    configure_http_client(settings)
+    server = make_http_server(make_app(settings))
     sockets = bind_sockets(settings.port, settings.host)
     server.add_sockets(sockets)
     port = sockets[0].getsockname()[1]

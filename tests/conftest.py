@@ -1,0 +1,150 @@
+"""Shared fixtures: the gateway under test on a loopback port, and a watch on secrets in logs."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import pytest
+from tornado.httpclient import HTTPResponse
+
+from tornado_imagegate.app import make_app
+from tornado_imagegate.config import Settings, load_settings
+from tornado_imagegate.logsafe import keep_curl_quiet
+from tornado_imagegate.server import make_http_server
+
+CLIENT_KEYS = ("test-client-key-alpha-7c1f", "test-client-key-beta-93ad")
+PROXY_SECRET = "test-proxy-secret-5e0b"
+
+# Every secret the suite hands the gateway; none may ever appear in a log line.
+SECRETS: set[str] = {*CLIENT_KEYS, PROXY_SECRET}
+
+
+def register_secret(*values: str) -> None:
+    """Add secrets (provider keys, signed links...) that the log watch must never see."""
+    SECRETS.update(v for v in values if v)
+
+
+class _LogWatch(logging.Handler):
+    """Keeps every formatted log line of the whole run, at DEBUG."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.lines: list[str] = []
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+LOG_WATCH = _LogWatch()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Run the whole suite with every logger at DEBUG, into the watch."""
+    root = logging.getLogger()
+    root.addHandler(LOG_WATCH)
+    root.setLevel(logging.DEBUG)
+    keep_curl_quiet()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_in_any_log():
+    """After the last test: no secret handed to the gateway appears in any log line."""
+    yield
+    leaks = [(secret, line) for line in LOG_WATCH.lines for secret in SECRETS if secret in line]
+    assert not leaks, f"secrets found in the log: {leaks[:5]}"
+
+
+def gateway_settings(env: dict[str, str] | None = None) -> Settings:
+    """Settings for tests: two client keys and the given variables."""
+    base = {"AUTHORIZED_API_KEY": ",".join(CLIENT_KEYS), "IMAGE_PROXY_SECRET": PROXY_SECRET}
+    base.update(env or {})
+    return load_settings(base)
+
+
+@pytest.fixture
+def gateway_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """Extra configuration for the gateway under test; set it with ``@with_env({...})``."""
+    return getattr(request, "param", {})
+
+
+def with_env(env: dict[str, str]) -> pytest.MarkDecorator:
+    """Run a test against a gateway configured with these extra variables."""
+    return pytest.mark.parametrize("gateway_env", [env], indirect=True, ids=["env"])
+
+
+@pytest.fixture
+def app(gateway_env: dict[str, str]):
+    """The gateway application under test."""
+    return make_app(gateway_settings(gateway_env))
+
+
+@pytest.fixture
+def http_server(io_loop, _unused_port, app):
+    """The gateway's own HTTP server (with its inbound limits) on a loopback port."""
+    server = make_http_server(app)
+    server.add_socket(_unused_port[0])
+    yield server
+    server.stop()
+    io_loop.run_sync(server.close_all_connections, timeout=10)
+
+
+@pytest.fixture
+def base_url(http_port, http_server) -> str:
+    """The gateway's address: IPv4 loopback, as the server is bound there."""
+    return f"http://127.0.0.1:{http_port}"
+
+
+def auth(key: str = CLIENT_KEYS[0]) -> dict[str, str]:
+    """The Authorization header for a client key."""
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def call(
+    http_client: Any,
+    base_url: str,
+    path: str,
+    method: str = "GET",
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+    key: str | None = CLIENT_KEYS[0],
+) -> HTTPResponse:
+    """Send one request to the gateway; never raises on an error status."""
+    all_headers = dict(auth(key)) if key else {}
+    all_headers.update(headers or {})
+    if body is not None and not isinstance(body, (bytes, str)):
+        body = json.dumps(body)
+        all_headers.setdefault("Content-Type", "application/json")
+    return await http_client.fetch(
+        base_url + path,
+        method=method,
+        body=body,
+        headers=all_headers,
+        raise_error=False,
+        allow_nonstandard_methods=True,
+        follow_redirects=False,
+    )
+
+
+def json_of(response: HTTPResponse) -> Any:
+    """The decoded JSON body of a response."""
+    return json.loads(response.body)
+
+
+def assert_error(response: HTTPResponse, status: int, code: str) -> dict[str, Any]:
+    """The answer is the OpenAI error envelope with this status and code, and all four keys."""
+    assert response.code == status, response.body
+    assert response.headers["Content-Type"].startswith("application/json")
+    error = json_of(response)["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["code"] == code
+    assert isinstance(error["message"], str) and error["message"]
+    assert b"Traceback" not in response.body
+    return error
+
+
+def chat_body(content: Any = "a cat on a roof", model: str = "imagegate-demo", **extra: Any):
+    """A chat completions body with one user message."""
+    return {"model": model, "messages": [{"role": "user", "content": content}], **extra}

@@ -1,0 +1,26 @@
+"""Logs carry what an operator needs and never a secret, even at DEBUG."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import CLIENT_KEYS, LOG_WATCH, PROXY_SECRET, call, chat_body, json_of
+
+
+@pytest.mark.gen_test
+async def test_requests_full_of_secrets_leave_none_in_the_log(http_client, base_url):
+    start = len(LOG_WATCH.lines)
+    wrong = "sk-not-a-real-key-but-still-secret-4411"
+    await call(http_client, base_url, "/v1/models", key=wrong)
+    await call(http_client, base_url, f"/v1/models?api_key={CLIENT_KEYS[1]}", key=None)
+    response = await call(http_client, base_url, "/v1/chat/completions", method="POST",
+                          body=chat_body("a lamp"))
+    link = json_of(response)["choices"][0]["message"]["content"].split("(")[1].rstrip(")")
+    image_id = link.rsplit("=", 1)[1]
+    await http_client.fetch(link)
+    lines = LOG_WATCH.lines[start:]
+    text = "\n".join(lines)
+    assert "401 GET /v1/models" in text
+    assert "200 POST /v1/chat/completions" in text
+    assert "200 GET /image-proxy" in text
+    for secret in (*CLIENT_KEYS, PROXY_SECRET, wrong, image_id):
+        assert secret not in text
