@@ -85,6 +85,11 @@ def _is_gateway_variable(name: str) -> bool:
     return name in GATEWAY_NAMES or name.startswith(GATEWAY_PREFIXES)
 
 
+# Not the checkout: `python -m` puts the working directory first on sys.path, and the command
+# under test must be the installed package.
+NEUTRAL_CWD = Path(__file__).resolve().parent
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     """This process's environment without any variable the gateway reads, plus ``extra``."""
     env = {k: v for k, v in os.environ.items() if not _is_gateway_variable(k)}
@@ -97,6 +102,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     result = subprocess.run(
         [*COMMAND, *args],
         env=clean_env() if env is None else env,
+        cwd=NEUTRAL_CWD,
         capture_output=True,
         text=True,
         timeout=RUN_TIMEOUT,
@@ -325,6 +331,7 @@ class Gateway:
             self.process = subprocess.Popen(
                 [*COMMAND, *args],
                 env=env,
+                cwd=NEUTRAL_CWD,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=stderr,

@@ -6,7 +6,6 @@ import os
 
 from tornado.web import Application, StaticFileHandler
 
-import tornado_imagegate.static
 from tornado_imagegate.config import Settings
 from tornado_imagegate.generation import ImageService
 from tornado_imagegate.handlers.base import NotFoundHandler
@@ -16,7 +15,18 @@ from tornado_imagegate.handlers.meta import HealthHandler, ModelsHandler, Welcom
 from tornado_imagegate.imagecache import ImageCache
 from tornado_imagegate.logsafe import log_request
 
-STATIC_DIR = os.path.dirname(os.path.abspath(tornado_imagegate.static.__file__))
+
+
+def find_static_dir() -> str:
+    """The welcome page's files: packaged beside the modules, or ``static/`` of a checkout."""
+    package_dir = os.path.dirname(os.path.abspath(__file__))
+    packaged = os.path.join(package_dir, "static")
+    if os.path.isfile(os.path.join(packaged, "index.html")):
+        return packaged
+    return os.path.join(os.path.dirname(package_dir), "static")
+
+
+STATIC_DIR = find_static_dir()
 
 
 def make_app(settings: Settings, cache: ImageCache | None = None) -> Application:

@@ -151,6 +151,10 @@ def _log_level(text: str) -> str:
 def _http_url(text: str) -> str:
     url = text.strip()
     parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 (reading it validates the port)
+    except ValueError:
+        raise ValueError("must be an absolute http:// or https:// URL with a valid port") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("must be an absolute http:// or https:// URL")
     return url
@@ -254,7 +258,8 @@ def _read_groups(reader: _Reader) -> list[ProviderGroup]:
                 )
             )
 
-    numbers = sorted({int(m.group(2)) for name in env if (m := _GROUP_VAR.match(name))})
+    # The suffix is kept as written ("01" stays "01"), so names in messages match the variables.
+    numbers = sorted({m.group(2) for name in env if (m := _GROUP_VAR.match(name))}, key=int)
     for n in numbers:
         names = {part: f"IMAGE_GEN_{part}_{n}" for part in ("MODEL", "API_BASE", "API_KEY", "KIND")}
         values = {part: reader.raw(var) for part, var in names.items()}
