@@ -1,4 +1,4 @@
-"""Chat completions with the demo provider, end to end: the answer, the link, the image behind it."""
+"""Chat completions with the demo provider: the answer, its link and the image behind it."""
 
 from __future__ import annotations
 

@@ -44,8 +44,12 @@ async def test_chat_completion_gives_a_renderable_image(base_url, http_client):
     [
         ({"model": "imagegate-demo"}, "wrong", openai.AuthenticationError, 401),
         ({"model": "no-such-model"}, CLIENT_KEYS[0], openai.NotFoundError, 404),
-        ({"model": "imagegate-demo", "extra_body": {"n": 99}}, CLIENT_KEYS[0],
-         openai.BadRequestError, 400),
+        (
+            {"model": "imagegate-demo", "extra_body": {"n": 99}},
+            CLIENT_KEYS[0],
+            openai.BadRequestError,
+            400,
+        ),
     ],
 )
 async def test_errors_raise_the_sdk_exceptions(base_url, kwargs, key, exception, status):

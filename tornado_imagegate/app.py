@@ -16,7 +16,6 @@ from tornado_imagegate.imagecache import ImageCache
 from tornado_imagegate.logsafe import log_request
 
 
-
 def find_static_dir() -> str:
     """The welcome page's files: packaged beside the modules, or ``static/`` of a checkout."""
     package_dir = os.path.dirname(os.path.abspath(__file__))
