@@ -254,12 +254,12 @@ async def test_an_altered_link_never_gives_another_image(http_client, base_url):
 @pytest.mark.gen_test
 @with_env({"IMAGE_CACHE_MAX_BYTES": "60000"})
 async def test_the_image_store_is_bounded_in_bytes(http_client, base_url, app):
-    service = app.settings["image_service"]
+    store = app.settings["image_store"]
     links = []
     for seed in range(12):
         _, _, link = await complete(http_client, base_url, chat_body("a maze", seed=seed))
         links.append(link)
-    assert service.cache.current_bytes <= 60000
+    assert store.cache.current_bytes <= 60000
     assert (await fetch_image(http_client, links[-1])).code == 200
     assert_error(await fetch_image(http_client, links[0]), 404, "image_not_found")
 

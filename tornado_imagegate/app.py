@@ -12,8 +12,12 @@ from tornado_imagegate.handlers.base import NotFoundHandler
 from tornado_imagegate.handlers.chat import ChatCompletionsHandler
 from tornado_imagegate.handlers.images import ImageProxyHandler
 from tornado_imagegate.handlers.meta import HealthHandler, ModelsHandler, WelcomeHandler
-from tornado_imagegate.imagecache import ImageCache
+from tornado_imagegate.imagecache import DiskTier, ImageCache
+from tornado_imagegate.imagefetch import ImageFetcher
+from tornado_imagegate.imagestore import ImageStore
 from tornado_imagegate.logsafe import log_request
+from tornado_imagegate.upstream import Upstream
+from tornado_imagegate.urlpolicy import LinkSigner, derive_secret
 
 
 def find_static_dir() -> str:
@@ -28,23 +32,41 @@ def find_static_dir() -> str:
 STATIC_DIR = find_static_dir()
 
 
-def make_app(settings: Settings, cache: ImageCache | None = None) -> Application:
-    """Build the Tornado application with its services."""
-    cache = cache or ImageCache(settings.image_cache_max_bytes)
-    service = ImageService(settings, cache)
+def make_store(settings: Settings, upstream: Upstream | None = None) -> ImageStore:
+    """The image store: memory LRU, optional disk tier, fetcher and link signer."""
+    disk = None
+    if settings.image_cache_dir:
+        disk = DiskTier(settings.image_cache_dir, settings.image_cache_dir_max_bytes)
+    cache = ImageCache(settings.image_cache_max_bytes, settings.image_max_bytes, disk=disk)
+    fetcher = ImageFetcher(
+        upstream or Upstream(),
+        cache,
+        timeout=settings.image_fetch_timeout,
+        max_bytes=settings.image_max_bytes,
+        allow_private=settings.image_proxy_allow_private_networks,
+    )
+    secret = derive_secret(settings.image_proxy_secret, settings.secret_material())
+    return ImageStore(cache, fetcher, LinkSigner(secret))
+
+
+def make_app(settings: Settings, store: ImageStore | None = None) -> Application:
+    """Build the Tornado application with its services: the one route table."""
+    store = store or make_store(settings)
+    service = ImageService(settings, store)
     # The /v1 prefix is optional: some clients are given the bare origin as their base URL.
     routes = [
         (r"/", WelcomeHandler),
         (r"/(?:v1/)?health/?", HealthHandler),
         (r"/(?:v1/)?models/?", ModelsHandler),
         (r"/(?:v1/)?chat/completions/?", ChatCompletionsHandler, {"service": service}),
-        (r"/image-proxy", ImageProxyHandler, {"cache": cache}),
+        (r"/image-proxy", ImageProxyHandler, {"store": store}),
         (r"/static/(.+)", StaticFileHandler, {"path": STATIC_DIR}),
     ]
     return Application(
         routes,
         imagegate=settings,
         image_service=service,
+        image_store=store,
         template_path=STATIC_DIR,
         default_handler_class=NotFoundHandler,
         log_function=log_request,

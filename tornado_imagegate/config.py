@@ -75,6 +75,8 @@ class Settings:
     image_proxy_secret: str = field(default="", repr=False)
     image_cache_max_bytes: int = 256 * 1024 * 1024
     image_cache_dir: str = ""
+    image_cache_dir_max_bytes: int = 2 * 1024 * 1024 * 1024
+    image_max_bytes: int = 32 * 1024 * 1024
     image_proxy_allow_private_networks: bool = False
     llm_timeout: float = 30.0
     image_gen_timeout: float = 180.0
@@ -90,6 +92,13 @@ class Settings:
             if model in group.models:
                 return group
         return None
+
+    def secret_material(self) -> list[str]:
+        """Every configured secret: the stable input from which a proxy secret can be derived."""
+        material = [] if self.client_keys_generated else list(self.client_keys)
+        material += [key for group in self.groups for key in group.keys]
+        material += list(self.optimiser.keys)
+        return material
 
     @property
     def model_ids(self) -> list[str]:
@@ -362,6 +371,10 @@ def load_settings(
             "IMAGE_CACHE_MAX_BYTES", _positive_int, defaults.image_cache_max_bytes
         ),
         "image_cache_dir": reader.raw("IMAGE_CACHE_DIR"),
+        "image_cache_dir_max_bytes": reader.value(
+            "IMAGE_CACHE_DIR_MAX_BYTES", _positive_int, defaults.image_cache_dir_max_bytes
+        ),
+        "image_max_bytes": reader.value("IMAGE_MAX_BYTES", _positive_int, defaults.image_max_bytes),
         "image_proxy_allow_private_networks": reader.value(
             "IMAGE_PROXY_ALLOW_PRIVATE_NETWORKS", _boolean, False
         ),

@@ -125,3 +125,53 @@ def path_not_found(path: str) -> GatewayError:
     """No route matches."""
     shown = path if len(path) <= 100 else path[:100] + "..."
     return GatewayError(404, "path_not_found", f"Path {shown} not found.")
+
+
+class UpstreamError(Exception):
+    """An outbound call that failed; ``kind`` says how, ``detail`` is for the log only.
+
+    Kinds: ``timeout``, ``connect``, ``refused_address``, ``too_large``, ``status`` (an HTTP error
+    answer, with ``status``), ``bad_answer`` (an answer we cannot use), ``cancelled``.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        detail: str = "",
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(f"{kind}: {detail}" if detail else kind)
+        self.kind = kind
+        self.detail = detail
+        self.status = status
+        self.retry_after = retry_after
+
+
+NO_RETRY = {"x-should-retry": "false"}
+
+_UPSTREAM_MESSAGES = {
+    "timeout": "did not answer in time",
+    "connect": "could not be reached",
+    "refused_address": "is on an address the gateway may not fetch from",
+    "too_large": "sent an answer larger than the gateway accepts",
+    "status": "answered with an error",
+    "bad_answer": "sent an answer the gateway cannot use",
+    "cancelled": "request was cancelled",
+}
+
+
+def from_upstream(error: UpstreamError, what: str) -> GatewayError:
+    """Map an outbound failure to the client's error: 504 for timeouts, else 502.
+
+    ``what`` names the upstream for the client ("the image host", "provider group FLUX_GEN").
+    The answer carries ``x-should-retry: false`` so SDKs do not turn one request into three.
+    """
+    reason = _UPSTREAM_MESSAGES.get(error.kind, "failed")
+    if error.kind == "status" and error.status:
+        reason = f"answered HTTP {error.status}"
+    message = f"{what[:1].upper()}{what[1:]} {reason}."
+    if error.kind == "timeout":
+        return GatewayError(504, "upstream_timeout", message, detail=error.detail, headers=NO_RETRY)
+    return GatewayError(502, "upstream_error", message, detail=error.detail, headers=NO_RETRY)

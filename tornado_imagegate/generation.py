@@ -8,11 +8,10 @@ from typing import Any
 
 from tornado_imagegate import errors, openai_api
 from tornado_imagegate.config import ProviderGroup, Settings
-from tornado_imagegate.imagecache import CachedImage, ImageCache
+from tornado_imagegate.imagestore import ImageStore
 from tornado_imagegate.openai_api import ImageRequest
 from tornado_imagegate.providers import Provider, ProviderImage
 from tornado_imagegate.providers.demo import DemoProvider
-from tornado_imagegate.urlpolicy import image_link, new_image_id
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +36,9 @@ class Generation:
 class ImageService:
     """Turns validated requests into kept images; knows nothing of HTTP handlers."""
 
-    def __init__(self, settings: Settings, cache: ImageCache) -> None:
+    def __init__(self, settings: Settings, store: ImageStore) -> None:
         self.settings = settings
-        self.cache = cache
+        self.store = store
         self.providers: dict[str, Provider] = {"demo": DemoProvider()}
 
     def group_for(self, model: str) -> ProviderGroup:
@@ -68,7 +67,7 @@ class ImageService:
                 "version of the gateway.",
             )
         images = await provider.generate(request)
-        links = tuple(self.keep(image, base_url) for image in images)
+        links = tuple([await self.keep(image, base_url) for image in images])
         logger.info(
             "generated %d image(s) with %s (%s, %s)",
             len(links),
@@ -78,14 +77,15 @@ class ImageService:
         )
         return Generation(request=request, prompt=request.prompt, optimised=False, links=links)
 
-    def keep(self, image: ProviderImage, base_url: str) -> str:
-        """Store a provider image in the cache and return the gateway's absolute link to it."""
-        if image.data is None:
-            raise errors.GatewayError(
-                502,
-                "upstream_error",
-                "The provider answered without an image.",
-            )
-        image_id = new_image_id()
-        self.cache.put(image_id, CachedImage.build(image.data, image.content_type))
-        return image_link(base_url, image_id)
+    async def keep(self, image: ProviderImage, base_url: str) -> str:
+        """Keep a provider image (bytes, or a URL fetched at once) and return the gateway's link."""
+        if image.data is not None:
+            return self.store.keep_bytes(image.data, base_url)
+        if image.url:
+            return await self.store.keep_url(image.url, base_url)
+        raise errors.GatewayError(
+            502,
+            "upstream_error",
+            "The provider answered without an image.",
+            headers=errors.NO_RETRY,
+        )

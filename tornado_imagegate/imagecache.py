@@ -1,20 +1,29 @@
-"""The gateway's image store: a byte-bounded LRU of complete images."""
+"""The image store: a byte-bounded LRU of complete images in memory, over an optional disk tier."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
+import re
+import tempfile
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from cachetools import LRUCache
 
 logger = logging.getLogger(__name__)
 
+_KEY = re.compile(r"^[0-9a-f]{32,64}$")
+_DISK_SUFFIX = ".img"
+_DISK_MAGIC = b"IMAGEGATE1\n"
+
 
 @dataclass(frozen=True)
 class CachedImage:
-    """A complete image with the validators computed once, when it was stored."""
+    """A complete image with its validators, computed once when it was stored."""
 
     data: bytes = field(repr=False)
     content_type: str
@@ -30,22 +39,181 @@ class CachedImage:
         return cls(data, content_type, f'"{digest}"', last_modified or time.time())
 
 
-class ImageCache:
-    """An LRU bounded by the total bytes of its images; used from the IOLoop thread only."""
+class _EvictingLRU(LRUCache):
+    """An LRUCache that reports what it evicts."""
 
-    def __init__(self, max_bytes: int, max_item_bytes: int | None = None) -> None:
-        self.max_bytes = max_bytes
-        self.max_item_bytes = min(max_item_bytes or max_bytes, max_bytes)
-        self._lru: LRUCache[str, CachedImage] = LRUCache(
-            maxsize=max_bytes, getsizeof=lambda image: len(image.data)
-        )
+    def __init__(self, maxsize: int, getsizeof: Any, on_evict: Any) -> None:
+        super().__init__(maxsize=maxsize, getsizeof=getsizeof)
+        self._on_evict = on_evict
+
+    def popitem(self) -> tuple[Any, Any]:
+        key, value = super().popitem()
+        self._on_evict(key, value)
+        return key, value
+
+
+class DiskTier:
+    """Images as files, written atomically, bounded in bytes, least recently used evicted first.
+
+    A file is a header line (JSON: type, validators, length, digest) and the bytes. A file that is
+    short, corrupt or unreadable is a miss and is removed.
+    """
+
+    def __init__(self, directory: str, max_bytes: int) -> None:
+        self.directory = directory
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        self.evictions = 0
+        self._index = _EvictingLRU(max_bytes, lambda size: size, self._evicted)
+        self._scan()
+
+    def _path(self, key: str) -> str:
+        return os.path.join(self.directory, key + _DISK_SUFFIX)
+
+    def _scan(self) -> None:
+        """Index the files already there, oldest access first, and drop leftovers."""
+        entries = []
+        with os.scandir(self.directory) as scan:
+            for entry in scan:
+                name = entry.name
+                if name.startswith(".tmp-"):
+                    _remove(entry.path)
+                elif name.endswith(_DISK_SUFFIX) and _KEY.match(name[: -len(_DISK_SUFFIX)]):
+                    stat = entry.stat()
+                    entries.append((stat.st_mtime, name[: -len(_DISK_SUFFIX)], stat.st_size))
+        for _, key, size in sorted(entries):
+            self._admit(key, size)
+
+    def _admit(self, key: str, size: int) -> None:
+        try:
+            self._index[key] = size
+        except ValueError:  # larger than the whole tier
+            _remove(self._path(key))
+
+    def _evicted(self, key: str, size: int) -> None:
+        self.evictions += 1
+        _remove(self._path(key))
 
     def get(self, key: str) -> CachedImage | None:
-        """The image stored under ``key``, or None; a hit makes it the most recently used."""
-        return self._lru.get(key)
+        """Read an image back; None when absent or damaged."""
+        if key not in self._index:
+            return None
+        path = self._path(key)
+        try:
+            with open(path, "rb") as handle:
+                raw = handle.read()
+            image = _decode(raw)
+        except (OSError, ValueError) as exc:
+            logger.warning(
+                "disk cache entry %s unusable (%s); treated as a miss", key[:8], type(exc).__name__
+            )
+            self._index.pop(key, None)
+            _remove(path)
+            return None
+        self._index[key] = len(raw)  # refresh its place in the LRU
+        _touch(path)
+        return image
+
+    def put(self, key: str, image: CachedImage) -> None:
+        """Write an image atomically: a temporary file, then a rename into place."""
+        encoded = _encode(image)
+        if len(encoded) > self._index.maxsize:
+            return
+        temporary = ""
+        try:
+            fd, temporary = tempfile.mkstemp(prefix=".tmp-", dir=self.directory)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(encoded)
+            os.replace(temporary, self._path(key))
+        except OSError as exc:
+            logger.warning("could not write disk cache entry %s: %s", key[:8], exc.strerror)
+            _remove(temporary)
+            return
+        self._admit(key, len(encoded))
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._index
+
+    @property
+    def current_bytes(self) -> int:
+        """Total bytes of the files held."""
+        return int(self._index.currsize)
+
+
+def _encode(image: CachedImage) -> bytes:
+    header = {
+        "content_type": image.content_type,
+        "etag": image.etag,
+        "last_modified": image.last_modified,
+        "length": len(image.data),
+        "blake2b": hashlib.blake2b(image.data, digest_size=16).hexdigest(),
+    }
+    return _DISK_MAGIC + json.dumps(header).encode() + b"\n" + image.data
+
+
+def _decode(raw: bytes) -> CachedImage:
+    if not raw.startswith(_DISK_MAGIC):
+        raise ValueError("no header")
+    header_line, sep, data = raw[len(_DISK_MAGIC) :].partition(b"\n")
+    if not sep:
+        raise ValueError("truncated header")
+    header = json.loads(header_line)
+    if len(data) != header["length"]:
+        raise ValueError("truncated body")
+    if hashlib.blake2b(data, digest_size=16).hexdigest() != header["blake2b"]:
+        raise ValueError("corrupt body")
+    return CachedImage(data, header["content_type"], header["etag"], header["last_modified"])
+
+
+def _remove(path: str) -> None:
+    if path:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+def _touch(path: str) -> None:
+    try:
+        os.utime(path)
+    except OSError:
+        pass
+
+
+class ImageCache:
+    """Memory LRU bounded by total image bytes, with an optional disk tier below it.
+
+    Only complete images are ever stored. Used from the IOLoop thread only.
+    """
+
+    def __init__(
+        self, max_bytes: int, max_item_bytes: int | None = None, disk: DiskTier | None = None
+    ) -> None:
+        self.max_bytes = max_bytes
+        self.max_item_bytes = min(max_item_bytes or max_bytes, max_bytes)
+        self.disk = disk
+        self.hits = 0
+        self.misses = 0
+        self.evictions = 0
+        self._lru = _EvictingLRU(max_bytes, lambda image: len(image.data), self._evicted)
+
+    def _evicted(self, key: str, image: CachedImage) -> None:
+        self.evictions += 1
+
+    def get(self, key: str) -> CachedImage | None:
+        """The image stored under ``key`` (memory, then disk), or None."""
+        image = self._lru.get(key)
+        if image is None and self.disk is not None:
+            image = self.disk.get(key)
+            if image is not None:
+                self._remember(key, image)
+        if image is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return image
 
     def put(self, key: str, image: CachedImage) -> bool:
-        """Store ``image``; an image over the per-item limit is not stored and False is returned."""
+        """Store a complete image; False (and not stored) when over the per-item limit."""
         if len(image.data) > self.max_item_bytes:
             logger.info(
                 "image of %d bytes not cached: over the %d-byte item limit",
@@ -53,15 +221,21 @@ class ImageCache:
                 self.max_item_bytes,
             )
             return False
-        self._lru[key] = image
+        self._remember(key, image)
+        if self.disk is not None:
+            self.disk.put(key, image)
         return True
 
+    def _remember(self, key: str, image: CachedImage) -> None:
+        if len(image.data) <= self.max_item_bytes:
+            self._lru[key] = image
+
     def __contains__(self, key: str) -> bool:
-        return key in self._lru
+        return key in self._lru or (self.disk is not None and key in self.disk)
 
     @property
     def current_bytes(self) -> int:
-        """Total bytes of the images held."""
+        """Total bytes of the images held in memory."""
         return int(self._lru.currsize)
 
     def __len__(self) -> int:

@@ -1,14 +1,37 @@
-"""Image links the gateway hands out: unforgeable ids, and the base URL that makes them absolute."""
+"""Image links and URL policy: unforgeable links, signatures, and which addresses may be fetched."""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import hmac
+import ipaddress
 import re
 import secrets
-from urllib.parse import urlencode
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from urllib.parse import urlencode, urlsplit
 
 IMAGE_PROXY_PATH = "/image-proxy"
+# How long a signed link may make the gateway fetch its upstream URL. Kept images are served
+# for as long as they are kept, whatever the age of the link.
+LINK_FETCH_WINDOW_SECONDS = 24 * 3600
+MAX_URL_LENGTH = 4096
 _IMAGE_ID = re.compile(r"^[0-9a-f]{32}$")
 _SAFE_HOST = re.compile(r"^[A-Za-z0-9.\-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
+
+
+class LinkRefused(Exception):
+    """A link the gateway did not issue, or may no longer fetch; ``reason`` is for the log."""
+
+    def __init__(self, reason: str, expired: bool = False) -> None:
+        super().__init__(reason)
+        self.expired = expired
+
+
+# --- opaque ids: images the gateway holds as bytes ---
 
 
 def new_image_id() -> str:
@@ -21,9 +44,67 @@ def is_image_id(value: str) -> bool:
     return bool(_IMAGE_ID.match(value))
 
 
+def url_key(url: str) -> str:
+    """The store key of an upstream image URL (64 hex characters: never a valid opaque id)."""
+    return hashlib.sha256(url.encode("utf-8")).hexdigest()
+
+
+# --- signed links: upstream URLs the gateway may fetch ---
+
+
+def _b64encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _b64decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+@dataclass(frozen=True)
+class LinkSigner:
+    """Signs and verifies image links with HMAC-SHA256 under the proxy secret."""
+
+    secret: bytes
+
+    def _signature(self, url: str, expires: int) -> bytes:
+        message = f"{expires}\n{url}".encode()
+        return hmac.new(self.secret, message, hashlib.sha256).digest()
+
+    def query_for_url(self, url: str, now: float | None = None) -> dict[str, str]:
+        """The query of a link that lets the gateway fetch ``url`` for a day, and serve it after."""
+        expires = int(now if now is not None else time.time()) + LINK_FETCH_WINDOW_SECONDS
+        return {
+            "u": _b64encode(url.encode("utf-8")),
+            "e": str(expires),
+            "s": _b64encode(self._signature(url, expires)),
+        }
+
+    def verify(self, encoded_url: str, expires: str, signature: str) -> tuple[str, bool]:
+        """Check a signed link; return the upstream URL and whether its fetch window is over.
+
+        Raises LinkRefused for anything the gateway did not sign.
+        """
+        try:
+            url = _b64decode(encoded_url).decode("utf-8")
+            given = _b64decode(signature)
+            expiry = int(expires)
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            raise LinkRefused("malformed signed link") from None
+        if not expires.isdigit() or len(url) > MAX_URL_LENGTH:
+            raise LinkRefused("malformed signed link")
+        if not hmac.compare_digest(given, self._signature(url, expiry)):
+            raise LinkRefused("bad signature")
+        return url, time.time() > expiry
+
+
 def image_link(base_url: str, image_id: str) -> str:
-    """The absolute link that serves a stored image."""
+    """The absolute link that serves an image kept as bytes."""
     return f"{base_url}{IMAGE_PROXY_PATH}?{urlencode({'id': image_id})}"
+
+
+def signed_link(base_url: str, signer: LinkSigner, url: str) -> str:
+    """The absolute, signed link that serves an upstream image through the gateway."""
+    return f"{base_url}{IMAGE_PROXY_PATH}?{urlencode(signer.query_for_url(url))}"
 
 
 def base_url(public_base_url: str, scheme: str, host_header: str, fallback_host: str) -> str:
@@ -32,3 +113,115 @@ def base_url(public_base_url: str, scheme: str, host_header: str, fallback_host:
         return public_base_url
     host = host_header if _SAFE_HOST.match(host_header or "") else fallback_host
     return f"{scheme}://{host}"
+
+
+def derive_secret(configured: str, material: Iterable[str]) -> bytes:
+    """The signing key: ``IMAGE_PROXY_SECRET`` if set, else derived from the configured secrets.
+
+    Derived from the keys in the configuration, the key stays the same across restarts as long as
+    they do, so links keep working. With no secret configured at all, a random key is used (links
+    to fetched images then last as long as the process or the disk tier).
+    """
+    if configured:
+        return hashlib.sha256(b"imagegate-proxy-secret\n" + configured.encode()).digest()
+    parts = sorted(set(material))
+    if not parts:
+        return secrets.token_bytes(32)
+    return hashlib.sha256("\n".join(["imagegate-derived-proxy-secret", *parts]).encode()).digest()
+
+
+# --- URL and address policy for fetches ---
+
+
+def check_fetch_url(url: str) -> None:
+    """Refuse anything but plain http(s) URLs: no user-info, no other scheme, sane length."""
+    if len(url) > MAX_URL_LENGTH:
+        raise LinkRefused("URL too long")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (reading it validates the port)
+    except ValueError:
+        raise LinkRefused("malformed URL") from None
+    if parts.scheme not in ("http", "https"):
+        raise LinkRefused(f"scheme {parts.scheme!r} is not allowed")
+    if not parts.hostname:
+        raise LinkRefused("URL has no host")
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        raise LinkRefused("URL carries user-info")
+    if any(ch in url for ch in "\r\n\t\x00 "):
+        raise LinkRefused("URL holds control characters or spaces")
+
+
+_BLOCKED_V4 = tuple(
+    ipaddress.ip_network(net)
+    for net in (
+        "0.0.0.0/8",  # "this network", including 0.0.0.0
+        "10.0.0.0/8",
+        "100.64.0.0/10",  # CGNAT
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "172.16.0.0/12",
+        "192.0.0.0/24",
+        "192.0.2.0/24",
+        "192.88.99.0/24",  # 6to4 relay anycast
+        "192.168.0.0/16",
+        "198.18.0.0/15",
+        "198.51.100.0/24",
+        "203.0.113.0/24",
+        "224.0.0.0/4",  # multicast
+        "240.0.0.0/4",  # reserved, including 255.255.255.255
+    )
+)
+_BLOCKED_V6 = tuple(
+    ipaddress.ip_network(net)
+    for net in (
+        "::/128",
+        "::1/128",
+        "64:ff9b:1::/48",  # local-use NAT64
+        "100::/64",  # discard-only
+        "2001::/32",  # Teredo: the IPv4 inside is obfuscated, refuse it whole
+        "2001:2::/48",
+        "2001:10::/28",
+        "2001:20::/28",
+        "2001:db8::/32",
+        "fc00::/7",  # unique local
+        "fe80::/10",  # link-local
+        "fec0::/10",  # deprecated site-local
+        "ff00::/8",  # multicast
+    )
+)
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address hidden in an IPv6 one: mapped, compatible, 6to4 or NAT64."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip in _NAT64 or (ip in _IPV4_COMPATIBLE and int(ip) > 1):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
+def is_public_address(address: str) -> bool:
+    """Whether an address the gateway is about to connect to is on the public internet.
+
+    Refuses loopback, private, link-local, CGNAT, unspecified, multicast and reserved ranges,
+    unique-local IPv6, and IPv4 addresses hidden in IPv6 (mapped, compatible, 6to4, NAT64, Teredo).
+    """
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = _embedded_ipv4(ip)
+        if embedded is not None:
+            return is_public_address(str(embedded))
+        if any(ip in net for net in _BLOCKED_V6):
+            return False
+        return ip.is_global
+    if any(ip in net for net in _BLOCKED_V4):
+        return False
+    return ip.is_global

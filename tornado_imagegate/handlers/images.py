@@ -2,63 +2,84 @@
 
 from __future__ import annotations
 
+import logging
 from email.utils import formatdate
 
-from tornado_imagegate import errors
+from tornado.iostream import StreamClosedError
+
+from tornado_imagegate.errors import GatewayError
 from tornado_imagegate.handlers.base import BaseHandler
-from tornado_imagegate.imagecache import CachedImage, ImageCache
-from tornado_imagegate.urlpolicy import is_image_id
+from tornado_imagegate.imagecache import CachedImage
+from tornado_imagegate.imagefetch import Transfer
+from tornado_imagegate.imagestore import ImageStore
+
+logger = logging.getLogger(__name__)
 
 IMAGE_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; sandbox"
 IMMUTABLE = "public, max-age=31536000, immutable"
 
 
 class ImageProxyHandler(BaseHandler):
-    """Serves kept images by their unforgeable id; anything else is 403 and fetches nothing."""
+    """Serves kept images from memory or disk, and streams first fetches while they are stored."""
 
-    def initialize(self, cache: ImageCache) -> None:
-        """Take the image cache from the route table."""
-        self.cache = cache
+    def initialize(self, store: ImageStore) -> None:
+        """Take the image store from the route table."""
+        self.store = store
 
     def compute_etag(self) -> None:
-        """No per-request hashing: images carry the ETag computed when they were stored."""
+        """No per-request hashing: kept images carry the ETag computed when they were stored."""
         return None
 
-    def get(self) -> None:
-        """Send the image, or 304 when the client's copy is current."""
-        self.send_image(self.lookup(), include_body=True)
+    async def get(self) -> None:
+        """Send the image (304 when the client's copy is current)."""
+        found = self.store.resolve(self.request.query_arguments)
+        if isinstance(found, CachedImage):
+            self.send_image(found, include_body=True)
+        else:
+            await self.stream_transfer(found)
 
-    def head(self) -> None:
+    async def head(self) -> None:
         """Send the image's headers only."""
-        self.send_image(self.lookup(), include_body=False)
+        found = self.store.resolve(self.request.query_arguments)
+        if isinstance(found, Transfer):
+            found = await found.done
+        self.send_image(found, include_body=False)
 
-    def lookup(self) -> CachedImage:
-        """The image named by ``?id=``: 403 for anything not issued here, 404 when it is gone."""
-        image_id = self.get_query_argument("id", "")
-        if not is_image_id(image_id) or len(self.request.query_arguments) != 1:
-            raise errors.GatewayError(
-                403,
-                "forbidden_image_link",
-                "This link was not issued by this gateway.",
-            )
-        image = self.cache.get(image_id)
-        if image is None:
-            raise errors.GatewayError(
-                404, "image_not_found", "This image is no longer kept by the gateway."
-            )
-        return image
-
-    def send_image(self, image: CachedImage, include_body: bool) -> None:
-        """Write the allow-listed headers, then the bytes (or 304)."""
-        self.set_header("ETag", image.etag)
+    def set_image_headers(self, content_type: str) -> None:
+        """The allow-listed headers of every image answer; nothing is copied from upstream."""
+        self.set_header("Content-Type", content_type)
         self.set_header("Cache-Control", IMMUTABLE)
-        self.set_header("Last-Modified", formatdate(image.last_modified, usegmt=True))
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Content-Security-Policy", IMAGE_CSP)
-        if image.etag in self.request.headers.get("If-None-Match", ""):
+
+    def send_image(self, image: CachedImage, include_body: bool) -> None:
+        """Answer from a complete image: validators, length, then the bytes (or 304)."""
+        self.set_image_headers(image.content_type)
+        self.set_header("ETag", image.etag)
+        self.set_header("Last-Modified", formatdate(image.last_modified, usegmt=True))
+        if_none_match = self.request.headers.get("If-None-Match", "")
+        if image.etag in if_none_match or if_none_match.strip() == "*":
+            self.clear_header("Content-Type")
             self.set_status(304)
             self.finish()
             return
-        self.set_header("Content-Type", image.content_type)
         self.set_header("Content-Length", len(image.data))
         self.finish(image.data if include_body else None)
+
+    async def stream_transfer(self, transfer: Transfer) -> None:
+        """Stream a first fetch as it arrives, once every check on it has passed."""
+        await transfer.ready  # raises the transfer's error before anything is sent
+        self.set_image_headers(transfer.content_type or "application/octet-stream")
+        try:
+            async for chunk in transfer.stream():
+                self.write(chunk)
+                await self.flush()
+        except GatewayError as exc:
+            # Headers are gone: cut the connection so the client sees an incomplete answer,
+            # never a complete-looking one.
+            logger.warning("image stream cut: %s", exc.message)
+            self.request.connection.close()
+            return
+        except StreamClosedError:
+            return  # the client left; the transfer goes on and fills the cache for others
+        self.finish()

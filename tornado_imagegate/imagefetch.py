@@ -1,0 +1,252 @@
+"""Downloading upstream images: one shared transfer per image, checked, streamed, then stored."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from urllib.parse import urljoin
+
+from tornado.httpclient import HTTPRequest
+from tornado.httputil import HTTPHeaders
+
+from tornado_imagegate import errors, imagetype
+from tornado_imagegate.errors import GatewayError, UpstreamError
+from tornado_imagegate.imagecache import CachedImage, ImageCache
+from tornado_imagegate.upstream import FetchGuard, Upstream
+from tornado_imagegate.urlpolicy import LinkRefused, check_fetch_url, is_public_address
+
+logger = logging.getLogger(__name__)
+
+MAX_REDIRECTS = 3
+WHAT = "the image host"
+USER_AGENT = "tornado-imagegate (image fetch)"
+
+
+class Transfer:
+    """One upstream download that any number of readers follow while it fills the cache.
+
+    ``ready`` resolves once the answer passed every check (status, declared type, size, and the
+    type read from the first bytes): nothing is sent to a client before that. ``done`` resolves
+    with the complete image, or fails; a failed transfer stores nothing.
+    """
+
+    def __init__(self, key: str, url: str, max_bytes: int) -> None:
+        loop = asyncio.get_running_loop()
+        self.key = key
+        self.url = url
+        self.max_bytes = max_bytes
+        self.chunks: list[bytes] = []
+        self.received = 0
+        self.content_type: str | None = None
+        self.ready: asyncio.Future[None] = loop.create_future()
+        self.done: asyncio.Future[CachedImage] = loop.create_future()
+        for future in (self.ready, self.done):
+            future.add_done_callback(_mark_retrieved)
+        self._changed = asyncio.Event()
+        self.guard = FetchGuard()
+        self._reset_hop()
+
+    def _reset_hop(self) -> None:
+        self.status: int | None = None
+        self.headers = HTTPHeaders()
+        self.accepting = False
+        self.refusal: UpstreamError | None = None
+
+    # --- curl callbacks (plain functions, run on the IOLoop, never raising) ---
+
+    def on_header(self, line: str) -> None:
+        """Parse the answer's status and headers; decide at their end whether to accept it."""
+        if line.startswith("HTTP/"):
+            self._reset_hop()
+            parts = line.split(" ", 2)
+            self.status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+        elif line.strip():
+            try:
+                self.headers.parse_line(line)
+            except Exception:
+                return
+        else:
+            self._check_headers()
+
+    def _check_headers(self) -> None:
+        if self.status is None or 300 <= self.status < 400 or self.status == 100:
+            return
+        if self.status != 200:
+            self._refuse(UpstreamError("status", f"HTTP {self.status}", status=self.status))
+            return
+        declared = self.headers.get("Content-Type")
+        if not imagetype.is_acceptable_declared(declared):
+            shown = imagetype.declared_type(declared)[:60]
+            self._refuse(UpstreamError("bad_answer", f"content type {shown!r} is not an image"))
+            return
+        length = self.headers.get("Content-Length", "")
+        if length.isdigit() and int(length) > self.max_bytes:
+            self._refuse(UpstreamError("too_large", f"declared {length} bytes"))
+            return
+        self.accepting = True
+
+    def on_chunk(self, chunk: bytes) -> None:
+        """Keep a body chunk of an accepted answer and wake the readers."""
+        if not self.accepting or self.refusal is not None:
+            return
+        self.received += len(chunk)
+        if self.received > self.max_bytes:
+            self._refuse(UpstreamError("too_large", f"over {self.max_bytes} bytes"))
+            return
+        self.chunks.append(chunk)
+        if self.content_type is None and self.received >= imagetype.SNIFF_BYTES:
+            self.check_type()
+        self._wake()
+
+    def check_type(self) -> None:
+        """Read the type from the first bytes; refuse the answer if it is not a raster image."""
+        head = b"".join(self.chunks)[: imagetype.SNIFF_BYTES]
+        content_type = imagetype.sniff(head)
+        if content_type is None:
+            self._refuse(UpstreamError("bad_answer", "the body is not a raster image"))
+            return
+        self.content_type = content_type
+        if not self.ready.done():
+            self.ready.set_result(None)
+
+    def _refuse(self, error: UpstreamError) -> None:
+        self.refusal = error
+        self.accepting = False
+        self.guard.abort(error.kind)
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    # --- outcome ---
+
+    def finish(self, image: CachedImage) -> None:
+        """The whole image arrived."""
+        if not self.ready.done():
+            self.ready.set_result(None)
+        self.done.set_result(image)
+        self._wake()
+
+    def fail(self, error: GatewayError) -> None:
+        """The transfer failed; readers get ``error`` (or a cut connection once streaming)."""
+        for future in (self.ready, self.done):
+            if not future.done():
+                future.set_exception(error)
+        self.chunks = []
+        self._wake()
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        """Every chunk in order, as it arrives; raises if the transfer fails part-way."""
+        index = 0
+        while True:
+            if index < len(self.chunks):
+                index += 1
+                yield self.chunks[index - 1]
+                continue
+            if self.done.done():
+                self.done.result()
+                return
+            await self._changed.wait()
+
+
+def _mark_retrieved(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+class ImageFetcher:
+    """Starts transfers, one per image at a time (single-flight), and stores what completes."""
+
+    def __init__(
+        self,
+        upstream: Upstream,
+        cache: ImageCache,
+        *,
+        timeout: float,
+        max_bytes: int,
+        allow_private: bool,
+        address_allowed: Callable[[str], bool] = is_public_address,
+    ) -> None:
+        self.upstream = upstream
+        self.cache = cache
+        self.timeout = timeout
+        self.max_bytes = max_bytes
+        self.allow_private = allow_private
+        self.address_allowed = address_allowed
+        self.inflight: dict[str, Transfer] = {}
+        self.started = 0
+        self._tasks: set[asyncio.Task] = set()
+
+    def transfer(self, key: str, url: str) -> Transfer:
+        """The running transfer of this image, or a new one."""
+        transfer = self.inflight.get(key)
+        if transfer is None:
+            transfer = Transfer(key, url, self.max_bytes)
+            self.inflight[key] = transfer
+            self.started += 1
+            task = asyncio.ensure_future(self._run(transfer))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return transfer
+
+    async def _run(self, transfer: Transfer) -> None:
+        try:
+            image = await self._download(transfer)
+        except UpstreamError as exc:
+            logger.warning("image fetch failed: %s", exc.detail or exc.kind)
+            transfer.fail(errors.from_upstream(exc, WHAT))
+        except LinkRefused as exc:
+            logger.warning("image fetch refused: %s", exc)
+            transfer.fail(errors.from_upstream(UpstreamError("refused_address", str(exc)), WHAT))
+        except Exception:
+            logger.exception("image fetch crashed")
+            transfer.fail(errors.from_status(500))
+        else:
+            self.cache.put(transfer.key, image)
+            transfer.finish(image)
+        finally:
+            self.inflight.pop(transfer.key, None)
+
+    async def _download(self, transfer: Transfer) -> CachedImage:
+        deadline = asyncio.get_running_loop().time() + self.timeout
+        url = transfer.url
+        for _hop in range(MAX_REDIRECTS + 1):
+            check_fetch_url(url)
+            guard = FetchGuard(
+                allow_private=self.allow_private,
+                max_bytes=self.max_bytes,
+                address_allowed=self.address_allowed,
+            )
+            transfer.guard = guard
+            request = HTTPRequest(
+                url,
+                method="GET",
+                headers={"Accept": "image/avif,image/webp,image/png,image/jpeg,image/*;q=0.8"},
+                user_agent=USER_AGENT,
+                follow_redirects=False,
+                decompress_response=True,
+                header_callback=transfer.on_header,
+                streaming_callback=transfer.on_chunk,
+            )
+            try:
+                response = await self.upstream.fetch(request, deadline, guard)
+            except UpstreamError:
+                if transfer.refusal is not None:
+                    raise transfer.refusal from None
+                raise
+            if transfer.refusal is not None:
+                raise transfer.refusal
+            location = response.headers.get("Location")
+            if 300 <= response.code < 400 and location:
+                url = urljoin(url, location)
+                continue
+            if response.code != 200:
+                raise UpstreamError("status", f"HTTP {response.code}", status=response.code)
+            if transfer.content_type is None:
+                transfer.check_type()
+                if transfer.refusal is not None:
+                    raise transfer.refusal
+            data = b"".join(transfer.chunks)
+            return CachedImage.build(data, transfer.content_type or "application/octet-stream")
+        raise UpstreamError("bad_answer", f"more than {MAX_REDIRECTS} redirects")

@@ -1,0 +1,123 @@
+"""Keeping images: store what providers return and hand out the gateway's own lasting links."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from tornado_imagegate import imagetype
+from tornado_imagegate.errors import GatewayError
+from tornado_imagegate.imagecache import CachedImage, ImageCache
+from tornado_imagegate.imagefetch import ImageFetcher, Transfer
+from tornado_imagegate.urlpolicy import (
+    LinkRefused,
+    LinkSigner,
+    check_fetch_url,
+    image_link,
+    is_image_id,
+    new_image_id,
+    signed_link,
+    url_key,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def forbidden_link(reason: str) -> GatewayError:
+    """403 for any link this gateway did not issue; the reason goes to the log only."""
+    return GatewayError(
+        403, "forbidden_image_link", "This link was not issued by this gateway.", detail=reason
+    )
+
+
+class ImageStore:
+    """The image cache, the fetcher and the link signer behind one interface."""
+
+    def __init__(self, cache: ImageCache, fetcher: ImageFetcher, signer: LinkSigner) -> None:
+        self.cache = cache
+        self.fetcher = fetcher
+        self.signer = signer
+
+    def keep_bytes(self, data: bytes, base_url: str) -> str:
+        """Store image bytes a provider returned; return the absolute link that serves them."""
+        content_type = imagetype.sniff(data[: imagetype.SNIFF_BYTES])
+        if content_type is None:
+            raise GatewayError(
+                502,
+                "upstream_error",
+                "The provider answered with something that is not an image.",
+                headers={"x-should-retry": "false"},
+            )
+        image_id = new_image_id()
+        if not self.cache.put(image_id, CachedImage.build(data, content_type)):
+            logger.warning(
+                "a %d-byte image is over the cache's item limit: its link will 404", len(data)
+            )
+        return image_link(base_url, image_id)
+
+    async def keep_url(self, url: str, base_url: str) -> str:
+        """Fetch an upstream image now, so its link outlives the upstream's; return our link.
+
+        If the fetch fails, the signed link still works later by fetching on demand, for as long
+        as the upstream link lives.
+        """
+        try:
+            check_fetch_url(url)
+        except LinkRefused as exc:
+            raise GatewayError(
+                502,
+                "upstream_error",
+                "The provider returned an image URL the gateway may not fetch.",
+                detail=str(exc),
+                headers={"x-should-retry": "false"},
+            ) from None
+        key = url_key(url)
+        if key not in self.cache:
+            try:
+                await self.fetcher.transfer(key, url).done
+            except GatewayError as exc:
+                logger.warning(
+                    "could not keep a provider image now (%s); its link will fetch on demand",
+                    exc.message,
+                )
+        return signed_link(base_url, self.signer, url)
+
+    def resolve(self, query: Mapping[str, list[bytes]]) -> CachedImage | Transfer:
+        """The image a link names: kept bytes, or a transfer from its signed upstream URL.
+
+        403 for anything the gateway did not issue (no upstream request is made), 404 for an
+        image no longer kept, 403 for a signed link past its fetch window whose image is gone.
+        """
+        fields = {
+            name: values[0].decode("utf-8", "replace")
+            for name, values in query.items()
+            if len(values) == 1
+        }
+        if len(fields) != len(query):
+            raise forbidden_link("repeated query field")
+        if set(fields) == {"id"}:
+            if not is_image_id(fields["id"]):
+                raise forbidden_link("malformed id")
+            image = self.cache.get(fields["id"])
+            if image is None:
+                raise GatewayError(
+                    404, "image_not_found", "This image is no longer kept by the gateway."
+                )
+            return image
+        if set(fields) != {"u", "e", "s"}:
+            raise forbidden_link("unknown link form")
+        try:
+            url, expired = self.signer.verify(fields["u"], fields["e"], fields["s"])
+        except LinkRefused as exc:
+            raise forbidden_link(str(exc)) from None
+        key = url_key(url)
+        image = self.cache.get(key)
+        if image is not None:
+            return image
+        if expired:
+            raise GatewayError(
+                403,
+                "expired_image_link",
+                "This image is no longer kept and its link is too old to fetch it again.",
+            )
+        return self.fetcher.transfer(key, url)

@@ -1,0 +1,148 @@
+"""The only place that calls out over HTTP: one curl client, deadlines, guards, errors mapped."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pycurl
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
+
+from tornado_imagegate.errors import UpstreamError
+from tornado_imagegate.urlpolicy import is_public_address
+
+logger = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT = 10.0
+# curl's error numbers (CURLE_*) that arrive as Tornado's status 599.
+_CURL_KINDS = {
+    5: "connect",  # could not resolve proxy
+    6: "connect",  # could not resolve host
+    7: "connect",  # could not connect
+    28: "timeout",
+    23: "too_large",  # write error: Tornado's max_body_size guard
+    63: "too_large",  # file size over CURLOPT_MAXFILESIZE
+    47: "bad_answer",  # too many redirects
+    52: "bad_answer",  # empty reply
+    56: "connect",  # receive error (connection reset)
+    35: "connect",  # TLS handshake failed
+    60: "connect",  # TLS certificate problem
+}
+
+
+@dataclass
+class FetchGuard:
+    """Per-request checks run inside curl: the address filter, a byte limit, and an abort switch.
+
+    curl calls these from its own callbacks, so they are plain functions that never raise.
+    """
+
+    allow_private: bool = True
+    max_bytes: int | None = None
+    abort_reason: str | None = None
+    refused_address: str | None = None
+    address_allowed: Callable[[str], bool] = is_public_address
+
+    def abort(self, reason: str) -> None:
+        """Stop the transfer at curl's next progress callback."""
+        if self.abort_reason is None:
+            self.abort_reason = reason
+
+    def prepare(self, curl: Any) -> None:
+        """Install the guards on a curl handle (Tornado resets handles between requests)."""
+        curl.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
+        curl.setopt(pycurl.REDIR_PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
+        curl.setopt(pycurl.NOPROGRESS, 0)
+        curl.setopt(pycurl.XFERINFOFUNCTION, self._progress)
+        if self.max_bytes is not None:
+            curl.setopt(pycurl.MAXFILESIZE_LARGE, self.max_bytes)
+        if not self.allow_private:
+            curl.setopt(pycurl.OPENSOCKETFUNCTION, self._open_socket)
+            # A pooled connection was checked when it was opened, perhaps by a request that was
+            # allowed private addresses: always open a new one, so the filter sees it.
+            curl.setopt(pycurl.FRESH_CONNECT, 1)
+
+    def _progress(self, dltotal: int, dlnow: int, ultotal: int, ulnow: int) -> int:
+        if self.abort_reason is not None:
+            return 1
+        if self.max_bytes is not None and dlnow > self.max_bytes:
+            self.abort_reason = "too_large"
+            return 1
+        return 0
+
+    def _open_socket(self, purpose: int, address: Any) -> Any:
+        host = address.addr[0] if address.addr else ""
+        if address.family not in (socket.AF_INET, socket.AF_INET6) or not self.address_allowed(
+            host
+        ):
+            self.refused_address = host
+            return pycurl.SOCKET_BAD
+        return socket.socket(address.family, address.socktype, address.protocol)
+
+
+class Upstream:
+    """Makes every outbound request through the one curl client configured at start-up."""
+
+    def __init__(self, client: AsyncHTTPClient | None = None) -> None:
+        self._client = client
+
+    @property
+    def client(self) -> AsyncHTTPClient:
+        """The shared AsyncHTTPClient (created on first use, on the running loop)."""
+        if self._client is None:
+            self._client = AsyncHTTPClient()
+        return self._client
+
+    async def fetch(
+        self, request: HTTPRequest, deadline: float, guard: FetchGuard | None = None
+    ) -> HTTPResponse:
+        """Send ``request`` and return its answer, whatever its status, before ``deadline``.
+
+        ``deadline`` is a loop time and covers time queued for a connection. Failures to get an
+        answer at all raise UpstreamError; no status 599 ever leaves this function.
+        """
+        loop = asyncio.get_running_loop()
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            raise UpstreamError("timeout", "deadline passed before the request was sent")
+        guard = guard or FetchGuard()
+        request.request_timeout = remaining
+        request.connect_timeout = min(remaining, CONNECT_TIMEOUT)
+        request.prepare_curl_callback = guard.prepare
+        try:
+            return await asyncio.wait_for(self.client.fetch(request, raise_error=False), remaining)
+        except TimeoutError:
+            guard.abort("deadline")
+            raise UpstreamError("timeout", f"no answer within {remaining:.1f}s") from None
+        except asyncio.CancelledError:
+            guard.abort("cancelled")
+            raise
+        except HTTPClientError as exc:
+            raise self._classify(exc, guard) from None
+        except (OSError, ValueError, pycurl.error) as exc:
+            raise UpstreamError("connect", f"{type(exc).__name__}") from None
+
+    @staticmethod
+    def _classify(exc: HTTPClientError, guard: FetchGuard) -> UpstreamError:
+        errno = getattr(exc, "errno", None)
+        if guard.refused_address is not None:
+            return UpstreamError("refused_address", "address refused by the network filter")
+        if guard.abort_reason == "too_large" or errno in (23, 63):
+            return UpstreamError("too_large", "answer over the size limit")
+        if guard.abort_reason is not None:
+            kind = "timeout" if guard.abort_reason == "deadline" else guard.abort_reason
+            return UpstreamError(kind, f"aborted: {guard.abort_reason}")
+        kind = _CURL_KINDS.get(errno or 0, "connect")
+        return UpstreamError(kind, f"curl error {errno}")
+
+
+def retry_after_seconds(response: HTTPResponse) -> float | None:
+    """The ``Retry-After`` of an answer in seconds (delta form only), or None."""
+    value = response.headers.get("Retry-After", "").strip()
+    if value.isdigit():
+        return float(value)
+    return None
