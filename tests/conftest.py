@@ -12,7 +12,7 @@ from tornado.httpclient import HTTPResponse
 from tornado_imagegate.app import make_app
 from tornado_imagegate.config import Settings, load_settings
 from tornado_imagegate.logsafe import keep_curl_quiet
-from tornado_imagegate.server import make_http_server
+from tornado_imagegate.server import configure_http_client, make_http_server
 
 CLIENT_KEYS = ("test-client-key-alpha-7c1f", "test-client-key-beta-93ad")
 PROXY_SECRET = "test-proxy-secret-5e0b"
@@ -47,6 +47,7 @@ def pytest_configure(config: pytest.Config) -> None:
     root.addHandler(LOG_WATCH)
     root.setLevel(logging.DEBUG)
     keep_curl_quiet()
+    configure_http_client(load_settings({}))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -55,8 +55,9 @@ class Transfer:
 
     # --- curl callbacks (plain functions, run on the IOLoop, never raising) ---
 
-    def on_header(self, line: str) -> None:
+    def on_header(self, raw: bytes) -> None:
         """Parse the answer's status and headers; decide at their end whether to accept it."""
+        line = raw.decode("latin-1")
         if line.startswith("HTTP/"):
             self._reset_hop()
             parts = line.split(" ", 2)
@@ -217,6 +218,7 @@ class ImageFetcher:
                 allow_private=self.allow_private,
                 max_bytes=self.max_bytes,
                 address_allowed=self.address_allowed,
+                header_function=transfer.on_header,
             )
             transfer.guard = guard
             request = HTTPRequest(
@@ -226,7 +228,6 @@ class ImageFetcher:
                 user_agent=USER_AGENT,
                 follow_redirects=False,
                 decompress_response=True,
-                header_callback=transfer.on_header,
                 streaming_callback=transfer.on_chunk,
             )
             try:
@@ -237,7 +238,7 @@ class ImageFetcher:
                 raise
             if transfer.refusal is not None:
                 raise transfer.refusal
-            location = response.headers.get("Location")
+            location = transfer.headers.get("Location")
             if 300 <= response.code < 400 and location:
                 url = urljoin(url, location)
                 continue

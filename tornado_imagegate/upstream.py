@@ -6,7 +6,7 @@ import asyncio
 import logging
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pycurl
@@ -46,6 +46,11 @@ class FetchGuard:
     abort_reason: str | None = None
     refused_address: str | None = None
     address_allowed: Callable[[str], bool] = is_public_address
+    # Replaces Tornado's own header parsing: curl calls it synchronously, before any body
+    # chunk, whereas Tornado's header_callback may be delivered after the first chunks.
+    header_function: Callable[[bytes], None] | None = None
+    # pycurl duplicates the descriptor of each socket we open for it; ours are closed at the end.
+    opened: list[socket.socket] = field(default_factory=list)
 
     def abort(self, reason: str) -> None:
         """Stop the transfer at curl's next progress callback."""
@@ -60,6 +65,8 @@ class FetchGuard:
         curl.setopt(pycurl.XFERINFOFUNCTION, self._progress)
         if self.max_bytes is not None:
             curl.setopt(pycurl.MAXFILESIZE_LARGE, self.max_bytes)
+        if self.header_function is not None:
+            curl.setopt(pycurl.HEADERFUNCTION, self.header_function)
         if not self.allow_private:
             curl.setopt(pycurl.OPENSOCKETFUNCTION, self._open_socket)
             # A pooled connection was checked when it was opened, perhaps by a request that was
@@ -81,7 +88,14 @@ class FetchGuard:
         ):
             self.refused_address = host
             return pycurl.SOCKET_BAD
-        return socket.socket(address.family, address.socktype, address.protocol)
+        sock = socket.socket(address.family, address.socktype, address.protocol)
+        self.opened.append(sock)
+        return sock
+
+    def close_sockets(self) -> None:
+        """Close our copies of the sockets opened for curl (curl holds its own duplicates)."""
+        while self.opened:
+            self.opened.pop().close()
 
 
 class Upstream:
@@ -125,6 +139,8 @@ class Upstream:
             raise self._classify(exc, guard) from None
         except (OSError, ValueError, pycurl.error) as exc:
             raise UpstreamError("connect", f"{type(exc).__name__}") from None
+        finally:
+            guard.close_sockets()
 
     @staticmethod
     def _classify(exc: HTTPClientError, guard: FetchGuard) -> UpstreamError:

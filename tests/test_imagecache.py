@@ -1,0 +1,83 @@
+"""The image store's memory LRU and disk tier: bounded in bytes, atomic, damage is a miss."""
+
+from __future__ import annotations
+
+import os
+
+from tornado_imagegate.imagecache import CachedImage, DiskTier, ImageCache
+
+
+def image(n: int, size: int = 1000) -> CachedImage:
+    return CachedImage.build(bytes([n % 256]) * size, "image/png", last_modified=1_700_000_000)
+
+
+def key(n: int) -> str:
+    return f"{n:032x}"
+
+
+def test_memory_lru_is_bounded_in_bytes_and_evicts_least_recently_used():
+    cache = ImageCache(max_bytes=3500)
+    for n in range(3):
+        assert cache.put(key(n), image(n))
+    assert cache.get(key(0)) is not None  # 0 is now the most recent
+    cache.put(key(3), image(3))
+    assert cache.current_bytes <= 3500
+    assert cache.get(key(1)) is None
+    assert cache.get(key(0)) is not None
+    assert cache.evictions == 1
+
+
+def test_item_over_the_limit_is_not_stored_and_does_not_raise():
+    cache = ImageCache(max_bytes=10_000, max_item_bytes=2_000)
+    assert not cache.put(key(1), image(1, size=5_000))
+    assert cache.get(key(1)) is None
+
+
+def test_etag_is_computed_once_from_the_content():
+    a, b = image(1), image(1)
+    assert a.etag == b.etag and a.etag.startswith('"')
+    assert image(2).etag != a.etag
+
+
+def test_disk_tier_survives_a_new_instance(tmp_path):
+    first = ImageCache(10_000, disk=DiskTier(str(tmp_path), 100_000))
+    first.put(key(7), image(7))
+    second = ImageCache(10_000, disk=DiskTier(str(tmp_path), 100_000))
+    found = second.get(key(7))
+    assert found == image(7)
+    assert key(7) in second
+
+
+def test_disk_tier_is_bounded_in_bytes(tmp_path):
+    disk = DiskTier(str(tmp_path), 5_000)
+    for n in range(10):
+        disk.put(key(n), image(n))
+    assert disk.current_bytes <= 5_000
+    assert sum(os.path.getsize(tmp_path / name) for name in os.listdir(tmp_path)) <= 5_000
+    assert disk.get(key(9)) is not None
+    assert disk.get(key(0)) is None
+    assert disk.evictions > 0
+
+
+def test_damaged_files_are_misses_and_are_removed(tmp_path):
+    disk = DiskTier(str(tmp_path), 100_000)
+    for n in range(3):
+        disk.put(key(n), image(n))
+    path = tmp_path / f"{key(0)}.img"
+    path.write_bytes(path.read_bytes()[:-10])  # a partial write
+    other = tmp_path / f"{key(1)}.img"
+    raw = bytearray(other.read_bytes())
+    raw[-1] ^= 0xFF  # a flipped bit
+    other.write_bytes(bytes(raw))
+    (tmp_path / f"{key(2)}.img").write_bytes(b"garbage")
+    restarted = DiskTier(str(tmp_path), 100_000)
+    for n in range(3):
+        assert restarted.get(key(n)) is None
+    assert not list(tmp_path.iterdir())
+
+
+def test_leftover_temporary_files_are_cleaned_at_start(tmp_path):
+    (tmp_path / ".tmp-abc").write_bytes(b"half an image")
+    (tmp_path / "unrelated.txt").write_text("kept")
+    DiskTier(str(tmp_path), 100_000)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["unrelated.txt"]
