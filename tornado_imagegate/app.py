@@ -51,8 +51,9 @@ def make_store(settings: Settings, upstream: Upstream | None = None) -> ImageSto
 
 def make_app(settings: Settings, store: ImageStore | None = None) -> Application:
     """Build the Tornado application with its services: the one route table."""
-    store = store or make_store(settings)
-    service = ImageService(settings, store)
+    upstream = Upstream()
+    store = store or make_store(settings, upstream)
+    service = ImageService(settings, store, upstream)
     # The /v1 prefix is optional: some clients are given the bare origin as their base URL.
     routes = [
         (r"/", WelcomeHandler),

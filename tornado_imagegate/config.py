@@ -77,6 +77,8 @@ class Settings:
     image_cache_dir: str = ""
     image_cache_dir_max_bytes: int = 2 * 1024 * 1024 * 1024
     image_max_bytes: int = 32 * 1024 * 1024
+    sd_steps: int = 8
+    sd_model_index: int = 5
     image_proxy_allow_private_networks: bool = False
     llm_timeout: float = 30.0
     image_gen_timeout: float = 180.0
@@ -129,6 +131,13 @@ def _positive_int(text: str) -> int:
     value = _number(text, int)
     if value <= 0:
         raise ValueError("must be a positive whole number")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = _number(text, int)
+    if value < 0:
+        raise ValueError("must be a whole number, 0 or more")
     return value
 
 
@@ -373,6 +382,10 @@ def load_settings(
         "image_cache_dir": reader.raw("IMAGE_CACHE_DIR"),
         "image_cache_dir_max_bytes": reader.value(
             "IMAGE_CACHE_DIR_MAX_BYTES", _positive_int, defaults.image_cache_dir_max_bytes
+        ),
+        "sd_steps": reader.value("SD_STEPS", _positive_int, defaults.sd_steps),
+        "sd_model_index": reader.value(
+            "SD_MODEL_INDEX", _non_negative_int, defaults.sd_model_index
         ),
         "image_max_bytes": reader.value("IMAGE_MAX_BYTES", _positive_int, defaults.image_max_bytes),
         "image_proxy_allow_private_networks": reader.value(

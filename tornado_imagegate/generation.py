@@ -10,8 +10,15 @@ from tornado_imagegate import errors, openai_api
 from tornado_imagegate.config import ProviderGroup, Settings
 from tornado_imagegate.imagestore import ImageStore
 from tornado_imagegate.openai_api import ImageRequest
+from tornado_imagegate.prompt import OptimisedPrompt, PromptOptimiser
 from tornado_imagegate.providers import Provider, ProviderImage
+from tornado_imagegate.providers.chat import ChatImagesApi
 from tornado_imagegate.providers.demo import DemoProvider
+from tornado_imagegate.providers.group import GroupProvider
+from tornado_imagegate.providers.openai_images import OpenAIImagesApi
+from tornado_imagegate.providers.sd import SdApi
+from tornado_imagegate.providers.siliconflow import SiliconFlowApi
+from tornado_imagegate.upstream import Upstream
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +31,7 @@ class Generation:
     prompt: str
     optimised: bool
     links: tuple[str, ...]
+    thinking: str = ""
 
     def markdown(self) -> str:
         """The chat answer: a markdown image per link, then the optimised prompt if there is one."""
@@ -33,13 +41,33 @@ class Generation:
         return "\n\n".join(parts)
 
 
+def make_provider(group: ProviderGroup, settings: Settings, upstream: Upstream) -> Provider:
+    """The provider object of a configured group."""
+    if group.kind == "demo":
+        return DemoProvider()
+    apis = {
+        "siliconflow": SiliconFlowApi,
+        "chat": ChatImagesApi,
+        "openai-images": OpenAIImagesApi,
+        "sd": lambda: SdApi(steps=settings.sd_steps, model_index=settings.sd_model_index),
+    }
+    return GroupProvider(group, apis[group.kind](), upstream, settings.image_gen_timeout)
+
+
 class ImageService:
     """Turns validated requests into kept images; knows nothing of HTTP handlers."""
 
-    def __init__(self, settings: Settings, store: ImageStore) -> None:
+    def __init__(self, settings: Settings, store: ImageStore, upstream: Upstream) -> None:
         self.settings = settings
         self.store = store
-        self.providers: dict[str, Provider] = {"demo": DemoProvider()}
+        self.providers: dict[str, Provider] = {
+            group.name: make_provider(group, settings, upstream) for group in settings.groups
+        }
+        self.optimiser = (
+            PromptOptimiser(settings.optimiser, upstream, settings.llm_timeout)
+            if settings.optimiser.enabled
+            else None
+        )
 
     def group_for(self, model: str) -> ProviderGroup:
         """The provider group of ``model``; 404 ``model_not_found`` when none has it."""
@@ -55,18 +83,17 @@ class ImageService:
         prompt = openai_api.chat_prompt(body)
         return openai_api.image_request(body, model, prompt, group.kind)
 
+    async def optimise(self, request: ImageRequest) -> OptimisedPrompt:
+        """The prompt for the image model: optimised when the optimiser is on and not skipped."""
+        if self.optimiser is None or not request.enhance:
+            return OptimisedPrompt(request.prompt, changed=False)
+        return await self.optimiser.optimise(request.prompt)
+
     async def generate(self, request: ImageRequest, base_url: str) -> Generation:
-        """Make the images of ``request``, keep them, and return the gateway's links."""
+        """Optimise the prompt, make the images, keep them, and return the gateway's links."""
         group = self.group_for(request.model)
-        provider = self.providers.get(group.kind)
-        if provider is None:
-            raise errors.GatewayError(
-                501,
-                "provider_not_available",
-                f"Provider kind '{group.kind}' (group {group.name}) is not available in this "
-                "version of the gateway.",
-            )
-        images = await provider.generate(request)
+        optimised = await self.optimise(request)
+        images = await self.providers[group.name].generate(request, optimised.prompt)
         links = tuple([await self.keep(image, base_url) for image in images])
         logger.info(
             "generated %d image(s) with %s (%s, %s)",
@@ -75,7 +102,13 @@ class ImageService:
             group.name,
             request.size,
         )
-        return Generation(request=request, prompt=request.prompt, optimised=False, links=links)
+        return Generation(
+            request=request,
+            prompt=optimised.prompt,
+            optimised=optimised.changed,
+            links=links,
+            thinking=optimised.thinking,
+        )
 
     async def keep(self, image: ProviderImage, base_url: str) -> str:
         """Keep a provider image (bytes, or a URL fetched at once) and return the gateway's link."""

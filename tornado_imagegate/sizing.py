@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import re
+from math import gcd
 
 Size = tuple[int, int]
 
@@ -121,3 +123,21 @@ def parse_size(text: str) -> Size | None:
     if not match:
         return None
     return clamp_side(int(match.group(1))), clamp_side(int(match.group(2)))
+
+
+def nearest_size(sizes: tuple[Size, ...], width: int, height: int) -> Size:
+    """The size of ``sizes`` closest in aspect ratio (then in area) to ``width`` x ``height``."""
+    wanted = math.log(width / height)
+    return min(
+        sizes,
+        key=lambda s: (
+            round(abs(math.log(s[0] / s[1]) - wanted), 6),
+            abs(s[0] * s[1] - width * height),
+        ),
+    )
+
+
+def ratio_text(width: int, height: int) -> str:
+    """``"16:9"`` for 1024x576: the reduced ratio of a size, for prompts that carry it in words."""
+    divisor = gcd(width, height)
+    return f"{width // divisor}:{height // divisor}"

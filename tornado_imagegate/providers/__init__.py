@@ -1,9 +1,15 @@
-"""Image providers: one module per provider API; each turns an ImageRequest into images."""
+"""Image providers: one module per provider API, each building its requests and parsing answers."""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
+import re
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
+
+from tornado.httpclient import HTTPRequest, HTTPResponse
 
 from tornado_imagegate.openai_api import ImageRequest
 
@@ -17,8 +23,94 @@ class ProviderImage:
     url: str | None = None
 
 
+class ProviderAnswerError(Exception):
+    """A 2xx answer that holds no usable image; ``reason`` is short and safe to show."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class Provider(Protocol):
     """What the generation service needs from a provider."""
 
-    async def generate(self, request: ImageRequest) -> list[ProviderImage]:
-        """Make ``request.n`` images for ``request``."""
+    async def generate(self, request: ImageRequest, prompt: str) -> list[ProviderImage]:
+        """Make ``request.n`` images of ``prompt``."""
+
+
+class ProviderApi(Protocol):
+    """One provider API: how to ask it for images and how to read its answer."""
+
+    def fit_size(self, model: str, width: int, height: int) -> tuple[int, int]:
+        """The size the API can make that is nearest the one asked for."""
+
+    def images_per_call(self, model: str) -> int:
+        """How many images one request may ask for."""
+
+    def build(
+        self,
+        endpoint: str,
+        key: str,
+        model: str,
+        request: ImageRequest,
+        prompt: str,
+        count: int,
+        size: tuple[int, int],
+    ) -> HTTPRequest:
+        """The HTTP request that asks for ``count`` images."""
+
+    def parse(self, response: HTTPResponse) -> list[ProviderImage]:
+        """The images of a 2xx answer; raises ProviderAnswerError when there are none."""
+
+
+def json_request(endpoint: str, key: str, body: dict[str, Any]) -> HTTPRequest:
+    """A JSON POST with a bearer key."""
+    return HTTPRequest(
+        endpoint,
+        method="POST",
+        headers={
+            "Authorization": f"Bearer {key}",
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+        },
+        body=json.dumps(body, ensure_ascii=False),
+        follow_redirects=False,
+    )
+
+
+def json_answer(response: HTTPResponse) -> Any:
+    """The decoded JSON of an answer; ProviderAnswerError when it is not JSON."""
+    try:
+        return json.loads(response.body or b"")
+    except (ValueError, UnicodeDecodeError):
+        raise ProviderAnswerError("the answer is not JSON") from None
+
+
+_DATA_URI = re.compile(r"data:(image/[a-z0-9.+-]+);base64,([A-Za-z0-9+/=\s]+)", re.IGNORECASE)
+
+
+def decode_base64_image(text: str) -> bytes:
+    """Bytes of a base64 image (plain, or a ``data:image/...;base64,`` URI)."""
+    match = _DATA_URI.match(text.strip())
+    payload = match.group(2) if match else text
+    try:
+        return base64.b64decode("".join(payload.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise ProviderAnswerError("an image in the answer is not valid base64") from None
+
+
+def images_from_data_list(items: Any) -> list[ProviderImage]:
+    """Images of an OpenAI-style ``data`` (or SiliconFlow ``images``) list: url or b64_json."""
+    images = []
+    for item in items if isinstance(items, list) else []:
+        if not isinstance(item, dict):
+            continue
+        if isinstance(item.get("b64_json"), str) and item["b64_json"]:
+            images.append(ProviderImage(data=decode_base64_image(item["b64_json"])))
+        elif isinstance(item.get("url"), str) and item["url"]:
+            url = item["url"]
+            if url.startswith("data:"):
+                images.append(ProviderImage(data=decode_base64_image(url)))
+            else:
+                images.append(ProviderImage(url=url))
+    return images

@@ -12,18 +12,13 @@ from tornado_imagegate.providers import ProviderImage
 class DemoProvider:
     """Renders a deterministic picture of the prompt and seed; a demo, not a model."""
 
-    async def generate(self, request: ImageRequest) -> list[ProviderImage]:
+    async def generate(self, request: ImageRequest, prompt: str) -> list[ProviderImage]:
         """Render ``request.n`` images (seeds ``seed``, ``seed + 1``, ...) off the event loop."""
         loop = asyncio.get_running_loop()
         images = []
         for index in range(request.n):
             data = await loop.run_in_executor(
-                None,
-                render_png,
-                request.prompt,
-                request.seed + index,
-                request.width,
-                request.height,
+                None, render_png, prompt, request.seed + index, request.width, request.height
             )
             images.append(ProviderImage(data=data, content_type="image/png"))
         return images

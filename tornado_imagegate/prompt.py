@@ -1,0 +1,153 @@
+"""Prompt optimisation: an OpenAI-compatible LLM turns a short idea into a strong image prompt."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from tornado_imagegate.config import OptimiserSettings
+from tornado_imagegate.errors import UpstreamError
+from tornado_imagegate.keys import KeyPool
+from tornado_imagegate.providers import json_request
+from tornado_imagegate.upstream import Upstream
+
+logger = logging.getLogger(__name__)
+
+MAX_WORDS = 50
+
+# Written for this gateway to the specification of seed 000's two modes (not copied from it).
+_RULES = """Rules for the prompt you write:
+- English only. If the idea is written in another language, understand it and write the prompt
+  in English.
+- One paragraph of comma-separated phrases, at most 50 words; 30 to 40 is best.
+- Lead with the subject and what it is doing, then the artistic style or medium, then the key
+  elements of the scene, then, if they help, the lighting and the mood.
+- Be specific and vivid. Build on what the person asked for; never replace their idea with
+  another one, and keep every detail they gave (names, colours, counts, text to show).
+- Answer with the prompt alone: no title, no quotes, no explanation, no markdown."""
+
+NON_REASONING_SYSTEM_PROMPT = f"""You turn a person's short idea for a picture into a prompt for \
+a text-to-image model.
+
+{_RULES}"""
+
+REASONING_SYSTEM_PROMPT = f"""You turn a person's short idea for a picture into a prompt for a \
+text-to-image model. Think before you write.
+
+First plan inside <think> and </think>:
+1. What does the person really want to see? Note every detail they gave.
+2. Which artistic style or medium suits it best?
+3. The subject, its action, and the scene around it.
+4. Composition and framing, lighting, atmosphere: what fits within the word budget.
+5. Draft the prompt, count its words, and check it against the rules below.
+
+Then, right after </think>, write the final prompt and nothing else.
+
+{_RULES}"""
+
+_THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL | re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class OptimisedPrompt:
+    """The prompt to send to the image model, and what the optimiser thought on the way."""
+
+    prompt: str
+    changed: bool
+    thinking: str = ""
+
+
+def clean_reply(content: str, reasoning_content: str = "") -> tuple[str, str]:
+    """Split an LLM reply into (prompt, thinking): the text after ``</think>`` is the prompt."""
+    thinking = reasoning_content.strip()
+    match = None
+    for match in _THINK.finditer(content):
+        thinking = (thinking + "\n" + match.group(1).strip()).strip()
+    prompt = content[match.end() :] if match else content
+    if "</think>" in prompt:  # an opening tag cut off by the provider
+        before, _, prompt = prompt.rpartition("</think>")
+        thinking = (thinking + "\n" + before.strip()).strip()
+    prompt = prompt.strip().strip('"“”').strip()
+    prompt = re.sub(r"^(?:prompt|output|final prompt)\s*[:：]\s*", "", prompt, flags=re.IGNORECASE)
+    return " ".join(prompt.split()), thinking
+
+
+def limit_words(text: str, limit: int = MAX_WORDS) -> str:
+    """Cut a prompt to ``limit`` words, without a dangling comma."""
+    words = text.split()
+    if len(words) <= limit:
+        return text
+    return " ".join(words[:limit]).rstrip(",;:")
+
+
+class PromptOptimiser:
+    """Calls the LLM; on any failure the person's own text is used and generation goes on."""
+
+    def __init__(self, settings: OptimiserSettings, upstream: Upstream, timeout: float) -> None:
+        self.settings = settings
+        self.upstream = upstream
+        self.timeout = timeout
+        self.keys = KeyPool(settings.keys)
+        self.endpoint = f"{settings.api_base}/chat/completions"
+
+    @property
+    def system_prompt(self) -> str:
+        """The system prompt of the configured mode."""
+        if self.settings.reasoning:
+            return REASONING_SYSTEM_PROMPT
+        return NON_REASONING_SYSTEM_PROMPT
+
+    async def optimise(self, text: str) -> OptimisedPrompt:
+        """The optimised prompt, or ``text`` itself if the LLM fails, is slow or says nothing."""
+        deadline = asyncio.get_running_loop().time() + self.timeout
+        body = {
+            "model": self.settings.model,
+            "messages": [
+                {"role": "system", "content": self.system_prompt},
+                {"role": "user", "content": f"Input: {text}\nOutput:"},
+            ],
+        }
+        reason = "no key available"
+        for _index, key in self.keys.order():
+            try:
+                response = await self.upstream.fetch(
+                    json_request(self.endpoint, key, body), deadline
+                )
+            except UpstreamError as exc:
+                reason = exc.kind
+                if exc.kind == "timeout":
+                    break
+                continue
+            if not 200 <= response.code < 300:
+                reason = f"HTTP {response.code}"
+                if response.code in (401, 403, 429) or response.code >= 500:
+                    continue
+                break
+            prompt, thinking = self._read(response.body)
+            if thinking:
+                logger.debug("optimiser thinking: %s", thinking)
+            if prompt:
+                prompt = limit_words(prompt)
+                return OptimisedPrompt(prompt, changed=prompt != text, thinking=thinking)
+            reason = "empty reply"
+            break
+        logger.warning("prompt optimisation failed (%s); using the prompt as written", reason)
+        return OptimisedPrompt(text, changed=False)
+
+    @staticmethod
+    def _read(body: bytes | None) -> tuple[str, str]:
+        try:
+            answer: Any = json.loads(body or b"")
+            message = answer["choices"][0]["message"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            return "", ""
+        content = message.get("content") if isinstance(message, dict) else None
+        reasoning = message.get("reasoning_content") if isinstance(message, dict) else None
+        return clean_reply(
+            content if isinstance(content, str) else "",
+            reasoning if isinstance(reasoning, str) else "",
+        )

@@ -1,0 +1,112 @@
+"""Direct groups (``IMAGE_GEN_*_n``, kind ``chat``): a chat-completions endpoint that makes images.
+
+Such endpoints answer in many shapes; every one seen in the wild is understood here: markdown
+images or bare URLs in the message, ``data:`` URIs, ``message.images`` (OpenRouter, Gemini), an
+OpenAI Images ``data`` list, SiliconFlow's ``images`` list, or the raw image bytes themselves.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from tornado.httpclient import HTTPRequest, HTTPResponse
+
+from tornado_imagegate import imagetype
+from tornado_imagegate.openai_api import ImageRequest
+from tornado_imagegate.providers import (
+    ProviderAnswerError,
+    ProviderImage,
+    decode_base64_image,
+    images_from_data_list,
+    json_answer,
+    json_request,
+)
+from tornado_imagegate.sizing import ratio_text
+
+_MARKDOWN_IMAGE = re.compile(r"!\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
+_DATA_URI = re.compile(r"data:image/[a-z0-9.+-]+;base64,[A-Za-z0-9+/=]+", re.IGNORECASE)
+_BARE_URL = re.compile(r"https?://[^\s<>\"')\]]+", re.IGNORECASE)
+
+
+class ChatImagesApi:
+    """``POST {model, messages: [user prompt], stream: false}`` -> an image in the answer."""
+
+    def fit_size(self, model: str, width: int, height: int) -> tuple[int, int]:
+        """The size is not sent (as in seed 000); its ratio goes into the prompt instead."""
+        return width, height
+
+    def images_per_call(self, model: str) -> int:
+        """One image a request."""
+        return 1
+
+    def build(
+        self,
+        endpoint: str,
+        key: str,
+        model: str,
+        request: ImageRequest,
+        prompt: str,
+        count: int,
+        size: tuple[int, int],
+    ) -> HTTPRequest:
+        """One user message; a non-square size is said in words: a chat model hears no other."""
+        content = prompt
+        if size[0] != size[1]:
+            content = f"{prompt}, aspect ratio {ratio_text(*size)}"
+        body = {"model": model, "messages": [{"role": "user", "content": content}], "stream": False}
+        return json_request(endpoint, key, body)
+
+    def parse(self, response: HTTPResponse) -> list[ProviderImage]:
+        """Find the images, whatever the shape of the answer."""
+        body = response.body or b""
+        if imagetype.sniff(body[: imagetype.SNIFF_BYTES]):
+            return [ProviderImage(data=body)]
+        answer = json_answer(response)
+        images = _images_in_json(answer)
+        if not images:
+            raise ProviderAnswerError("the answer holds no image")
+        return images
+
+
+def _images_in_json(answer: Any) -> list[ProviderImage]:
+    if not isinstance(answer, dict):
+        return []
+    images = images_from_data_list(answer.get("data")) or images_from_data_list(
+        answer.get("images")
+    )
+    if images:
+        return images
+    choices = answer.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return []
+    message = choices[0].get("message")
+    if not isinstance(message, dict):
+        return []
+    for part in message.get("images") or []:
+        url = part.get("image_url", {}).get("url") if isinstance(part, dict) else None
+        if isinstance(url, str):
+            images.extend(_images_in_text(url))
+    content = message.get("content")
+    if isinstance(content, list):
+        for part in content:
+            if not isinstance(part, dict):
+                continue
+            if part.get("type") == "image_url" and isinstance(part.get("image_url"), dict):
+                images.extend(_images_in_text(str(part["image_url"].get("url", ""))))
+            elif isinstance(part.get("text"), str):
+                images.extend(_images_in_text(part["text"]))
+    elif isinstance(content, str):
+        images.extend(_images_in_text(content))
+    return images
+
+
+def _images_in_text(text: str) -> list[ProviderImage]:
+    """Images in message text: data URIs, markdown images, else bare links."""
+    images = [ProviderImage(data=decode_base64_image(m.group(0))) for m in _DATA_URI.finditer(text)]
+    without_data = _DATA_URI.sub("", text)
+    urls = [url for url in _MARKDOWN_IMAGE.findall(without_data) if url.startswith("http")]
+    if not urls:
+        urls = _BARE_URL.findall(without_data)
+    images.extend(ProviderImage(url=url.rstrip(".,;")) for url in dict.fromkeys(urls))
+    return images

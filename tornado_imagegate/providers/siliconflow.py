@@ -1,0 +1,69 @@
+"""SiliconFlow-type image API (``FLUX_GEN_*``, kind ``siliconflow``): ``image_size``, ``images``."""
+
+from __future__ import annotations
+
+from tornado.httpclient import HTTPRequest, HTTPResponse
+
+from tornado_imagegate.openai_api import ImageRequest
+from tornado_imagegate.providers import (
+    ProviderAnswerError,
+    ProviderImage,
+    images_from_data_list,
+    json_answer,
+    json_request,
+)
+from tornado_imagegate.sizing import RATIOS_1024, nearest_size
+
+INFERENCE_STEPS = 50  # what seed 000 sent
+MAX_BATCH = 4  # SiliconFlow's batch_size limit
+SIZES = tuple(dict.fromkeys(RATIOS_1024.values()))
+
+
+class SiliconFlowApi:
+    """``POST {model, prompt, image_size, num_inference_steps, seed, ...}`` -> ``images[].url``."""
+
+    def fit_size(self, model: str, width: int, height: int) -> tuple[int, int]:
+        """The seed's sizes are the ones SiliconFlow's FLUX models accept: the nearest of them."""
+        return nearest_size(SIZES, width, height)
+
+    def images_per_call(self, model: str) -> int:
+        """Up to four images a request (``batch_size``)."""
+        return MAX_BATCH
+
+    def build(
+        self,
+        endpoint: str,
+        key: str,
+        model: str,
+        request: ImageRequest,
+        prompt: str,
+        count: int,
+        size: tuple[int, int],
+    ) -> HTTPRequest:
+        """The request body of SiliconFlow's ``/v1/images/generations``."""
+        body: dict = {
+            "model": model,
+            "prompt": prompt,
+            "image_size": f"{size[0]}x{size[1]}",
+            "num_inference_steps": INFERENCE_STEPS,
+            "seed": request.seed,
+        }
+        if count > 1:
+            body["batch_size"] = count
+        if request.negative_prompt:
+            body["negative_prompt"] = request.negative_prompt
+        if request.cfg is not None:
+            body["guidance_scale"] = request.cfg
+        return json_request(endpoint, key, body)
+
+    def parse(self, response: HTTPResponse) -> list[ProviderImage]:
+        """``images[].url`` (SiliconFlow), or ``data[].url`` / ``data[].b64_json`` (compatibles)."""
+        answer = json_answer(response)
+        if not isinstance(answer, dict):
+            raise ProviderAnswerError("the answer is not a JSON object")
+        images = images_from_data_list(answer.get("images")) or images_from_data_list(
+            answer.get("data")
+        )
+        if not images:
+            raise ProviderAnswerError("the answer holds no image")
+        return images
