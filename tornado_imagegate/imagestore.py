@@ -15,7 +15,6 @@ from tornado_imagegate.urlpolicy import (
     check_fetch_url,
     image_link,
     is_image_id,
-    new_image_id,
     signed_link,
     url_key,
 )
@@ -48,7 +47,7 @@ class ImageStore:
                 "The provider answered with something that is not an image.",
                 headers={"x-should-retry": "false"},
             )
-        image_id = new_image_id()
+        image_id = self.signer.image_id(data)
         if not self.cache.put(image_id, CachedImage.build(data, content_type)):
             logger.warning(
                 "a %d-byte image is over the cache's item limit: its link will 404", len(data)

@@ -31,25 +31,7 @@ class LinkRefused(Exception):
         self.expired = expired
 
 
-# --- opaque ids: images the gateway holds as bytes ---
-
-
-def new_image_id() -> str:
-    """A random 128-bit id: knowing one link tells nothing about any other."""
-    return secrets.token_hex(16)
-
-
-def is_image_id(value: str) -> bool:
-    """Whether ``value`` has the form of an id this gateway issues."""
-    return bool(_IMAGE_ID.match(value))
-
-
-def url_key(url: str) -> str:
-    """The store key of an upstream image URL (64 hex characters: never a valid opaque id)."""
-    return hashlib.sha256(url.encode("utf-8")).hexdigest()
-
-
-# --- signed links: upstream URLs the gateway may fetch ---
+# --- links: ids of images held as bytes, signatures of upstream URLs ---
 
 
 def _b64encode(data: bytes) -> str:
@@ -65,6 +47,14 @@ class LinkSigner:
     """Signs and verifies image links with HMAC-SHA256 under the proxy secret."""
 
     secret: bytes
+
+    def image_id(self, data: bytes) -> str:
+        """The id of image bytes: 128 bits of an HMAC of the content, unguessable without the key.
+
+        The same image always gets the same link, and knowing one link tells nothing of another.
+        """
+        digest = hashlib.blake2b(data, digest_size=32).digest()
+        return hmac.new(self.secret, b"image-id\n" + digest, hashlib.sha256).hexdigest()[:32]
 
     def _signature(self, url: str, expires: int) -> bytes:
         message = f"{expires}\n{url}".encode()
@@ -95,6 +85,16 @@ class LinkSigner:
         if not hmac.compare_digest(given, self._signature(url, expiry)):
             raise LinkRefused("bad signature")
         return url, time.time() > expiry
+
+
+def is_image_id(value: str) -> bool:
+    """Whether ``value`` has the form of an id this gateway issues."""
+    return bool(_IMAGE_ID.match(value))
+
+
+def url_key(url: str) -> str:
+    """The store key of an upstream image URL (64 hex characters: never a valid opaque id)."""
+    return hashlib.sha256(url.encode("utf-8")).hexdigest()
 
 
 def image_link(base_url: str, image_id: str) -> str:
