@@ -49,7 +49,7 @@ async def get(http_client, url, **headers):
 
 async def keep(app, url, base_url):
     """Keep an upstream image as a provider's answer would, and return the link as served here."""
-    link = await store_of(app).keep_url(url, "https://gateway.example")
+    link = (await store_of(app).keep_url(url, "https://gateway.example")).link
     register_secret(urlsplit(link).query)
     return local(link, base_url)
 
@@ -93,8 +93,8 @@ async def test_links_survive_a_restart_with_a_disk_tier(http_client, origin, tmp
     before = make_app(gateway_settings(env))
     image, drawn = png_bytes(80), png_bytes(40, seed=9)
     origin.serve("b.png", image)
-    fetched_link = await store_of(before).keep_url(origin.url("b.png"), "https://gw.example")
-    bytes_link = store_of(before).keep_bytes(drawn, "https://gw.example")
+    fetched_link = (await store_of(before).keep_url(origin.url("b.png"), "https://gw.example")).link
+    bytes_link = store_of(before).keep_bytes(drawn, "https://gw.example").link
     register_secret(urlsplit(fetched_link).query, urlsplit(bytes_link).query)
     origin.status("b.png", 404)  # and the provider's link has expired since
 

@@ -10,7 +10,8 @@ from tornado_imagegate.config import Settings
 from tornado_imagegate.generation import ImageService
 from tornado_imagegate.handlers.base import NotFoundHandler
 from tornado_imagegate.handlers.chat import ChatCompletionsHandler
-from tornado_imagegate.handlers.images import ImageProxyHandler
+from tornado_imagegate.handlers.image_proxy import ImageProxyHandler
+from tornado_imagegate.handlers.images_api import ImagesGenerationsHandler
 from tornado_imagegate.handlers.meta import HealthHandler, ModelsHandler, WelcomeHandler
 from tornado_imagegate.imagecache import DiskTier, ImageCache
 from tornado_imagegate.imagefetch import ImageFetcher
@@ -60,6 +61,7 @@ def make_app(settings: Settings, store: ImageStore | None = None) -> Application
         (r"/(?:v1/)?health/?", HealthHandler),
         (r"/(?:v1/)?models/?", ModelsHandler),
         (r"/(?:v1/)?chat/completions/?", ChatCompletionsHandler, {"service": service}),
+        (r"/(?:v1/)?images/generations/?", ImagesGenerationsHandler, {"service": service}),
         (r"/image-proxy", ImageProxyHandler, {"store": store}),
         (r"/static/(.+)", StaticFileHandler, {"path": STATIC_DIR}),
     ]

@@ -78,6 +78,9 @@ class Settings:
     image_cache_dir_max_bytes: int = 2 * 1024 * 1024 * 1024
     image_max_bytes: int = 32 * 1024 * 1024
     sd_steps: int = 8
+    stream_reasoning: bool = True
+    answer_task_requests: bool = True
+    images_default_model: str = ""
     sd_model_index: int = 5
     image_proxy_allow_private_networks: bool = False
     llm_timeout: float = 30.0
@@ -384,6 +387,9 @@ def load_settings(
             "IMAGE_CACHE_DIR_MAX_BYTES", _positive_int, defaults.image_cache_dir_max_bytes
         ),
         "sd_steps": reader.value("SD_STEPS", _positive_int, defaults.sd_steps),
+        "stream_reasoning": reader.value("STREAM_REASONING", _boolean, True),
+        "answer_task_requests": reader.value("ANSWER_TASK_REQUESTS", _boolean, True),
+        "images_default_model": reader.raw("IMAGES_DEFAULT_MODEL"),
         "sd_model_index": reader.value(
             "SD_MODEL_INDEX", _non_negative_int, defaults.sd_model_index
         ),
@@ -418,6 +424,11 @@ def load_settings(
     for name, value in (overrides or {}).items():
         if value is not None:
             values[name] = value
+    default_model = values["images_default_model"]
+    if default_model and not any(default_model in group.models for group in groups):
+        reader.problems.append(
+            f"IMAGES_DEFAULT_MODEL: {default_model!r} is not a configured model id"
+        )
     if not client_keys and not is_loopback_host(values["host"]):
         reader.problems.append(
             f"AUTHORIZED_API_KEY: not set, so the gateway may only listen on loopback; "

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from tornado_imagegate import errors, openai_api
 from tornado_imagegate.config import ProviderGroup, Settings
-from tornado_imagegate.imagestore import ImageStore
+from tornado_imagegate.imagestore import ImageStore, KeptImage
 from tornado_imagegate.openai_api import ImageRequest
 from tornado_imagegate.prompt import OptimisedPrompt, PromptOptimiser
 from tornado_imagegate.providers import Provider, ProviderImage
@@ -30,12 +31,12 @@ class Generation:
     request: ImageRequest
     prompt: str
     optimised: bool
-    links: tuple[str, ...]
+    images: tuple[KeptImage, ...]
     thinking: str = ""
 
     def markdown(self) -> str:
         """The chat answer: a markdown image per link, then the optimised prompt if there is one."""
-        parts = [openai_api.markdown_image(self.request.prompt, link) for link in self.links]
+        parts = [openai_api.markdown_image(self.request.prompt, i.link) for i in self.images]
         if self.optimised:
             parts.append(f"Optimized prompt: {self.prompt}")
         return "\n\n".join(parts)
@@ -83,21 +84,39 @@ class ImageService:
         prompt = openai_api.chat_prompt(body)
         return openai_api.image_request(body, model, prompt, group.kind)
 
+    def images_request(self, body: dict[str, Any]) -> openai_api.ImagesApiRequest:
+        """Validate an Images API body; an absent or unknown model gets the default model."""
+        model = body.get("model")
+        if not isinstance(model, str) or self.settings.group_for(model.strip()) is None:
+            model = self.settings.images_default_model or self.settings.model_ids[0]
+        group = self.group_for(model.strip())
+        return openai_api.images_api_request(body, model.strip(), group.kind)
+
     async def optimise(self, request: ImageRequest) -> OptimisedPrompt:
         """The prompt for the image model: optimised when the optimiser is on and not skipped."""
         if self.optimiser is None or not request.enhance:
             return OptimisedPrompt(request.prompt, changed=False)
         return await self.optimiser.optimise(request.prompt)
 
-    async def generate(self, request: ImageRequest, base_url: str) -> Generation:
-        """Optimise the prompt, make the images, keep them, and return the gateway's links."""
+    async def generate(
+        self,
+        request: ImageRequest,
+        base_url: str,
+        on_thinking: Callable[[str], None] | None = None,
+    ) -> Generation:
+        """Optimise the prompt, make the images, keep them, and return the gateway's links.
+
+        ``on_thinking`` hears a reasoning optimiser's thinking as soon as it is known.
+        """
         group = self.group_for(request.model)
         optimised = await self.optimise(request)
-        images = await self.providers[group.name].generate(request, optimised.prompt)
-        links = tuple([await self.keep(image, base_url) for image in images])
+        if optimised.thinking and on_thinking is not None:
+            on_thinking(optimised.thinking)
+        made = await self.providers[group.name].generate(request, optimised.prompt)
+        kept = tuple([await self.keep(image, base_url) for image in made])
         logger.info(
             "generated %d image(s) with %s (%s, %s)",
-            len(links),
+            len(kept),
             request.model,
             group.name,
             request.size,
@@ -106,11 +125,11 @@ class ImageService:
             request=request,
             prompt=optimised.prompt,
             optimised=optimised.changed,
-            links=links,
+            images=kept,
             thinking=optimised.thinking,
         )
 
-    async def keep(self, image: ProviderImage, base_url: str) -> str:
+    async def keep(self, image: ProviderImage, base_url: str) -> KeptImage:
         """Keep a provider image (bytes, or a URL fetched at once) and return the gateway's link."""
         if image.data is not None:
             return self.store.keep_bytes(image.data, base_url)

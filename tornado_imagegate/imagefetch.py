@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from urllib.parse import urljoin
 
 from tornado.httpclient import HTTPRequest
-from tornado.httputil import HTTPHeaders
+from tornado.httputil import HTTPHeaders, HTTPInputError
 
 from tornado_imagegate import errors, imagetype
 from tornado_imagegate.errors import GatewayError, UpstreamError
@@ -65,7 +65,7 @@ class Transfer:
         elif line.strip():
             try:
                 self.headers.parse_line(line)
-            except Exception:
+            except HTTPInputError:  # a malformed header line: the checks decide without it
                 return
         else:
             self._check_headers()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from tornado_imagegate import imagetype
 from tornado_imagegate.errors import GatewayError
@@ -22,6 +23,14 @@ from tornado_imagegate.urlpolicy import (
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class KeptImage:
+    """An image the gateway keeps: its absolute link, and its key in the cache."""
+
+    link: str
+    key: str
+
+
 def forbidden_link(reason: str) -> GatewayError:
     """403 for any link this gateway did not issue; the reason goes to the log only."""
     return GatewayError(
@@ -37,7 +46,7 @@ class ImageStore:
         self.fetcher = fetcher
         self.signer = signer
 
-    def keep_bytes(self, data: bytes, base_url: str) -> str:
+    def keep_bytes(self, data: bytes, base_url: str) -> KeptImage:
         """Store image bytes a provider returned; return the absolute link that serves them."""
         content_type = imagetype.sniff(data[: imagetype.SNIFF_BYTES])
         if content_type is None:
@@ -52,9 +61,9 @@ class ImageStore:
             logger.warning(
                 "a %d-byte image is over the cache's item limit: its link will 404", len(data)
             )
-        return image_link(base_url, image_id)
+        return KeptImage(image_link(base_url, image_id), image_id)
 
-    async def keep_url(self, url: str, base_url: str) -> str:
+    async def keep_url(self, url: str, base_url: str) -> KeptImage:
         """Fetch an upstream image now, so its link outlives the upstream's; return our link.
 
         If the fetch fails, the signed link still works later by fetching on demand, for as long
@@ -79,7 +88,19 @@ class ImageStore:
                     "could not keep a provider image now (%s); its link will fetch on demand",
                     exc.message,
                 )
-        return signed_link(base_url, self.signer, url)
+        return KeptImage(signed_link(base_url, self.signer, url), key)
+
+    def image_of(self, kept: KeptImage) -> CachedImage:
+        """The bytes of a kept image (502 if a provider's image could not be downloaded)."""
+        image = self.cache.get(kept.key)
+        if image is None:
+            raise GatewayError(
+                502,
+                "upstream_error",
+                "The provider's image could not be downloaded.",
+                headers={"x-should-retry": "false"},
+            )
+        return image
 
     def resolve(self, query: Mapping[str, list[bytes]]) -> CachedImage | Transfer:
         """The image a link names: kept bytes, or a transfer from its signed upstream URL.

@@ -265,3 +265,97 @@ def model_list(entries: list[tuple[str, str]], created: int) -> dict[str, Any]:
             for model, owner in entries
         ],
     }
+
+
+def include_usage(body: dict[str, Any]) -> bool:
+    """``stream_options.include_usage``: whether a stream ends with a usage chunk."""
+    options = body.get("stream_options")
+    if options is None:
+        return False
+    if not isinstance(options, dict):
+        raise errors.invalid_parameter("stream_options", "'stream_options' must be an object.")
+    return _boolean(options, "include_usage", False)
+
+
+def usage(prompt: str, content: str) -> dict[str, int]:
+    """The estimated ``usage`` of an answer."""
+    prompt_tokens, completion_tokens = estimate_tokens(prompt), estimate_tokens(content)
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def chat_chunk(
+    completion: str,
+    created: int,
+    model: str,
+    delta: dict[str, Any],
+    finish_reason: str | None = None,
+) -> dict[str, Any]:
+    """One ``chat.completion.chunk`` of a stream."""
+    return {
+        "id": completion,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+    }
+
+
+def usage_chunk(completion: str, created: int, model: str, counts: dict[str, int]):
+    """The last chunk of a stream that asked for usage: no choices, only ``usage``."""
+    return {
+        "id": completion,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [],
+        "usage": counts,
+    }
+
+
+def sse_event(value: Any) -> bytes:
+    """One Server-Sent Event carrying JSON (or the literal ``[DONE]``)."""
+    data = (
+        value
+        if isinstance(value, str)
+        else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    )
+    return f"data: {data}\n\n".encode()
+
+
+SSE_KEEPALIVE = b": keep-alive\n\n"
+
+
+@dataclass(frozen=True)
+class ImagesApiRequest:
+    """An Images API request: the generation, and how to return the images."""
+
+    request: ImageRequest
+    response_format: str
+
+
+def images_api_request(body: dict[str, Any], model: str, kind: str) -> ImagesApiRequest:
+    """Validate ``/v1/images/generations``: prompt, n, size, response_format (extras ignored)."""
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise errors.invalid_parameter("prompt", "'prompt' must be a non-empty string.")
+    response_format = body.get("response_format") or "b64_json"
+    if response_format not in ("url", "b64_json"):
+        raise errors.invalid_parameter(
+            "response_format", '\'response_format\' must be "url" or "b64_json".'
+        )
+    fields = {
+        k: v
+        for k, v in body.items()
+        if k in ("n", "size", "seed", "negative_prompt", "cfg", "enhance", "width", "height")
+    }
+    request = image_request(fields, model, prompt.strip(), kind)
+    return ImagesApiRequest(request=request, response_format=response_format)
+
+
+def images_response(entries: list[dict[str, str]]) -> dict[str, Any]:
+    """The Images API answer."""
+    return {"created": int(time.time()), "data": entries}

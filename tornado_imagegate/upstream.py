@@ -51,14 +51,27 @@ class FetchGuard:
     header_function: Callable[[bytes], None] | None = None
     # pycurl duplicates the descriptor of each socket we open for it; ours are closed at the end.
     opened: list[socket.socket] = field(default_factory=list)
+    curl: Any = None
 
-    def abort(self, reason: str) -> None:
-        """Stop the transfer at curl's next progress callback."""
+    def abort(self, reason: str, nudge: bool = False) -> None:
+        """Stop the transfer at curl's next progress callback.
+
+        An idle transfer (waiting for its answer) runs no callback until something happens on
+        it; ``nudge`` makes curl run it now. Never nudge from inside one of curl's callbacks.
+        """
         if self.abort_reason is None:
             self.abort_reason = reason
+        if nudge and self.curl is not None:
+            try:
+                # A pause and an unpause leave the transfer as it was but make curl run it now.
+                self.curl.pause(pycurl.PAUSE_ALL)
+                self.curl.pause(pycurl.PAUSE_CONT)
+            except pycurl.error:
+                pass
 
     def prepare(self, curl: Any) -> None:
         """Install the guards on a curl handle (Tornado resets handles between requests)."""
+        self.curl = curl
         curl.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
         curl.setopt(pycurl.REDIR_PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
         curl.setopt(pycurl.NOPROGRESS, 0)
@@ -127,13 +140,17 @@ class Upstream:
         request.request_timeout = remaining
         request.connect_timeout = min(remaining, CONNECT_TIMEOUT)
         request.prepare_curl_callback = guard.prepare
+        answer = self.client.fetch(request, raise_error=False)
+        # Shielded: when we stop waiting (deadline, cancellation), curl's transfer is aborted
+        # through the guard and ends on its own; its outcome is then read and dropped.
+        answer.add_done_callback(_drop_outcome)
         try:
-            return await asyncio.wait_for(self.client.fetch(request, raise_error=False), remaining)
+            return await asyncio.wait_for(asyncio.shield(answer), remaining)
         except TimeoutError:
             guard.abort("deadline")
             raise UpstreamError("timeout", f"no answer within {remaining:.1f}s") from None
         except asyncio.CancelledError:
-            guard.abort("cancelled")
+            guard.abort("cancelled", nudge=True)
             raise
         except HTTPClientError as exc:
             raise self._classify(exc, guard) from None
@@ -141,6 +158,7 @@ class Upstream:
             raise UpstreamError("connect", f"{type(exc).__name__}") from None
         finally:
             guard.close_sockets()
+            guard.curl = None  # Tornado may hand the handle to another request now
 
     @staticmethod
     def _classify(exc: HTTPClientError, guard: FetchGuard) -> UpstreamError:
@@ -154,6 +172,11 @@ class Upstream:
             return UpstreamError(kind, f"aborted: {guard.abort_reason}")
         kind = _CURL_KINDS.get(errno or 0, "connect")
         return UpstreamError(kind, f"curl error {errno}")
+
+
+def _drop_outcome(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def retry_after_seconds(response: HTTPResponse) -> float | None:

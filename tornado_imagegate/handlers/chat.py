@@ -1,10 +1,21 @@
-"""``POST /v1/chat/completions``: an image for the last user message."""
+"""``POST /v1/chat/completions``: an image for the last user message, streamed or not."""
 
 from __future__ import annotations
 
-from tornado_imagegate import openai_api
+import asyncio
+import logging
+import time
+from typing import Any
+
+from tornado.iostream import StreamClosedError
+
+from tornado_imagegate import openai_api, tasks
+from tornado_imagegate.errors import GatewayError, from_status
 from tornado_imagegate.generation import ImageService
 from tornado_imagegate.handlers.base import JsonApiHandler
+from tornado_imagegate.openai_api import SSE_KEEPALIVE, ImageRequest, sse_event
+
+logger = logging.getLogger(__name__)
 
 
 class ChatCompletionsHandler(JsonApiHandler):
@@ -13,11 +24,140 @@ class ChatCompletionsHandler(JsonApiHandler):
     def initialize(self, service: ImageService) -> None:
         """Take the generation service from the route table."""
         self.service = service
+        self.work: asyncio.Future | None = None
+
+    def on_connection_close(self) -> None:
+        """The client left: stop the work only it was waiting for."""
+        if self.work is not None and not self.work.done():
+            logger.info("client went away; abandoning its generation")
+            self.work.cancel()
 
     async def post(self) -> None:
-        """Validate, generate, answer a ``chat.completion``."""
-        request = self.service.chat_request(self.json_body())
-        generation = await self.service.generate(request, self.request_base_url())
+        """Validate, then answer a task with text or generate; as JSON or as a stream."""
+        body = self.json_body()
+        request = self.service.chat_request(body)
+        streaming = request.stream
+        if self.config.answer_task_requests and tasks.is_task_request(body):
+            await self.answer_text(request, body, tasks.task_reply(body), streaming)
+            return
+        if streaming:
+            await self.stream(request, body)
+            return
+        self.work = asyncio.ensure_future(self.service.generate(request, self.request_base_url()))
+        try:
+            generation = await self.work
+        except asyncio.CancelledError:
+            return
         self.write_json(
             openai_api.chat_completion(request.model, generation.markdown(), request.prompt)
         )
+
+    async def answer_text(
+        self, request: ImageRequest, body: dict[str, Any], text: str, streaming: bool
+    ) -> None:
+        """A short text answer (to a client's housekeeping task): no image, no upstream call."""
+        if not streaming:
+            self.write_json(openai_api.chat_completion(request.model, text, request.prompt))
+            return
+        stream = _Stream(self, request.model, openai_api.include_usage(body))
+        await stream.start()
+        await stream.content(text, request.prompt)
+        self.finish()
+
+    async def stream(self, request: ImageRequest, body: dict[str, Any]) -> None:
+        """Server-Sent Events: the role chunk at once, keep-alives while working, then content."""
+        stream = _Stream(self, request.model, openai_api.include_usage(body))
+        await stream.start()
+        thinking: list[str] = []
+        wake = asyncio.Event()
+
+        def on_thinking(text: str) -> None:
+            if self.config.stream_reasoning:
+                thinking.append(text)
+                wake.set()
+
+        self.work = asyncio.ensure_future(
+            self.service.generate(request, self.request_base_url(), on_thinking)
+        )
+        try:
+            while not self.work.done():
+                waker = asyncio.ensure_future(wake.wait())
+                await asyncio.wait(
+                    {self.work, waker},
+                    timeout=self.config.sse_keepalive_seconds,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                waker.cancel()
+                wake.clear()
+                if thinking:
+                    await stream.reasoning(thinking.pop(0))
+                elif not self.work.done():
+                    await stream.keepalive()
+            generation = self.work.result()
+        except (StreamClosedError, asyncio.CancelledError):
+            self.on_connection_close()
+            return
+        except GatewayError as exc:
+            await stream.error(exc)
+            return
+        except Exception:
+            logger.exception("generation failed in a stream")
+            await stream.error(from_status(500))
+            return
+        await stream.content(generation.markdown(), request.prompt)
+        self.finish()
+
+
+class _Stream:
+    """The writing side of one chat completion stream; every chunk shares ``id`` and ``created``."""
+
+    def __init__(self, handler: JsonApiHandler, model: str, with_usage: bool) -> None:
+        self.handler = handler
+        self.model = model
+        self.with_usage = with_usage
+        self.id = openai_api.completion_id()
+        self.created = int(time.time())
+
+    def chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+        return sse_event(
+            openai_api.chat_chunk(self.id, self.created, self.model, delta, finish_reason)
+        )
+
+    async def send(self, data: bytes) -> None:
+        self.handler.write(data)
+        await self.handler.flush()
+
+    async def start(self) -> None:
+        """Headers and the role chunk, before any upstream call."""
+        handler = self.handler
+        handler.set_header("Content-Type", "text/event-stream; charset=utf-8")
+        handler.set_header("Cache-Control", "no-cache")
+        handler.set_header("X-Accel-Buffering", "no")
+        await self.send(self.chunk({"role": "assistant", "content": ""}))
+
+    async def keepalive(self) -> None:
+        """A comment line: keeps proxies from closing a quiet stream; clients ignore it."""
+        await self.send(SSE_KEEPALIVE)
+
+    async def reasoning(self, text: str) -> None:
+        """The optimiser's thinking, which clients show as such."""
+        await self.send(self.chunk({"reasoning_content": text}))
+
+    async def content(self, text: str, prompt: str) -> None:
+        """The answer, the final chunk, the usage if asked for, and ``[DONE]``."""
+        data = self.chunk({"content": text}) + self.chunk({}, "stop")
+        if self.with_usage:
+            data += sse_event(
+                openai_api.usage_chunk(
+                    self.id, self.created, self.model, openai_api.usage(prompt, text)
+                )
+            )
+        await self.send(data + sse_event("[DONE]"))
+
+    async def error(self, error: GatewayError) -> None:
+        """A failure after the stream began: an error event, then ``[DONE]``."""
+        try:
+            await self.send(sse_event(error.envelope()) + sse_event("[DONE]"))
+        except StreamClosedError:
+            return
+        self.handler.finish()

@@ -1,0 +1,100 @@
+"""Clients' housekeeping requests (titles, tags, follow-ups): answered with text, never an image.
+
+Chat clients send these to whatever model the conversation uses; treated as prompts, each would
+cost a paid image. The rule: the last user message (or a system message) reads like one of the
+clients' own task prompts:
+
+- Open WebUI: a message starting with ``### Task:`` (titles, tags, follow-ups, queries...);
+- NextChat: "... generate a four to five word title ..." and "Summarize the discussion ...";
+- LobeChat and others: "generate a (short) title", "summarize the conversation", 标题 / 总结.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from tornado_imagegate.errors import GatewayError
+from tornado_imagegate.openai_api import message_text
+
+TITLE_WORDS = 5
+TITLE_CHARS = 40
+_TASK_PATTERNS = [
+    re.compile(r"^\s*#{2,3}\s*Task\s*:", re.IGNORECASE),
+    re.compile(
+        r"\b(?:three|four|five|3|4|5)\s*(?:to|-)\s*(?:five|six|seven|5|6|7)[\s-]*word\s+"
+        r"(?:title|summary)",
+        re.IGNORECASE,
+    ),
+    re.compile(
+        r"\bgenerate\s+(?:a|an)\s+(?:concise|short|brief|succinct)?\s*"
+        r"(?:title|topic name)\b",
+        re.IGNORECASE,
+    ),
+    re.compile(
+        r"\bsummari[sz]e\s+(?:the|our|this)\s+(?:discussion|conversation|chat)\b", re.IGNORECASE
+    ),
+    re.compile(
+        r"(?:生成|起|取)(?:一个)?(?:简短的|简洁的)?(?:标题|题目)|总结.{0,12}(?:对话|会话|聊天)"
+    ),
+]
+_HISTORY_USER = re.compile(r"^\s*USER:\s*(.+)$", re.MULTILINE)
+
+
+def is_task_request(body: dict[str, Any]) -> bool:
+    """Whether a chat request is a client's housekeeping task rather than a picture to make."""
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return False
+    texts = []
+    for message in messages:
+        if isinstance(message, dict) and message.get("role") == "system":
+            texts.append(_text(message))
+    users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+    if users:
+        texts.append(_text(users[-1]))
+    return any(pattern.search(text) for text in texts for pattern in _TASK_PATTERNS)
+
+
+def _text(message: dict[str, Any]) -> str:
+    try:
+        return message_text(message.get("content"))
+    except GatewayError:  # a malformed message is simply not a task
+        return ""
+
+
+def task_reply(body: dict[str, Any]) -> str:
+    """A short, honest answer to a task request, in the form the client asked for."""
+    messages = [m for m in body.get("messages", []) if isinstance(m, dict)]
+    task = _text([m for m in messages if m.get("role") == "user"][-1]) if messages else ""
+    title = _title(messages, task)
+    lowered = task.lower()
+    if task.lstrip().startswith("###") or "json" in lowered:
+        if "tag" in lowered:
+            return json.dumps({"tags": ["Art", "Image Generation"]})
+        if "follow" in lowered:
+            return json.dumps({"follow_ups": []})
+        if "quer" in lowered:
+            return json.dumps({"queries": []})
+        if "title" in lowered:
+            return json.dumps({"title": title}, ensure_ascii=False)
+        return ""
+    return title
+
+
+def _title(messages: list[dict[str, Any]], task: str) -> str:
+    """A few words of the first thing the person asked for."""
+    first = ""
+    history = _HISTORY_USER.search(task)
+    if history:
+        first = history.group(1)
+    else:
+        for message in messages:
+            if message.get("role") == "user":
+                text = _text(message)
+                if text and not any(p.search(text) for p in _TASK_PATTERNS):
+                    first = text
+                    break
+    words = re.sub(r"[^\w\s'-]", " ", first).split()
+    return " ".join(words[:TITLE_WORDS])[:TITLE_CHARS].strip() or "Image generation"
