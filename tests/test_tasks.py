@@ -1,0 +1,160 @@
+"""Clients' housekeeping requests get a short text answer and never reach a provider."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import call, chat_body, json_of, register_secret, with_env
+from fake_providers import FakeSD
+from fakes import FakeOrigin
+
+from tornado_imagegate.tasks import is_task_request, task_reply
+
+SD_KEY = "sd-task-key-3131"
+register_secret(SD_KEY)
+
+OPEN_WEBUI_TITLE = (
+    "### Task:\nGenerate a concise, 3-5 word title with an emoji summarizing the chat history.\n"
+    "### Guidelines:\n- The title should clearly represent the main theme.\n"
+    '### Output:\nJSON format: { "title": "your concise title here" }\n'
+    "### Chat History:\n<chat_history>\nUSER: a red fox sleeping in the snow, 16:9\n"
+    "ASSISTANT: ![a red fox](http://gw/image-proxy?id=x)\n</chat_history>"
+)
+OPEN_WEBUI_TAGS = (
+    "### Task:\nGenerate 1-3 broad tags categorizing the main themes of the chat history.\n"
+    '### Output:\nJSON format: { "tags": ["tag1", "tag2"] }\n<chat_history>\nUSER: a fox'
+    "\n</chat_history>"
+)
+OPEN_WEBUI_FOLLOW_UPS = (
+    "### Task:\nSuggest 3-5 relevant follow-up questions.\n### Output:\nJSON format: "
+    '{ "follow_ups": ["Question 1?"] }\n<chat_history>\nUSER: a fox\n</chat_history>'
+)
+NEXTCHAT_TITLE = (
+    "Please generate a four to five word title summarizing our conversation without any lead-in, "
+    "punctuation, quotation marks, periods, symbols, bold text, or additional text. Remove "
+    "enclosing quotation marks."
+)
+NEXTCHAT_SUMMARY = (
+    "Summarize the discussion briefly in 200 words or less to use as a prompt for future context."
+)
+
+
+def conversation(task: str) -> list[dict[str, str]]:
+    return [
+        {"role": "user", "content": "a red fox sleeping in the snow, 16:9"},
+        {"role": "assistant", "content": "![a red fox](http://gw/image-proxy?id=x)"},
+        {"role": "user", "content": task},
+    ]
+
+
+@pytest.mark.parametrize(
+    "task",
+    [
+        OPEN_WEBUI_TITLE,
+        OPEN_WEBUI_TAGS,
+        OPEN_WEBUI_FOLLOW_UPS,
+        NEXTCHAT_TITLE,
+        NEXTCHAT_SUMMARY,
+        "请根据对话生成一个简短的标题",
+        "Generate a short title for this chat",
+    ],
+)
+def test_client_task_prompts_are_recognised(task):
+    assert is_task_request({"messages": conversation(task)})
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "a poster with the title 'Summer Nights' in neon letters",
+        "a book cover: 'How to summarize a conversation'",
+        "a cat on a roof, 16:9",
+        "### a heading in a painting",
+        "an old map titled Task Force",
+    ],
+)
+def test_real_prompts_are_not_tasks(prompt):
+    assert not is_task_request({"messages": conversation(prompt)})
+
+
+def test_a_system_message_task_is_recognised():
+    body = {
+        "messages": [
+            {"role": "system", "content": "Generate a concise title for the chat."},
+            {"role": "user", "content": "a fox"},
+        ]
+    }
+    assert is_task_request(body)
+
+
+def test_replies_take_the_form_the_client_asked_for():
+    title = json.loads(task_reply({"messages": conversation(OPEN_WEBUI_TITLE)}))
+    assert title == {"title": "a red fox sleeping in"}
+    assert json.loads(task_reply({"messages": conversation(OPEN_WEBUI_TAGS)}))["tags"]
+    assert json.loads(task_reply({"messages": conversation(OPEN_WEBUI_FOLLOW_UPS)})) == {
+        "follow_ups": []
+    }
+    assert task_reply({"messages": conversation(NEXTCHAT_TITLE)}) == "a red fox sleeping in"
+
+
+@pytest.fixture
+def sd(io_loop):
+    images = FakeOrigin()
+    fake = FakeSD(images)
+    yield fake
+    fake.close()
+    images.close()
+
+
+@pytest.fixture
+def gateway_env(sd, request):
+    env = {
+        "SD_API_KEY": SD_KEY,
+        "SD_API_BASE": sd.url("gen"),
+        "IMAGE_PROXY_ALLOW_PRIVATE_NETWORKS": "true",
+    }
+    env.update(getattr(request, "param", {}))
+    return env
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("task", [OPEN_WEBUI_TITLE, NEXTCHAT_TITLE])
+@pytest.mark.parametrize("stream", [False, True])
+async def test_task_requests_never_reach_the_provider(http_client, base_url, sd, task, stream):
+    body = {"model": "Z-Image", "messages": conversation(task), "stream": stream}
+    response = await call(http_client, base_url, "/v1/chat/completions", method="POST", body=body)
+    assert response.code == 200
+    if stream:
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        text = response.body.decode()
+        assert "red fox" in text and text.rstrip().endswith("data: [DONE]")
+    else:
+        content = json_of(response)["choices"][0]["message"]["content"]
+        assert "red fox" in content and "![" not in content
+    assert sd.requests == []
+
+
+@pytest.mark.gen_test
+@with_env({"ANSWER_TASK_REQUESTS": "false"})
+async def test_the_rule_can_be_switched_off(http_client, base_url, sd):
+    body = {"model": "Z-Image", "messages": conversation(NEXTCHAT_TITLE)}
+    response = await call(http_client, base_url, "/v1/chat/completions", method="POST", body=body)
+    assert response.code == 200
+    assert len(sd.requests) == 1
+
+
+@pytest.mark.gen_test
+async def test_a_normal_request_still_generates(http_client, base_url, sd):
+    response = await call(
+        http_client,
+        base_url,
+        "/v1/chat/completions",
+        method="POST",
+        body=chat_body("a fox", model="Z-Image"),
+    )
+    assert (
+        response.code == 200
+        and "![a fox](" in json_of(response)["choices"][0]["message"]["content"]
+    )
+    assert len(sd.requests) == 1
