@@ -4,19 +4,27 @@ from __future__ import annotations
 
 import os
 
-from tornado.web import Application, StaticFileHandler
+from tornado.web import Application
 
 from tornado_imagegate.config import Settings
 from tornado_imagegate.generation import ImageService
-from tornado_imagegate.handlers.base import NotFoundHandler
+from tornado_imagegate.handlers.base import NotFoundHandler, StaticHandler
 from tornado_imagegate.handlers.chat import ChatCompletionsHandler
 from tornado_imagegate.handlers.image_proxy import ImageProxyHandler
 from tornado_imagegate.handlers.images_api import ImagesGenerationsHandler
-from tornado_imagegate.handlers.meta import HealthHandler, ModelsHandler, WelcomeHandler
+from tornado_imagegate.handlers.meta import (
+    HealthHandler,
+    MetricsHandler,
+    ModelsHandler,
+    ReadyHandler,
+    WelcomeHandler,
+)
 from tornado_imagegate.imagecache import DiskTier, ImageCache
 from tornado_imagegate.imagefetch import ImageFetcher
 from tornado_imagegate.imagestore import ImageStore
+from tornado_imagegate.lifecycle import Lifecycle
 from tornado_imagegate.logsafe import log_request
+from tornado_imagegate.metrics import Metrics
 from tornado_imagegate.upstream import Upstream
 from tornado_imagegate.urlpolicy import LinkSigner, derive_secret
 
@@ -33,7 +41,9 @@ def find_static_dir() -> str:
 STATIC_DIR = find_static_dir()
 
 
-def make_store(settings: Settings, upstream: Upstream | None = None) -> ImageStore:
+def make_store(
+    settings: Settings, upstream: Upstream | None = None, metrics: Metrics | None = None
+) -> ImageStore:
     """The image store: memory LRU, optional disk tier, fetcher and link signer."""
     disk = None
     if settings.image_cache_dir:
@@ -45,6 +55,7 @@ def make_store(settings: Settings, upstream: Upstream | None = None) -> ImageSto
         timeout=settings.image_fetch_timeout,
         max_bytes=settings.image_max_bytes,
         allow_private=settings.image_proxy_allow_private_networks,
+        metrics=metrics,
     )
     secret = derive_secret(settings.image_proxy_secret, settings.secret_material())
     return ImageStore(cache, fetcher, LinkSigner(secret))
@@ -53,23 +64,29 @@ def make_store(settings: Settings, upstream: Upstream | None = None) -> ImageSto
 def make_app(settings: Settings, store: ImageStore | None = None) -> Application:
     """Build the Tornado application with its services: the one route table."""
     upstream = Upstream()
-    store = store or make_store(settings, upstream)
-    service = ImageService(settings, store, upstream)
+    metrics = Metrics()
+    store = store or make_store(settings, upstream, metrics)
+    metrics.watch_cache(store.cache)
+    service = ImageService(settings, store, upstream, metrics)
     # The /v1 prefix is optional: some clients are given the bare origin as their base URL.
     routes = [
         (r"/", WelcomeHandler),
         (r"/(?:v1/)?health/?", HealthHandler),
+        (r"/ready/?", ReadyHandler),
+        (r"/metrics/?", MetricsHandler),
         (r"/(?:v1/)?models/?", ModelsHandler),
         (r"/(?:v1/)?chat/completions/?", ChatCompletionsHandler, {"service": service}),
         (r"/(?:v1/)?images/generations/?", ImagesGenerationsHandler, {"service": service}),
         (r"/image-proxy", ImageProxyHandler, {"store": store}),
-        (r"/static/(.+)", StaticFileHandler, {"path": STATIC_DIR}),
+        (r"/static/(.+)", StaticHandler, {"path": STATIC_DIR}),
     ]
     return Application(
         routes,
         imagegate=settings,
         image_service=service,
         image_store=store,
+        metrics=metrics,
+        lifecycle=Lifecycle(),
         template_path=STATIC_DIR,
         default_handler_class=NotFoundHandler,
         log_function=log_request,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -81,6 +82,8 @@ class Settings:
     stream_reasoning: bool = True
     answer_task_requests: bool = True
     images_default_model: str = ""
+    metrics_access: str = "loopback"
+    shutdown_grace_seconds: float = 30.0
     sd_model_index: int = 5
     image_proxy_allow_private_networks: bool = False
     llm_timeout: float = 30.0
@@ -158,6 +161,13 @@ def _boolean(text: str) -> bool:
     if lowered in ("0", "false", "no", "off", ""):
         return False
     raise ValueError("must be true or false")
+
+
+def _metrics_access(text: str) -> str:
+    value = text.strip().lower()
+    if value not in ("loopback", "public", "off"):
+        raise ValueError("must be loopback, public or off")
+    return value
 
 
 def _log_level(text: str) -> str:
@@ -390,6 +400,10 @@ def load_settings(
         "stream_reasoning": reader.value("STREAM_REASONING", _boolean, True),
         "answer_task_requests": reader.value("ANSWER_TASK_REQUESTS", _boolean, True),
         "images_default_model": reader.raw("IMAGES_DEFAULT_MODEL"),
+        "metrics_access": reader.value("METRICS_ACCESS", _metrics_access, "loopback"),
+        "shutdown_grace_seconds": reader.value(
+            "SHUTDOWN_GRACE_SECONDS", _positive_float, defaults.shutdown_grace_seconds
+        ),
         "sd_model_index": reader.value(
             "SD_MODEL_INDEX", _non_negative_int, defaults.sd_model_index
         ),
@@ -462,6 +476,26 @@ def read_env_file(path: str) -> dict[str, str]:
         values[name] = _unquote(value.strip())
     if problems:
         raise ConfigError(problems)
+    return values
+
+
+def read_credentials(directory: str) -> dict[str, str]:
+    """Secrets passed by systemd's ``LoadCredential=``: one file per variable, named after it."""
+    values: dict[str, str] = {}
+    if not directory:
+        return values
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError as exc:
+        raise ConfigError([f"CREDENTIALS_DIRECTORY: cannot read it: {exc.strerror}"]) from None
+    for name in names:
+        if not _ENV_NAME.match(name):
+            continue
+        try:
+            with open(os.path.join(directory, name), encoding="utf-8") as handle:
+                values[name] = handle.read().strip()
+        except (OSError, UnicodeDecodeError):
+            raise ConfigError([f"{name}: its credential file cannot be read"]) from None
     return values
 
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from tornado_imagegate import errors, openai_api
 from tornado_imagegate.config import ProviderGroup, Settings
 from tornado_imagegate.imagestore import ImageStore, KeptImage
+from tornado_imagegate.metrics import Metrics
 from tornado_imagegate.openai_api import ImageRequest
 from tornado_imagegate.prompt import OptimisedPrompt, PromptOptimiser
 from tornado_imagegate.providers import Provider, ProviderImage
@@ -42,7 +45,9 @@ class Generation:
         return "\n\n".join(parts)
 
 
-def make_provider(group: ProviderGroup, settings: Settings, upstream: Upstream) -> Provider:
+def make_provider(
+    group: ProviderGroup, settings: Settings, upstream: Upstream, metrics: Metrics | None = None
+) -> Provider:
     """The provider object of a configured group."""
     if group.kind == "demo":
         return DemoProvider()
@@ -52,17 +57,26 @@ def make_provider(group: ProviderGroup, settings: Settings, upstream: Upstream) 
         "openai-images": OpenAIImagesApi,
         "sd": lambda: SdApi(steps=settings.sd_steps, model_index=settings.sd_model_index),
     }
-    return GroupProvider(group, apis[group.kind](), upstream, settings.image_gen_timeout)
+    api = apis[group.kind]()
+    return GroupProvider(group, api, upstream, settings.image_gen_timeout, metrics)
 
 
 class ImageService:
     """Turns validated requests into kept images; knows nothing of HTTP handlers."""
 
-    def __init__(self, settings: Settings, store: ImageStore, upstream: Upstream) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: ImageStore,
+        upstream: Upstream,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
+        self.metrics = metrics
         self.providers: dict[str, Provider] = {
-            group.name: make_provider(group, settings, upstream) for group in settings.groups
+            group.name: make_provider(group, settings, upstream, metrics)
+            for group in settings.groups
         }
         self.optimiser = (
             PromptOptimiser(settings.optimiser, upstream, settings.llm_timeout)
@@ -96,7 +110,16 @@ class ImageService:
         """The prompt for the image model: optimised when the optimiser is on and not skipped."""
         if self.optimiser is None or not request.enhance:
             return OptimisedPrompt(request.prompt, changed=False)
-        return await self.optimiser.optimise(request.prompt)
+        with self.timed("optimise"):
+            return await self.optimiser.optimise(request.prompt)
+
+    @contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        """Observe how long a stage takes (when it succeeds)."""
+        started = time.monotonic()
+        yield
+        if self.metrics is not None:
+            self.metrics.stage_seconds.labels(stage).observe(time.monotonic() - started)
 
     async def generate(
         self,
@@ -112,7 +135,8 @@ class ImageService:
         optimised = await self.optimise(request)
         if optimised.thinking and on_thinking is not None:
             on_thinking(optimised.thinking)
-        made = await self.providers[group.name].generate(request, optimised.prompt)
+        with self.timed("generate"):
+            made = await self.providers[group.name].generate(request, optimised.prompt)
         kept = tuple([await self.keep(image, base_url) for image in made])
         logger.info(
             "generated %d image(s) with %s (%s, %s)",

@@ -13,6 +13,7 @@ from tornado.httputil import HTTPHeaders, HTTPInputError
 from tornado_imagegate import errors, imagetype
 from tornado_imagegate.errors import GatewayError, UpstreamError
 from tornado_imagegate.imagecache import CachedImage, ImageCache
+from tornado_imagegate.metrics import Metrics
 from tornado_imagegate.upstream import FetchGuard, Upstream
 from tornado_imagegate.urlpolicy import LinkRefused, check_fetch_url, is_public_address
 
@@ -168,6 +169,7 @@ class ImageFetcher:
         max_bytes: int,
         allow_private: bool,
         address_allowed: Callable[[str], bool] = is_public_address,
+        metrics: Metrics | None = None,
     ) -> None:
         self.upstream = upstream
         self.cache = cache
@@ -175,6 +177,7 @@ class ImageFetcher:
         self.max_bytes = max_bytes
         self.allow_private = allow_private
         self.address_allowed = address_allowed
+        self.metrics = metrics
         self.inflight: dict[str, Transfer] = {}
         self.started = 0
         self._tasks: set[asyncio.Task] = set()
@@ -192,6 +195,7 @@ class ImageFetcher:
         return transfer
 
     async def _run(self, transfer: Transfer) -> None:
+        started = asyncio.get_running_loop().time()
         try:
             image = await self._download(transfer)
         except UpstreamError as exc:
@@ -204,6 +208,9 @@ class ImageFetcher:
             logger.exception("image fetch crashed")
             transfer.fail(errors.from_status(500))
         else:
+            if self.metrics is not None:
+                elapsed = asyncio.get_running_loop().time() - started
+                self.metrics.stage_seconds.labels("image_fetch").observe(elapsed)
             self.cache.put(transfer.key, image)
             transfer.finish(image)
         finally:

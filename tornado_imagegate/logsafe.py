@@ -10,16 +10,27 @@ access_log = logging.getLogger("tornado.access")
 
 
 def log_request(handler: Any) -> None:
-    """One access line per request: status, method, path without its query (links are secrets)."""
+    """One access line per request (status, method, path without query, time, request id).
+
+    The query is left out: image links are capabilities, and nothing else belongs in a log.
+    Also counts the request in the metrics.
+    """
     status = handler.get_status()
+    request = handler.request
+    seconds = request.request_time()
+    metrics = handler.application.settings.get("metrics")
+    route = getattr(handler, "route_name", type(handler).__name__)
+    if metrics is not None:
+        metrics.requests.labels(route, request.method, str(status)).inc()
+        metrics.request_seconds.labels(route).observe(seconds)
     if status < 400:
         log = access_log.info
     elif status < 500:
         log = access_log.warning
     else:
         log = access_log.error
-    request = handler.request
-    log("%d %s %s %.1fms", status, request.method, request.path, 1000.0 * request.request_time())
+    request_id = getattr(handler, "request_id", "-")
+    log("%d %s %s %.1fms id=%s", status, request.method, request.path, 1000.0 * seconds, request_id)
 
 
 def configure_logging(level: str) -> None:

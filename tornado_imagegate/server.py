@@ -16,14 +16,23 @@ from collections.abc import Mapping, Sequence
 
 from tornado.httpclient import AsyncHTTPClient
 from tornado.httpserver import HTTPServer
+from tornado.ioloop import PeriodicCallback
 from tornado.netutil import bind_sockets
 from tornado.web import Application
 
 from tornado_imagegate import __version__
 from tornado_imagegate.app import make_app
-from tornado_imagegate.config import ConfigError, Settings, load_settings, read_env_file
+from tornado_imagegate.config import (
+    ConfigError,
+    Settings,
+    load_settings,
+    read_credentials,
+    read_env_file,
+)
+from tornado_imagegate.lifecycle import Lifecycle
 from tornado_imagegate.logsafe import configure_logging
 from tornado_imagegate.report import problems_report, settings_report
+from tornado_imagegate.sdnotify import Notifier
 
 logger = logging.getLogger(__name__)
 
@@ -61,10 +70,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def build_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
-    """Merge the env file, the environment and the flags, then validate."""
+    """Merge the env file, systemd credentials, the environment and the flags, then validate."""
     merged: dict[str, str] = {}
     if args.env_file:
         merged.update(read_env_file(args.env_file))
+    merged.update(read_credentials(environ.get("CREDENTIALS_DIRECTORY", "")))
     merged.update(environ)
     if args.host is not None:
         merged["IMAGEGATE_HOST"] = args.host
@@ -123,23 +133,52 @@ def make_http_server(app: Application) -> HTTPServer:
     )
 
 
-async def serve(settings: Settings) -> None:
-    """Listen and run until SIGTERM or SIGINT."""
+async def serve(settings: Settings, notifier: Notifier | None = None) -> None:
+    """Listen, tell systemd, run until SIGTERM or SIGINT, then shut down gracefully."""
+    notifier = notifier or Notifier()
     configure_http_client(settings)
-    server = make_http_server(make_app(settings))
+    app = make_app(settings)
+    server = make_http_server(app)
     sockets = bind_sockets(settings.port, settings.host)
     server.add_sockets(sockets)
     port = sockets[0].getsockname()[1]
     print(welcome_text(settings, port), flush=True)
+    notifier.ready(f"listening on {settings.host}:{port}")
+    watchdog = None
+    if notifier.watchdog_seconds:
+        # Sent from the event loop itself: a wedged loop stops it, and systemd restarts us.
+        watchdog = PeriodicCallback(notifier.watchdog, notifier.watchdog_seconds * 1000 / 2)
+        watchdog.start()
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
-    logger.info("shutting down")
+    await shut_down(server, app.settings["lifecycle"], settings.shutdown_grace_seconds, notifier)
+    if watchdog is not None:
+        watchdog.stop()
+
+
+async def shut_down(
+    server: HTTPServer, lifecycle: Lifecycle, grace: float, notifier: Notifier
+) -> None:
+    """Stop accepting, let requests in flight (open streams too) finish, then close the rest."""
+    lifecycle.shutting_down = True
+    notifier.stopping()
     server.stop()
-    await server.close_all_connections()
+    logger.info(
+        "shutting down: %d request(s) in flight, waiting up to %gs", lifecycle.inflight, grace
+    )
+    if not await lifecycle.drain(grace):
+        logger.warning(
+            "grace period over: closing %d request(s) still in flight", lifecycle.inflight
+        )
+    try:
+        await asyncio.wait_for(server.close_all_connections(), 5)
+    except TimeoutError:
+        logger.warning("some connections did not close in time")
+    logger.info("stopped")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

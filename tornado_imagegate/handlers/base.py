@@ -5,9 +5,11 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import re
+import uuid
 from typing import Any
 
-from tornado.web import HTTPError, RequestHandler, stream_request_body
+from tornado.web import HTTPError, RequestHandler, StaticFileHandler, stream_request_body
 
 from tornado_imagegate import errors
 from tornado_imagegate.config import Settings
@@ -20,18 +22,59 @@ logger = logging.getLogger(__name__)
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
 CORS_ALLOW_METHODS = "GET, HEAD, POST, OPTIONS"
 CORS_DEFAULT_HEADERS = "Authorization, Content-Type"
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 
 
-class BaseHandler(RequestHandler):
-    """Every route: CORS headers, OPTIONS preflight, and errors as the OpenAI envelope."""
+class RequestIdMixin:
+    """A request id for every answer (``X-Request-Id``) and its access-log line.
+
+    A well-formed id sent by a proxy in front is kept, so both logs tell of the same request.
+    """
+
+    request: Any
+    _request_id: str | None = None
+
+    @property
+    def request_id(self) -> str:
+        """This request's id, made once."""
+        if self._request_id is None:
+            given = self.request.headers.get("X-Request-Id", "")
+            self._request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex[:16]
+        return self._request_id
+
+    def set_default_headers(self) -> None:
+        """Every answer carries the request id (errors too: Tornado resets headers first)."""
+        self.set_header("X-Request-Id", self.request_id)  # type: ignore[attr-defined]
+
+
+class StaticHandler(RequestIdMixin, StaticFileHandler):
+    """The welcome page's files."""
+
+
+class BaseHandler(RequestIdMixin, RequestHandler):
+    """Every route: request ids, CORS, OPTIONS preflight, errors as the OpenAI envelope."""
+
+    _counted = False
 
     @property
     def config(self) -> Settings:
         """The gateway's validated settings."""
         return self.application.settings["imagegate"]
 
+    def prepare(self) -> None:
+        """Count the request as in flight, for a graceful shutdown."""
+        self._counted = True
+        self.application.settings["lifecycle"].begin()
+
+    def on_finish(self) -> None:
+        """The request is no longer in flight."""
+        if self._counted:
+            self._counted = False
+            self.application.settings["lifecycle"].end()
+
     def set_default_headers(self) -> None:
-        """Add the CORS headers to every answer, errors included."""
+        """Add the request id and the CORS headers to every answer, errors included."""
+        super().set_default_headers()
         allowed = self.config.cors_allow_origins
         origin = self.request.headers.get("Origin")
         if "*" in allowed:
@@ -101,6 +144,7 @@ class ApiHandler(BaseHandler):
 
     def prepare(self) -> None:
         """Refuse requests without a valid client key (preflights pass)."""
+        super().prepare()
         if self.request.method != "OPTIONS":
             self.check_client_key()
 
@@ -123,9 +167,9 @@ class JsonApiHandler(ApiHandler):
 
     def prepare(self) -> None:
         """Check the key, then refuse a declared body over the limit before reading it."""
-        super().prepare()
         self._chunks: list[bytes] = []
         self._received = 0
+        super().prepare()
         declared = self.request.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > MAX_REQUEST_BYTES:
             raise errors.request_too_large(MAX_REQUEST_BYTES)
@@ -150,5 +194,6 @@ class NotFoundHandler(BaseHandler):
 
     def prepare(self) -> None:
         """Refuse everything but a preflight."""
+        super().prepare()
         if self.request.method != "OPTIONS":
             raise errors.path_not_found(self.request.path)

@@ -67,6 +67,15 @@ class ChatCompletionsHandler(JsonApiHandler):
     async def stream(self, request: ImageRequest, body: dict[str, Any]) -> None:
         """Server-Sent Events: the role chunk at once, keep-alives while working, then content."""
         stream = _Stream(self, request.model, openai_api.include_usage(body))
+        streams_open = self.application.settings["metrics"].streams_open
+        streams_open.inc()
+        try:
+            await self.stream_generation(stream, request)
+        finally:
+            streams_open.dec()
+
+    async def stream_generation(self, stream: _Stream, request: ImageRequest) -> None:
+        """The body of a generating stream, from the role chunk to ``[DONE]``."""
         await stream.start()
         thinking: list[str] = []
         wake = asyncio.Event()

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import time
 
-from tornado_imagegate import openai_api
-from tornado_imagegate.config import DEMO_MODEL
+from tornado_imagegate import errors, openai_api
+from tornado_imagegate.config import DEMO_MODEL, is_loopback_host
 from tornado_imagegate.handlers.base import ApiHandler, BaseHandler
+from tornado_imagegate.metrics import CONTENT_TYPE
 
 
 class WelcomeHandler(BaseHandler):
@@ -30,6 +31,41 @@ class HealthHandler(BaseHandler):
     def get(self) -> None:
         """Answer ``{"status": "ok"}``."""
         self.write_json({"status": "ok"})
+
+
+class ReadyHandler(BaseHandler):
+    """``GET /ready``: configuration loaded and not shutting down (503 while shutting down)."""
+
+    def get(self) -> None:
+        """Answer ready, or 503 during a shutdown."""
+        lifecycle = self.application.settings["lifecycle"]
+        if lifecycle.shutting_down:
+            self.write_json({"status": "shutting_down"}, status=503)
+            return
+        self.write_json({"status": "ready", "models": len(self.config.model_ids)})
+
+
+class MetricsHandler(BaseHandler):
+    """``GET /metrics``: Prometheus text format; loopback only unless METRICS_ACCESS says so."""
+
+    def get(self) -> None:
+        """Render the metrics, if this client may see them."""
+        access = self.config.metrics_access
+        if access == "off":
+            raise errors.path_not_found(self.request.path)
+        if access == "loopback" and not self.from_loopback():
+            raise errors.GatewayError(
+                403, "forbidden", "Metrics are served to loopback clients only (METRICS_ACCESS)."
+            )
+        self.set_header("Content-Type", CONTENT_TYPE)
+        self.finish(self.application.settings["metrics"].render())
+
+    def from_loopback(self) -> bool:
+        """A loopback peer, and no proxy in between (a local proxy would forward anyone)."""
+        proxied = any(
+            self.request.headers.get(name) for name in ("X-Forwarded-For", "X-Real-Ip", "Forwarded")
+        )
+        return not proxied and is_loopback_host(self.request.remote_ip or "")
 
 
 class ModelsHandler(ApiHandler):

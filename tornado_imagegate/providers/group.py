@@ -13,6 +13,7 @@ from tornado_imagegate import errors, keys
 from tornado_imagegate.config import ProviderGroup
 from tornado_imagegate.errors import NO_RETRY, GatewayError, UpstreamError
 from tornado_imagegate.keys import KeyPool
+from tornado_imagegate.metrics import Metrics
 from tornado_imagegate.openai_api import ImageRequest
 from tornado_imagegate.providers import ProviderAnswerError, ProviderApi, ProviderImage
 from tornado_imagegate.upstream import Upstream, retry_after_seconds
@@ -57,13 +58,25 @@ class GroupProvider:
     """Asks one provider group for images, rotating and failing over between its keys."""
 
     def __init__(
-        self, group: ProviderGroup, api: ProviderApi, upstream: Upstream, timeout: float
+        self,
+        group: ProviderGroup,
+        api: ProviderApi,
+        upstream: Upstream,
+        timeout: float,
+        metrics: Metrics | None = None,
     ) -> None:
         self.group = group
         self.api = api
         self.upstream = upstream
         self.timeout = timeout
         self.keys = KeyPool(group.keys)
+        self.metrics = metrics
+
+    def rest(self, index: int, seconds: float, reason: str) -> None:
+        """Put a failed key to rest, and count it."""
+        self.keys.rest(index, seconds)
+        if self.metrics is not None:
+            self.metrics.key_rested(self.group.name, reason)
 
     async def generate(self, request: ImageRequest, prompt: str) -> list[ProviderImage]:
         """Make ``request.n`` images, in as few requests as the API allows, within the deadline."""
@@ -115,7 +128,7 @@ class GroupProvider:
                     raise self._error(
                         504, "upstream_timeout", f"no answer within {self.timeout:g}s."
                     ) from None
-                self.keys.rest(index, keys.COOLDOWN_TRANSIENT)
+                self.rest(index, keys.COOLDOWN_TRANSIENT, exc.kind)
                 last_reason = errors.from_upstream(exc, "the provider").message
                 logger.warning(
                     "%s key #%d failed (%s); trying the next", self.group.name, index + 1, exc.kind
@@ -131,11 +144,13 @@ class GroupProvider:
             if code in REJECTED:
                 raise self._error(400, "upstream_rejected", f"the request was refused ({reason}).")
             if code == 429:
-                self.keys.rest(index, retry_after_seconds(response) or keys.COOLDOWN_RATE_LIMITED)
+                wait = retry_after_seconds(response) or keys.COOLDOWN_RATE_LIMITED
+                self.rest(index, wait, "rate_limited")
             elif code in (401, 403):
-                self.keys.rest(index, keys.COOLDOWN_AUTH)
+                self.rest(index, keys.COOLDOWN_AUTH, "unauthorized")
             elif code == 408 or code >= 500:
-                self.keys.rest(index, retry_after_seconds(response) or keys.COOLDOWN_TRANSIENT)
+                wait = retry_after_seconds(response) or keys.COOLDOWN_TRANSIENT
+                self.rest(index, wait, f"http_{code}")
             else:
                 raise self._error(502, "upstream_error", f"unexpected answer ({reason}).")
             last_reason = reason
