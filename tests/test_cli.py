@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import queue
 import re
 import signal
 import socket
 import struct
 import subprocess
-import sys
-import threading
 import time
 import urllib.request
 import zlib
@@ -22,28 +18,15 @@ from typing import Any
 from urllib.error import HTTPError
 
 import pytest
+from processes import COMMAND, NEUTRAL_CWD, STOP_DEADLINE, Gateway, clean_env
 
 from tornado_imagegate import __version__
 
 logger = logging.getLogger(__name__)
 
-COMMAND = [sys.executable, "-m", "tornado_imagegate"]
 RUN_TIMEOUT = 30
 START_DEADLINE = 30.0
-STOP_DEADLINE = 10.0
 EXIT_CONFIG = 2
-
-GATEWAY_NAMES = {
-    "AUTHORIZED_API_KEY",
-    "GATEWAY_API_KEY",
-    "PUBLIC_BASE_URL",
-    "LLM_TIMEOUT",
-    "UPSTREAM_MAX_CLIENTS",
-    "CORS_ALLOW_ORIGINS",
-    "SSE_KEEPALIVE_SECONDS",
-    "LOG_LEVEL",
-}
-GATEWAY_PREFIXES = ("OPENAI_", "FLUX_GEN_", "IMAGE_GEN_", "SD_", "IMAGEGATE_", "IMAGE_")
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -79,22 +62,6 @@ FULL_MODELS = (
     "Z-Image",
     "imagegate-demo",
 )
-
-
-def _is_gateway_variable(name: str) -> bool:
-    return name in GATEWAY_NAMES or name.startswith(GATEWAY_PREFIXES)
-
-
-# Not the checkout: `python -m` puts the working directory first on sys.path, and the command
-# under test must be the installed package.
-NEUTRAL_CWD = Path(__file__).resolve().parent
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """This process's environment without any variable the gateway reads, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not _is_gateway_variable(k)}
-    env.update(extra)
-    return env
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -319,67 +286,6 @@ def test_malformed_env_file_stops_start_up(tmp_path: Path) -> None:
 
 
 # --- the running server ---
-
-
-class Gateway:
-    """A gateway subprocess whose stdout is read line by line by a background thread."""
-
-    def __init__(self, args: list[str], env: dict[str, str], stderr_path: Path) -> None:
-        self.stderr_path = stderr_path
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        with open(stderr_path, "wb") as stderr:
-            self.process = subprocess.Popen(
-                [*COMMAND, *args],
-                env=env,
-                cwd=NEUTRAL_CWD,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-                text=True,
-            )
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.put(line.rstrip("\n"))
-        self.lines.put(None)
-
-    def read_until(self, pattern: str, deadline: float) -> tuple[re.Match[str], list[str]]:
-        """Read stdout lines until one matches ``pattern``; fail at ``deadline`` or at EOF."""
-        seen: list[str] = []
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                pytest.fail(f"no line matching {pattern!r} in time; stdout so far: {seen}")
-            try:
-                line = self.lines.get(timeout=remaining)
-            except queue.Empty:
-                continue
-            if line is None:
-                pytest.fail(
-                    f"stdout closed before {pattern!r} (exit {self.process.poll()}); "
-                    f"stdout: {seen}; stderr: {self.stderr()}"
-                )
-            seen.append(line)
-            match = re.search(pattern, line)
-            if match:
-                return match, seen
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(encoding="utf-8", errors="replace")
-
-    def close(self) -> None:
-        """Make sure the process is gone and every pipe closed."""
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(timeout=STOP_DEADLINE)
-        self.reader.join(timeout=STOP_DEADLINE)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
-        for line in self.stderr().splitlines():
-            logger.debug("imagegate stderr: %s", line)
 
 
 @pytest.fixture
