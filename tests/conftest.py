@@ -129,6 +129,13 @@ async def call(
     )
 
 
+async def post_chat(http_client: Any, base_url: str, body: Any, **kwargs: Any) -> HTTPResponse:
+    """POST a chat completion (with the first client key unless told otherwise)."""
+    return await call(
+        http_client, base_url, "/v1/chat/completions", method="POST", body=body, **kwargs
+    )
+
+
 def json_of(response: HTTPResponse) -> Any:
     """The decoded JSON body of a response."""
     return json.loads(response.body)

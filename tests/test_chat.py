@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import CLIENT_KEYS, assert_error, call, chat_body, json_of, with_env
+from conftest import CLIENT_KEYS, assert_error, call, chat_body, json_of, post_chat, with_env
 from pngcheck import png_info
 
 LINK = re.compile(r"!\[((?:\\.|[^\]\\])*)\]\((\S+?)\)")
@@ -13,7 +13,7 @@ LINK = re.compile(r"!\[((?:\\.|[^\]\\])*)\]\((\S+?)\)")
 
 async def complete(http_client, base_url, body):
     """POST a chat completion that must succeed; return (answer, alt text, image link)."""
-    response = await call(http_client, base_url, "/v1/chat/completions", method="POST", body=body)
+    response = await post_chat(http_client, base_url, body)
     assert response.code == 200, response.body
     answer = json_of(response)
     match = LINK.search(answer["choices"][0]["message"]["content"])
@@ -190,12 +190,10 @@ async def test_public_base_url_makes_the_links(http_client, base_url):
 
 @pytest.mark.gen_test
 async def test_a_hostile_host_header_does_not_reach_the_link(http_client, base_url):
-    response = await call(
+    response = await post_chat(
         http_client,
         base_url,
-        "/v1/chat/completions",
-        method="POST",
-        body=chat_body("a kite"),
+        chat_body("a kite"),
         headers={"Host": "evil.example)[x](javascript:alert(1)"},
     )
     content = json_of(response)["choices"][0]["message"]["content"]
@@ -267,12 +265,10 @@ async def test_the_image_store_is_bounded_in_bytes(http_client, base_url, app):
 @pytest.mark.gen_test
 async def test_both_client_keys_can_generate(http_client, base_url):
     for key in CLIENT_KEYS:
-        response = await call(
+        response = await post_chat(
             http_client,
             base_url,
-            "/v1/chat/completions",
-            method="POST",
-            body=chat_body("a key"),
+            chat_body("a key"),
             key=key,
         )
         assert response.code == 200

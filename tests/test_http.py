@@ -6,7 +6,7 @@ import json
 import socket
 
 import pytest
-from conftest import CLIENT_KEYS, assert_error, call, chat_body, json_of, with_env
+from conftest import CLIENT_KEYS, assert_error, call, chat_body, json_of, post_chat, with_env
 from tornado.iostream import IOStream, StreamClosedError
 
 from tornado_imagegate.handlers.base import MAX_REQUEST_BYTES
@@ -176,7 +176,7 @@ async def test_cors_origins_can_be_restricted(http_client, base_url):
 @pytest.mark.gen_test
 async def test_body_over_the_limit_is_413(http_client, base_url):
     body = json.dumps(chat_body("x" * (MAX_REQUEST_BYTES + 10)))
-    response = await call(http_client, base_url, "/v1/chat/completions", method="POST", body=body)
+    response = await post_chat(http_client, base_url, body)
     assert_error(response, 413, "request_too_large")
 
 
@@ -204,7 +204,7 @@ async def test_chunked_body_over_the_limit_is_413(http_server, http_port):
 @pytest.mark.gen_test
 async def test_server_keeps_serving_after_a_413(http_client, base_url):
     body = b"{" + b" " * (MAX_REQUEST_BYTES + 1) + b"}"
-    await call(http_client, base_url, "/v1/chat/completions", method="POST", body=body)
+    await post_chat(http_client, base_url, body)
     response = await call(http_client, base_url, "/health")
     assert response.code == 200
 
@@ -225,7 +225,7 @@ async def test_server_keeps_serving_after_a_413(http_client, base_url):
     ],
 )
 async def test_body_that_is_not_a_json_object_is_400_invalid_json(http_client, base_url, body):
-    response = await call(http_client, base_url, "/v1/chat/completions", method="POST", body=body)
+    response = await post_chat(http_client, base_url, body)
     assert_error(response, 400, "invalid_json")
 
 
@@ -237,19 +237,17 @@ async def test_missing_model_is_400_missing_model_field(http_client, base_url, m
         del body["model"]
     else:
         body["model"] = model
-    response = await call(http_client, base_url, "/v1/chat/completions", method="POST", body=body)
+    response = await post_chat(http_client, base_url, body)
     error = assert_error(response, 400, "missing_model_field")
     assert error["param"] == "model"
 
 
 @pytest.mark.gen_test
 async def test_unknown_model_is_404_model_not_found(http_client, base_url):
-    response = await call(
+    response = await post_chat(
         http_client,
         base_url,
-        "/v1/chat/completions",
-        method="POST",
-        body=chat_body(model="dall-e-9"),
+        chat_body(model="dall-e-9"),
     )
     error = assert_error(response, 404, "model_not_found")
     assert "dall-e-9" in error["message"]
@@ -292,7 +290,7 @@ async def test_wrong_field_type_or_range_is_400_invalid_parameters(
     http_client, base_url, change, param
 ):
     body = {**chat_body(), **change}
-    response = await call(http_client, base_url, "/v1/chat/completions", method="POST", body=body)
+    response = await post_chat(http_client, base_url, body)
     error = assert_error(response, 400, "invalid_parameters")
     assert error["param"] == param
 
@@ -316,9 +314,7 @@ async def test_hostile_inputs_never_give_a_500(http_client, base_url):
         {"model": "imagegate-demo", "prompt": "x" * 100000},
     ]
     for body in hostile:
-        response = await call(
-            http_client, base_url, "/v1/chat/completions", method="POST", body=json.dumps(body)
-        )
+        response = await post_chat(http_client, base_url, json.dumps(body))
         assert response.code < 500, (body, response.body)
         assert b"Traceback" not in response.body
     raw = [
@@ -327,7 +323,5 @@ async def test_hostile_inputs_never_give_a_500(http_client, base_url):
         b'{"model": "imagegate-demo", "seed": 1e999}',
     ]
     for body in raw:
-        response = await call(
-            http_client, base_url, "/v1/chat/completions", method="POST", body=body
-        )
+        response = await post_chat(http_client, base_url, body)
         assert response.code < 500, (body, response.body)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import CLIENT_KEYS, LOG_WATCH, PROXY_SECRET, call, chat_body, json_of
+from conftest import CLIENT_KEYS, LOG_WATCH, PROXY_SECRET, call, chat_body, json_of, post_chat
 
 
 @pytest.mark.gen_test
@@ -12,9 +12,7 @@ async def test_requests_full_of_secrets_leave_none_in_the_log(http_client, base_
     wrong = "sk-not-a-real-key-but-still-secret-4411"
     await call(http_client, base_url, "/v1/models", key=wrong)
     await call(http_client, base_url, f"/v1/models?api_key={CLIENT_KEYS[1]}", key=None)
-    response = await call(
-        http_client, base_url, "/v1/chat/completions", method="POST", body=chat_body("a lamp")
-    )
+    response = await post_chat(http_client, base_url, chat_body("a lamp"))
     link = json_of(response)["choices"][0]["message"]["content"].split("(")[1].rstrip(")")
     image_id = link.rsplit("=", 1)[1]
     await http_client.fetch(link)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import assert_error, call, chat_body, json_of, register_secret, with_env
+from conftest import assert_error, chat_body, json_of, post_chat, register_secret, with_env
 from fake_providers import (
     Answer,
     FakeChatImages,
@@ -82,12 +82,10 @@ def gateway_env(fakes, request):
 
 async def generate(http_client, base_url, model, prompt="a cat on a roof, 16:9", **extra):
     """A chat completion that must succeed: (content, links)."""
-    response = await call(
+    response = await post_chat(
         http_client,
         base_url,
-        "/v1/chat/completions",
-        method="POST",
-        body=chat_body(prompt, model=model, **extra),
+        chat_body(prompt, model=model, **extra),
     )
     assert response.code == 200, response.body
     content = json_of(response)["choices"][0]["message"]["content"]
@@ -233,12 +231,10 @@ async def test_chat_kind_answer_shapes(http_client, base_url, fakes, shape):
 @pytest.mark.gen_test
 async def test_chat_kind_answer_without_an_image_is_502(http_client, base_url, fakes):
     fakes.chat.script(FakeChatImages.content_answer("I cannot draw that."))
-    response = await call(
+    response = await post_chat(
         http_client,
         base_url,
-        "/v1/chat/completions",
-        method="POST",
-        body=chat_body(model="chat-test"),
+        chat_body(model="chat-test"),
     )
     error = assert_error(response, 502, "upstream_error")
     assert "IMAGE_GEN_1" in error["message"]
@@ -329,12 +325,10 @@ async def test_sd_steps_and_model_index_are_configurable(http_client, base_url, 
 @pytest.mark.parametrize("field", ["error", "message"])
 async def test_sd_success_false_is_502_with_its_reason(http_client, base_url, fakes, field):
     fakes.sd.script(FakeSD.failure_answer("model is busy", field=field))
-    response = await call(
+    response = await post_chat(
         http_client,
         base_url,
-        "/v1/chat/completions",
-        method="POST",
-        body=chat_body(model="Z-Image"),
+        chat_body(model="Z-Image"),
     )
     error = assert_error(response, 502, "upstream_error")
     assert "model is busy" in error["message"] and "SD" in error["message"]
@@ -402,12 +396,10 @@ async def test_a_refused_prompt_is_400_and_burns_no_other_key(http_client, base_
             400, f"prompt violates the content policy (request key {SF_KEYS[0]})"
         )
     )
-    response = await call(
+    response = await post_chat(
         http_client,
         base_url,
-        "/v1/chat/completions",
-        method="POST",
-        body=chat_body(model="flux-test"),
+        chat_body(model="flux-test"),
     )
     error = assert_error(response, 400, "upstream_rejected")
     assert "content policy" in error["message"]
@@ -418,24 +410,20 @@ async def test_a_refused_prompt_is_400_and_burns_no_other_key(http_client, base_
 @pytest.mark.gen_test
 async def test_every_key_failing_is_502_naming_the_group_never_a_key(http_client, base_url, fakes):
     fakes.sf.default = FakeSiliconFlow.error_answer(503, f"down; your key {SF_KEYS[2]}")
-    response = await call(
+    response = await post_chat(
         http_client,
         base_url,
-        "/v1/chat/completions",
-        method="POST",
-        body=chat_body(model="flux-test"),
+        chat_body(model="flux-test"),
     )
     error = assert_error(response, 502, "upstream_error")
     assert "FLUX_GEN" in error["message"] and "503" in error["message"]
     assert all(key not in response.body.decode() for key in SF_KEYS)
     assert response.headers["x-should-retry"] == "false"
     assert sorted(fakes.sf.keys_used()) == sorted(SF_KEYS)
-    again = await call(
+    again = await post_chat(
         http_client,
         base_url,
-        "/v1/chat/completions",
-        method="POST",
-        body=chat_body(model="flux-test"),
+        chat_body(model="flux-test"),
     )
     assert "resting" in assert_error(again, 502, "upstream_error")["message"]
     assert len(fakes.sf.requests) == 3
@@ -445,12 +433,10 @@ async def test_every_key_failing_is_502_naming_the_group_never_a_key(http_client
 @with_env({"IMAGE_GEN_TIMEOUT": "1"})
 async def test_a_hanging_provider_is_504_in_time(http_client, base_url, fakes):
     fakes.sd.default = Answer(hang=True)
-    response = await call(
+    response = await post_chat(
         http_client,
         base_url,
-        "/v1/chat/completions",
-        method="POST",
-        body=chat_body(model="Z-Image"),
+        chat_body(model="Z-Image"),
     )
     error = assert_error(response, 504, "upstream_timeout")
     assert "SD" in error["message"]

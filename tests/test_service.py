@@ -21,6 +21,7 @@ from conftest import (
     call,
     chat_body,
     json_of,
+    post_chat,
     register_secret,
     with_env,
 )
@@ -236,12 +237,10 @@ async def test_real_process_notifies_and_stops_gracefully_with_a_stream_open(
 @pytest.mark.gen_test
 @with_env({"IMAGE_PROXY_ALLOW_PRIVATE_NETWORKS": "true"})
 async def test_metrics_tell_requests_stages_keys_cache_and_streams(http_client, base_url):
-    response = await call(
+    response = await post_chat(
         http_client,
         base_url,
-        "/v1/chat/completions",
-        method="POST",
-        body=chat_body("a vase", seed=1),
+        chat_body("a vase", seed=1),
     )
     link = json_of(response)["choices"][0]["message"]["content"].split("(")[1].rstrip(")")
     await http_client.fetch(link)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import call, chat_body, json_of, register_secret, with_env
+from conftest import chat_body, json_of, post_chat, register_secret, with_env
 from fake_providers import FakeSD
 from fakes import FakeOrigin
 
@@ -123,7 +123,7 @@ def gateway_env(sd, request):
 @pytest.mark.parametrize("stream", [False, True])
 async def test_task_requests_never_reach_the_provider(http_client, base_url, sd, task, stream):
     body = {"model": "Z-Image", "messages": conversation(task), "stream": stream}
-    response = await call(http_client, base_url, "/v1/chat/completions", method="POST", body=body)
+    response = await post_chat(http_client, base_url, body)
     assert response.code == 200
     if stream:
         assert response.headers["Content-Type"].startswith("text/event-stream")
@@ -139,19 +139,17 @@ async def test_task_requests_never_reach_the_provider(http_client, base_url, sd,
 @with_env({"ANSWER_TASK_REQUESTS": "false"})
 async def test_the_rule_can_be_switched_off(http_client, base_url, sd):
     body = {"model": "Z-Image", "messages": conversation(NEXTCHAT_TITLE)}
-    response = await call(http_client, base_url, "/v1/chat/completions", method="POST", body=body)
+    response = await post_chat(http_client, base_url, body)
     assert response.code == 200
     assert len(sd.requests) == 1
 
 
 @pytest.mark.gen_test
 async def test_a_normal_request_still_generates(http_client, base_url, sd):
-    response = await call(
+    response = await post_chat(
         http_client,
         base_url,
-        "/v1/chat/completions",
-        method="POST",
-        body=chat_body("a fox", model="Z-Image"),
+        chat_body("a fox", model="Z-Image"),
     )
     assert (
         response.code == 200
