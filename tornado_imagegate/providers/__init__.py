@@ -23,6 +23,19 @@ class ProviderImage:
     url: str | None = None
 
 
+@dataclass(frozen=True)
+class ProviderCall:
+    """One request to a provider API: where, with which key, asking for what."""
+
+    endpoint: str
+    key: str = field(repr=False)
+    model: str
+    request: ImageRequest
+    prompt: str
+    count: int
+    size: tuple[int, int]
+
+
 class ProviderAnswerError(Exception):
     """A 2xx answer that holds no usable image; ``reason`` is short and safe to show."""
 
@@ -47,16 +60,7 @@ class ProviderApi(Protocol):
     def images_per_call(self, model: str) -> int:
         """How many images one request may ask for."""
 
-    def build(
-        self,
-        endpoint: str,
-        key: str,
-        model: str,
-        request: ImageRequest,
-        prompt: str,
-        count: int,
-        size: tuple[int, int],
-    ) -> HTTPRequest:
+    def build(self, call: ProviderCall) -> HTTPRequest:
         """The HTTP request that asks for ``count`` images."""
 
     def parse(self, response: HTTPResponse) -> list[ProviderImage]:

@@ -13,9 +13,9 @@ from typing import Any
 from tornado.httpclient import HTTPRequest, HTTPResponse
 
 from tornado_imagegate import imagetype
-from tornado_imagegate.openai_api import ImageRequest
 from tornado_imagegate.providers import (
     ProviderAnswerError,
+    ProviderCall,
     ProviderImage,
     decode_base64_image,
     images_from_data_list,
@@ -40,22 +40,17 @@ class ChatImagesApi:
         """One image a request."""
         return 1
 
-    def build(
-        self,
-        endpoint: str,
-        key: str,
-        model: str,
-        request: ImageRequest,
-        prompt: str,
-        count: int,
-        size: tuple[int, int],
-    ) -> HTTPRequest:
+    def build(self, call: ProviderCall) -> HTTPRequest:
         """One user message; a non-square size is said in words: a chat model hears no other."""
-        content = prompt
-        if size[0] != size[1]:
-            content = f"{prompt}, aspect ratio {ratio_text(*size)}"
-        body = {"model": model, "messages": [{"role": "user", "content": content}], "stream": False}
-        return json_request(endpoint, key, body)
+        content = call.prompt
+        if call.size[0] != call.size[1]:
+            content = f"{call.prompt}, aspect ratio {ratio_text(*call.size)}"
+        body = {
+            "model": call.model,
+            "messages": [{"role": "user", "content": content}],
+            "stream": False,
+        }
+        return json_request(call.endpoint, call.key, body)
 
     def parse(self, response: HTTPResponse) -> list[ProviderImage]:
         """Find the images, whatever the shape of the answer."""

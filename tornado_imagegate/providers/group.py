@@ -15,7 +15,12 @@ from tornado_imagegate.errors import NO_RETRY, GatewayError, UpstreamError
 from tornado_imagegate.keys import KeyPool
 from tornado_imagegate.metrics import Metrics
 from tornado_imagegate.openai_api import ImageRequest
-from tornado_imagegate.providers import ProviderAnswerError, ProviderApi, ProviderImage
+from tornado_imagegate.providers import (
+    ProviderAnswerError,
+    ProviderApi,
+    ProviderCall,
+    ProviderImage,
+)
 from tornado_imagegate.upstream import Upstream, retry_after_seconds
 
 logger = logging.getLogger(__name__)
@@ -119,7 +124,7 @@ class GroupProvider:
         last_reason = "no key was tried"
         for index, key in order:
             http_request = self.api.build(
-                self.group.endpoint, key, request.model, request, prompt, count, size
+                ProviderCall(self.group.endpoint, key, request.model, request, prompt, count, size)
             )
             try:
                 response = await self.upstream.fetch(http_request, deadline)

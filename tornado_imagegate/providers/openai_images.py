@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from tornado.httpclient import HTTPRequest, HTTPResponse
 
-from tornado_imagegate.openai_api import ImageRequest
 from tornado_imagegate.providers import (
     ProviderAnswerError,
+    ProviderCall,
     ProviderImage,
     images_from_data_list,
     json_answer,
@@ -46,21 +46,17 @@ class OpenAIImagesApi:
         """dall-e-3 makes one image a request; the others up to ten."""
         return 1 if _family(model) == "dall-e-3" else 10
 
-    def build(
-        self,
-        endpoint: str,
-        key: str,
-        model: str,
-        request: ImageRequest,
-        prompt: str,
-        count: int,
-        size: tuple[int, int],
-    ) -> HTTPRequest:
+    def build(self, call: ProviderCall) -> HTTPRequest:
         """Ask for base64 images (no second download); gpt-image models always answer that way."""
-        body: dict = {"model": model, "prompt": prompt, "n": count, "size": f"{size[0]}x{size[1]}"}
-        if _family(model) != "gpt-image":
+        body: dict = {
+            "model": call.model,
+            "prompt": call.prompt,
+            "n": call.count,
+            "size": f"{call.size[0]}x{call.size[1]}",
+        }
+        if _family(call.model) != "gpt-image":
             body["response_format"] = "b64_json"
-        return json_request(endpoint, key, body)
+        return json_request(call.endpoint, call.key, body)
 
     def parse(self, response: HTTPResponse) -> list[ProviderImage]:
         """``data[].b64_json`` or ``data[].url``."""

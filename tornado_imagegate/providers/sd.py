@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from tornado.httpclient import HTTPRequest, HTTPResponse
 
-from tornado_imagegate.openai_api import ImageRequest
 from tornado_imagegate.providers import (
     ProviderAnswerError,
+    ProviderCall,
     ProviderImage,
     json_answer,
     json_request,
@@ -32,29 +32,20 @@ class SdApi:
         """One image a request."""
         return 1
 
-    def build(
-        self,
-        endpoint: str,
-        key: str,
-        model: str,
-        request: ImageRequest,
-        prompt: str,
-        count: int,
-        size: tuple[int, int],
-    ) -> HTTPRequest:
+    def build(self, call: ProviderCall) -> HTTPRequest:
         """Seed 004's request body, exactly."""
         body: dict = {
-            "prompt": prompt,
-            "width": size[0],
-            "height": size[1],
+            "prompt": call.prompt,
+            "width": call.size[0],
+            "height": call.size[1],
             "steps": self.steps,
-            "cfg": request.cfg if request.cfg is not None else DEFAULT_CFG,
+            "cfg": call.request.cfg if call.request.cfg is not None else DEFAULT_CFG,
             "model_index": self.model_index,
-            "seed": request.seed,
+            "seed": call.request.seed,
         }
-        if request.negative_prompt:
-            body["negative_prompt"] = request.negative_prompt
-        return json_request(endpoint, key, body)
+        if call.request.negative_prompt:
+            body["negative_prompt"] = call.request.negative_prompt
+        return json_request(call.endpoint, call.key, body)
 
     def parse(self, response: HTTPResponse) -> list[ProviderImage]:
         """Success needs ``"success": true`` and ``data.image_url``."""

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from tornado.httpclient import HTTPRequest, HTTPResponse
 
-from tornado_imagegate.openai_api import ImageRequest
 from tornado_imagegate.providers import (
     ProviderAnswerError,
+    ProviderCall,
     ProviderImage,
     images_from_data_list,
     json_answer,
@@ -30,31 +30,22 @@ class SiliconFlowApi:
         """Up to four images a request (``batch_size``)."""
         return MAX_BATCH
 
-    def build(
-        self,
-        endpoint: str,
-        key: str,
-        model: str,
-        request: ImageRequest,
-        prompt: str,
-        count: int,
-        size: tuple[int, int],
-    ) -> HTTPRequest:
+    def build(self, call: ProviderCall) -> HTTPRequest:
         """The request body of SiliconFlow's ``/v1/images/generations``."""
         body: dict = {
-            "model": model,
-            "prompt": prompt,
-            "image_size": f"{size[0]}x{size[1]}",
+            "model": call.model,
+            "prompt": call.prompt,
+            "image_size": f"{call.size[0]}x{call.size[1]}",
             "num_inference_steps": INFERENCE_STEPS,
-            "seed": request.seed,
+            "seed": call.request.seed,
         }
-        if count > 1:
-            body["batch_size"] = count
-        if request.negative_prompt:
-            body["negative_prompt"] = request.negative_prompt
-        if request.cfg is not None:
-            body["guidance_scale"] = request.cfg
-        return json_request(endpoint, key, body)
+        if call.count > 1:
+            body["batch_size"] = call.count
+        if call.request.negative_prompt:
+            body["negative_prompt"] = call.request.negative_prompt
+        if call.request.cfg is not None:
+            body["guidance_scale"] = call.request.cfg
+        return json_request(call.endpoint, call.key, body)
 
     def parse(self, response: HTTPResponse) -> list[ProviderImage]:
         """``images[].url`` (SiliconFlow), or ``data[].url`` / ``data[].b64_json`` (compatibles)."""
