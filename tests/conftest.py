@@ -7,6 +7,8 @@ import logging
 from typing import Any
 
 import pytest
+from fake_providers import FakeSD
+from fakes import FakeOrigin
 from tornado.httpclient import HTTPResponse
 
 from tornado_imagegate.app import make_app
@@ -56,6 +58,16 @@ def no_secret_in_any_log():
     yield
     leaks = [(secret, line) for line in LOG_WATCH.lines for secret in SECRETS if secret in line]
     assert not leaks, f"secrets found in the log: {leaks[:5]}"
+
+
+@pytest.fixture
+def sd(io_loop):
+    """A fake SD/Z-Image provider (real request and answer shapes) and the host of its images."""
+    images = FakeOrigin()
+    fake = FakeSD(images)
+    yield fake
+    fake.close()
+    images.close()
 
 
 def gateway_settings(env: dict[str, str] | None = None) -> Settings:

@@ -9,21 +9,10 @@ import openai
 import pytest
 from conftest import CLIENT_KEYS, register_secret
 from fake_providers import Answer, FakeSD
-from fakes import FakeOrigin
 from pngcheck import png_info
 
 SD_KEYS = ("sd-sdk-key-one-7171", "sd-sdk-key-two-8181")
 register_secret(*SD_KEYS)
-
-
-@pytest.fixture
-def sd(io_loop):
-    """An SD-shaped provider behind the model ``Z-Image``."""
-    images = FakeOrigin()
-    fake = FakeSD(images)
-    yield fake
-    fake.close()
-    images.close()
 
 
 @pytest.fixture

@@ -6,8 +6,6 @@ import json
 
 import pytest
 from conftest import chat_body, json_of, post_chat, register_secret, with_env
-from fake_providers import FakeSD
-from fakes import FakeOrigin
 
 from tornado_imagegate.tasks import is_task_request, task_reply
 
@@ -96,15 +94,6 @@ def test_replies_take_the_form_the_client_asked_for():
         "follow_ups": []
     }
     assert task_reply({"messages": conversation(NEXTCHAT_TITLE)}) == "a red fox sleeping in"
-
-
-@pytest.fixture
-def sd(io_loop):
-    images = FakeOrigin()
-    fake = FakeSD(images)
-    yield fake
-    fake.close()
-    images.close()
 
 
 @pytest.fixture
