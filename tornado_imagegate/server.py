@@ -33,6 +33,7 @@ from tornado_imagegate.lifecycle import Lifecycle
 from tornado_imagegate.logsafe import configure_logging
 from tornado_imagegate.report import problems_report, settings_report
 from tornado_imagegate.sdnotify import Notifier
+from tornado_imagegate.upstream import GatewayCurlClient
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ def welcome_text(settings: Settings, port: int) -> str:
 def configure_http_client(settings: Settings) -> None:
     """Configure the one curl client for every upstream call, once, before any is made."""
     AsyncHTTPClient.configure(
-        "tornado.curl_httpclient.CurlAsyncHTTPClient",
+        GatewayCurlClient,
         max_clients=settings.upstream_max_clients,
         max_body_size=MAX_UPSTREAM_BODY_BYTES,
     )
@@ -139,7 +140,8 @@ async def serve(settings: Settings, notifier: Notifier | None = None) -> None:
     configure_http_client(settings)
     app = make_app(settings)
     server = make_http_server(app)
-    sockets = bind_sockets(settings.port, settings.host)
+    # A burst of clients must not overflow Tornado's default listen queue of 128.
+    sockets = bind_sockets(settings.port, settings.host, backlog=socket.SOMAXCONN)
     server.add_sockets(sockets)
     port = sockets[0].getsockname()[1]
     print(welcome_text(settings, port), flush=True)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pycurl
+from tornado.curl_httpclient import CurlAsyncHTTPClient
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
 
 from tornado_imagegate.errors import UpstreamError
@@ -32,6 +33,25 @@ _CURL_KINDS = {
     35: "connect",  # TLS handshake failed
     60: "connect",  # TLS certificate problem
 }
+
+
+class GatewayCurlClient(CurlAsyncHTTPClient):
+    """Tornado's curl client, except that a stream of new requests cannot starve curl's timer.
+
+    Each new request asks curl to run "now" by replacing the pending timer with a new one; during
+    a burst (a thousand chat completions arriving at once) that timer was replaced again and
+    again, and no upstream request started until the burst was read. Keeping the earlier timer
+    lets upstream work start while requests still arrive.
+    """
+
+    _timer_deadline = 0.0
+
+    def _set_timeout(self, msecs: int) -> None:
+        deadline = self.io_loop.time() + msecs / 1000.0
+        if self._timeout is not None and self._timer_deadline <= deadline:
+            return  # an earlier timer is already pending
+        super()._set_timeout(msecs)
+        self._timer_deadline = deadline
 
 
 @dataclass

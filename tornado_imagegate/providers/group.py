@@ -89,6 +89,8 @@ class GroupProvider:
         size = self.api.fit_size(request.model, request.width, request.height)
         per_call = max(1, self.api.images_per_call(request.model))
         counts = [min(per_call, request.n - done) for done in range(0, request.n, per_call)]
+        if len(counts) == 1:  # the usual case: one request, no extra task
+            return (await self._call(request, prompt, counts[0], size, deadline))[: request.n]
         batches = await asyncio.gather(
             *[self._call(request, prompt, count, size, deadline) for count in counts]
         )
