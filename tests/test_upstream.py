@@ -1,0 +1,68 @@
+"""The one outbound client: timers that bursts cannot starve, guards, and error mapping."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from fakes import FakeOrigin
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+
+from tornado_imagegate.errors import UpstreamError
+from tornado_imagegate.upstream import FetchGuard, GatewayCurlClient, Upstream
+
+
+@pytest.mark.gen_test
+async def test_the_configured_client_is_the_gateway_curl_client():
+    assert isinstance(AsyncHTTPClient(), GatewayCurlClient)
+
+
+@pytest.mark.gen_test
+async def test_new_requests_do_not_push_back_a_pending_timer():
+    client = AsyncHTTPClient()
+    client._set_timeout(0)
+    first = client._timeout
+    client._set_timeout(0)  # a second request an instant later: the pending timer stays
+    client._set_timeout(500)
+    assert client._timeout is first
+    client.io_loop.remove_timeout(client._timeout)
+    client._timeout = None
+    client._set_timeout(500)
+    later = client._timeout
+    client._set_timeout(0)  # an earlier deadline replaces a later one
+    assert client._timeout is not later
+
+
+@pytest.mark.gen_test
+async def test_a_burst_of_fetches_all_complete(io_loop):
+    origin = FakeOrigin()
+    origin.serve("x", b"hello", content_type="text/plain")
+    upstream = Upstream()
+    deadline = asyncio.get_running_loop().time() + 20
+    try:
+        answers = await asyncio.gather(
+            *[upstream.fetch(HTTPRequest(origin.url("x")), deadline) for _ in range(300)]
+        )
+    finally:
+        origin.close()
+    assert {a.code for a in answers} == {200}
+    assert origin.hits["x"] == 300
+
+
+@pytest.mark.gen_test
+async def test_connection_refused_is_a_connect_error_never_a_599():
+    upstream = Upstream()
+    deadline = asyncio.get_running_loop().time() + 5
+    with pytest.raises(UpstreamError) as caught:
+        await upstream.fetch(HTTPRequest("http://127.0.0.1:9/"), deadline)
+    assert caught.value.kind == "connect"
+
+
+@pytest.mark.gen_test
+async def test_a_passed_deadline_is_a_timeout_without_a_request():
+    upstream = Upstream()
+    with pytest.raises(UpstreamError) as caught:
+        await upstream.fetch(
+            HTTPRequest("http://127.0.0.1:9/"), asyncio.get_running_loop().time() - 1, FetchGuard()
+        )
+    assert caught.value.kind == "timeout"
