@@ -325,3 +325,12 @@ async def test_hostile_inputs_never_give_a_500(http_client, base_url):
     for body in raw:
         response = await post_chat(http_client, base_url, body)
         assert response.code < 500, (body, response.body)
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("path", ["/static/../setup.cfg", "/static/%2e%2e/%2e%2e/etc/passwd"])
+async def test_static_files_cannot_escape_their_folder(http_client, base_url, path):
+    response = await call(http_client, base_url, path, key=None)
+    assert response.code in (403, 404)
+    assert json_of(response)["error"]["code"]
+    assert b"[metadata]" not in response.body and b"root:" not in response.body

@@ -47,10 +47,6 @@ class RequestIdMixin:
         self.set_header("X-Request-Id", self.request_id)  # type: ignore[attr-defined]
 
 
-class StaticHandler(RequestIdMixin, StaticFileHandler):
-    """The welcome page's files."""
-
-
 class BaseHandler(RequestIdMixin, RequestHandler):
     """Every route: request ids, CORS, OPTIONS preflight, errors as the OpenAI envelope."""
 
@@ -187,6 +183,10 @@ class JsonApiHandler(ApiHandler):
         if self._received > MAX_REQUEST_BYTES:
             raise errors.request_too_large(MAX_REQUEST_BYTES)
         return decode_json_object(b"".join(self._chunks))
+
+
+class StaticHandler(BaseHandler, StaticFileHandler):
+    """The welcome page's files, with the same headers and error envelope as every route."""
 
 
 class NotFoundHandler(BaseHandler):
