@@ -145,3 +145,19 @@ async def test_a_normal_request_still_generates(http_client, base_url, sd):
         and "![a fox](" in json_of(response)["choices"][0]["message"]["content"]
     )
     assert len(sd.requests) == 1
+
+
+@pytest.mark.gen_test
+async def test_a_task_holding_a_long_chat_history_is_still_answered(http_client, base_url, sd):
+    history = "\n".join(
+        f"USER: picture number {i}\nASSISTANT: ![x](http://gw/{i})" for i in range(400)
+    )
+    task = OPEN_WEBUI_TITLE.replace("USER: a red fox sleeping in the snow, 16:9", history)
+    assert len(task) > 8000
+    body = {"model": "Z-Image", "messages": [{"role": "user", "content": task}]}
+    response = await post_chat(http_client, base_url, body)
+    assert response.code == 200
+    assert json.loads(json_of(response)["choices"][0]["message"]["content"]) == {
+        "title": "picture number 0"
+    }
+    assert sd.requests == []

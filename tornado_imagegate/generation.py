@@ -91,9 +91,15 @@ class ImageService:
             raise errors.model_not_found(model)
         return group
 
+    def chat_model(self, body: dict[str, Any]) -> str:
+        """The configured model a chat request names (400 when missing, 404 when unknown)."""
+        model = openai_api.requested_model(body)
+        self.group_for(model)
+        return model
+
     def chat_request(self, body: dict[str, Any]) -> ImageRequest:
         """Validate a chat completions body into an ImageRequest for its model's provider."""
-        model = openai_api.requested_model(body)
+        model = self.chat_model(body)
         group = self.group_for(model)
         prompt = openai_api.chat_prompt(body)
         return openai_api.image_request(body, model, prompt, group.kind)

@@ -64,10 +64,16 @@ def _text(message: dict[str, Any]) -> str:
         return ""
 
 
+def task_text(body: dict[str, Any]) -> str:
+    """The text of the task: the last user message."""
+    users = [m for m in body.get("messages", []) if isinstance(m, dict) and m.get("role") == "user"]
+    return _text(users[-1]) if users else ""
+
+
 def task_reply(body: dict[str, Any]) -> str:
     """A short, honest answer to a task request, in the form the client asked for."""
     messages = [m for m in body.get("messages", []) if isinstance(m, dict)]
-    task = _text([m for m in messages if m.get("role") == "user"][-1]) if messages else ""
+    task = task_text(body)
     title = _title(messages, task)
     lowered = task.lower()
     if task.lstrip().startswith("###") or "json" in lowered:

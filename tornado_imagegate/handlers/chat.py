@@ -35,12 +35,13 @@ class ChatCompletionsHandler(JsonApiHandler):
     async def post(self) -> None:
         """Validate, then answer a task with text or generate; as JSON or as a stream."""
         body = self.json_body()
-        request = self.service.chat_request(body)
-        streaming = request.stream
+        model = self.service.chat_model(body)
+        # Before the prompt is validated: a task prompt may hold a whole chat history.
         if self.config.answer_task_requests and tasks.is_task_request(body):
-            await self.answer_text(request, body, tasks.task_reply(body), streaming)
+            await self.answer_text(model, body, tasks.task_reply(body))
             return
-        if streaming:
+        request = self.service.chat_request(body)
+        if request.stream:
             await self.stream(request, body)
             return
         self.work = asyncio.ensure_future(self.service.generate(request, self.request_base_url()))
@@ -52,16 +53,15 @@ class ChatCompletionsHandler(JsonApiHandler):
             openai_api.chat_completion(request.model, generation.markdown(), request.prompt)
         )
 
-    async def answer_text(
-        self, request: ImageRequest, body: dict[str, Any], text: str, streaming: bool
-    ) -> None:
+    async def answer_text(self, model: str, body: dict[str, Any], text: str) -> None:
         """A short text answer (to a client's housekeeping task): no image, no upstream call."""
-        if not streaming:
-            self.write_json(openai_api.chat_completion(request.model, text, request.prompt))
+        asked = tasks.task_text(body)
+        if body.get("stream") is not True:
+            self.write_json(openai_api.chat_completion(model, text, asked))
             return
-        stream = _Stream(self, request.model, openai_api.include_usage(body))
+        stream = _Stream(self, model, openai_api.include_usage(body))
         await stream.start()
-        await stream.content(text, request.prompt)
+        await stream.content(text, asked)
         self.finish()
 
     async def stream(self, request: ImageRequest, body: dict[str, Any]) -> None:
