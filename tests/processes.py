@@ -94,6 +94,11 @@ class Gateway:
             if match:
                 return match, seen
 
+    def wait_listening(self, within: float = 30.0) -> str:
+        """Wait for the start-up line; return the server's base URL."""
+        match, _ = self.read_until(r"listening on 127\.0\.0\.1:(\d+)", time.monotonic() + within)
+        return f"http://127.0.0.1:{match.group(1)}"
+
     def stderr(self) -> str:
         return self.stderr_path.read_text(encoding="utf-8", errors="replace")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -39,8 +38,7 @@ def gateway(tmp_path: Path):
         ["--port", "0"], clean_env(AUTHORIZED_API_KEY=CLIENT_KEYS[0]), tmp_path / "stderr.log"
     )
     try:
-        match, _ = process.read_until(r"listening on 127\.0\.0\.1:(\d+)", time.monotonic() + 30)
-        yield f"http://127.0.0.1:{match.group(1)}"
+        yield process.wait_listening()
     finally:
         process.close()
 

@@ -10,7 +10,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -191,10 +190,7 @@ async def test_real_process_notifies_and_stops_gracefully_with_a_stream_open(
     )
     gateway = Gateway(["--port", "0"], env, tmp_path / "stderr.log")
     try:
-        match, _ = await loop.run_in_executor(
-            None, gateway.read_until, r"listening on 127\.0\.0\.1:(\d+)", time.monotonic() + 30
-        )
-        base = f"http://127.0.0.1:{match.group(1)}"
+        base = await loop.run_in_executor(None, gateway.wait_listening)
         assert (await loop.run_in_executor(None, receive, sock)).startswith("READY=1")
         assert await loop.run_in_executor(None, receive, sock) == "WATCHDOG=1"
         assert (await http_client.fetch(base + "/ready")).code == 200
@@ -215,7 +211,7 @@ async def test_real_process_notifies_and_stops_gracefully_with_a_stream_open(
             states.append(await loop.run_in_executor(None, receive, sock))
         with pytest.raises(OSError):  # it no longer accepts connections
             await loop.run_in_executor(
-                None, socket.create_connection, ("127.0.0.1", int(match.group(1))), 2
+                None, socket.create_connection, ("127.0.0.1", int(base.rsplit(":", 1)[1])), 2
             )
         assert gateway.process.poll() is None  # still finishing the open stream
         provider.gate.set()
@@ -369,10 +365,7 @@ async def test_a_debug_log_of_real_traffic_holds_no_secret(io_loop, tmp_path, ht
     )
     gateway = Gateway(["--port", "0"], env, tmp_path / "stderr.log")
     try:
-        match, _ = await loop.run_in_executor(
-            None, gateway.read_until, r"listening on 127\.0\.0\.1:(\d+)", time.monotonic() + 30
-        )
-        base = f"http://127.0.0.1:{match.group(1)}"
+        base = await loop.run_in_executor(None, gateway.wait_listening)
         headers = {"Authorization": f"Bearer {CLIENT_KEYS[1]}"}
         answer = await http_client.fetch(
             base + "/v1/chat/completions",
