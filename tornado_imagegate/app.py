@@ -70,6 +70,8 @@ def make_app(settings: Settings, store: ImageStore | None = None) -> Application
     service = ImageService(settings, store, upstream, metrics)
     # The /v1 prefix is optional: some clients are given the bare origin as their base URL.
     routes = [
+        # First: the most requested path (every chat client re-fetches its images).
+        (r"/image-proxy", ImageProxyHandler, {"store": store}),
         (r"/", WelcomeHandler),
         (r"/(?:v1/)?health/?", HealthHandler),
         (r"/ready/?", ReadyHandler),
@@ -77,7 +79,6 @@ def make_app(settings: Settings, store: ImageStore | None = None) -> Application
         (r"/(?:v1/)?models/?", ModelsHandler),
         (r"/(?:v1/)?chat/completions/?", ChatCompletionsHandler, {"service": service}),
         (r"/(?:v1/)?images/generations/?", ImagesGenerationsHandler, {"service": service}),
-        (r"/image-proxy", ImageProxyHandler, {"store": store}),
         (r"/static/(.+)", StaticHandler, {"path": STATIC_DIR}),
     ]
     return Application(

@@ -10,6 +10,8 @@ import re
 import tempfile
 import time
 from dataclasses import dataclass, field
+from email.utils import formatdate
+from functools import cached_property
 from typing import Any
 
 from cachetools import LRUCache
@@ -29,6 +31,16 @@ class CachedImage:
     content_type: str
     etag: str
     last_modified: float
+
+    @cached_property
+    def http_date(self) -> str:
+        """``Last-Modified``, formatted once."""
+        return formatdate(self.last_modified, usegmt=True)
+
+    @cached_property
+    def length(self) -> str:
+        """``Content-Length``, formatted once."""
+        return str(len(self.data))
 
     @classmethod
     def build(

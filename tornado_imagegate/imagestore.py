@@ -108,6 +108,17 @@ class ImageStore:
         403 for anything the gateway did not issue (no upstream request is made), 404 for an
         image no longer kept, 403 for a signed link past its fetch window whose image is gone.
         """
+        ids = query.get("id")
+        if ids is not None and len(query) == 1 and len(ids) == 1:  # the common case, first
+            image_id = ids[0].decode("ascii", "replace")
+            if not is_image_id(image_id):
+                raise forbidden_link("malformed id")
+            image = self.cache.get(image_id)
+            if image is None:
+                raise GatewayError(
+                    404, "image_not_found", "This image is no longer kept by the gateway."
+                )
+            return image
         fields = {
             name: values[0].decode("utf-8", "replace")
             for name, values in query.items()
@@ -115,15 +126,6 @@ class ImageStore:
         }
         if len(fields) != len(query):
             raise forbidden_link("repeated query field")
-        if set(fields) == {"id"}:
-            if not is_image_id(fields["id"]):
-                raise forbidden_link("malformed id")
-            image = self.cache.get(fields["id"])
-            if image is None:
-                raise GatewayError(
-                    404, "image_not_found", "This image is no longer kept by the gateway."
-                )
-            return image
         if set(fields) != {"u", "e", "s"}:
             raise forbidden_link("unknown link form")
         try:

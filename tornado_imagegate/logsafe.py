@@ -21,8 +21,7 @@ def log_request(handler: Any) -> None:
     metrics = handler.application.settings.get("metrics")
     route = getattr(handler, "route_name", type(handler).__name__)
     if metrics is not None:
-        metrics.requests.labels(route, request.method, str(status)).inc()
-        metrics.request_seconds.labels(route).observe(seconds)
+        metrics.count_request(route, request.method, status, seconds)
     if status < 400:
         log = access_log.info
     elif status < 500:

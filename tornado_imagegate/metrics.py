@@ -89,11 +89,25 @@ class Metrics:
             ["group"],
             registry=self.registry,
         )
+        self._request_children: dict[tuple[str, str, int], tuple] = {}
         self.streams_open = Gauge(
             "imagegate_streams_open",
             "Streaming chat completions open now.",
             registry=self.registry,
         )
+
+    def count_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """One answered request (labelled children are looked up once and kept)."""
+        key = (route, method, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = (
+                self.requests.labels(route, method, str(status)),
+                self.request_seconds.labels(route),
+            )
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def watch_cache(self, cache: ImageCache) -> None:
         """Report this image cache's figures."""

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hmac
+import itertools
 import json
 import logging
+import os
 import re
-import uuid
 from typing import Any
 
 from tornado.web import HTTPError, RequestHandler, StaticFileHandler, stream_request_body
@@ -23,6 +24,8 @@ MAX_REQUEST_BYTES = 4 * 1024 * 1024
 CORS_ALLOW_METHODS = "GET, HEAD, POST, OPTIONS"
 CORS_DEFAULT_HEADERS = "Authorization, Content-Type"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
+# Request ids: a random prefix for this process, then a counter (unique, and cheap to make).
+_NEW_IDS = (f"{os.urandom(4).hex()}{n:08x}" for n in itertools.count())
 
 
 class RequestIdMixin:
@@ -38,12 +41,16 @@ class RequestIdMixin:
     def request_id(self) -> str:
         """This request's id, made once."""
         if self._request_id is None:
-            given = self.request.headers.get("X-Request-Id", "")
-            self._request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex[:16]
+            given = self.request.headers.get("X-Request-Id")
+            self._request_id = given if given and _REQUEST_ID.match(given) else next(_NEW_IDS)
         return self._request_id
 
     def set_default_headers(self) -> None:
-        """Every answer carries the request id (errors too: Tornado resets headers first)."""
+        """Every answer carries the request id (errors too: Tornado resets headers first).
+
+        Tornado's ``Server`` header goes: it tells strangers the exact version to aim at.
+        """
+        self.clear_header("Server")  # type: ignore[attr-defined]
         self.set_header("X-Request-Id", self.request_id)  # type: ignore[attr-defined]
 
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-from email.utils import formatdate
+from collections.abc import Awaitable
 
 from tornado.iostream import StreamClosedError
 
 from tornado_imagegate.errors import GatewayError
-from tornado_imagegate.handlers.base import BaseHandler
+from tornado_imagegate.handlers.base import BaseHandler, RequestIdMixin
 from tornado_imagegate.imagecache import CachedImage
 from tornado_imagegate.imagefetch import Transfer
 from tornado_imagegate.imagestore import ImageStore
@@ -30,13 +30,21 @@ class ImageProxyHandler(BaseHandler):
         """No per-request hashing: kept images carry the ETag computed when they were stored."""
         return None
 
-    async def get(self) -> None:
-        """Send the image (304 when the client's copy is current)."""
-        found = self.store.resolve(self.request.query_arguments)
-        if isinstance(found, CachedImage):
-            self.send_image(found, include_body=True)
+    def set_default_headers(self) -> None:
+        """Only what an image answer needs: the request id and, for canvas use, CORS."""
+        RequestIdMixin.set_default_headers(self)
+        if "*" in self.config.cors_allow_origins:
+            self.set_header("Access-Control-Allow-Origin", "*")
         else:
-            await self.stream_transfer(found)
+            super().set_default_headers()
+
+    def get(self) -> Awaitable[None] | None:
+        """Send the image (304 when the client's copy is current); a first fetch streams."""
+        found = self.store.resolve(self.request.query_arguments)
+        if isinstance(found, CachedImage):  # the hot path: no coroutine
+            self.send_image(found, include_body=True)
+            return None
+        return self.stream_transfer(found)
 
     async def head(self) -> None:
         """Send the image's headers only."""
@@ -56,14 +64,14 @@ class ImageProxyHandler(BaseHandler):
         """Answer from a complete image: validators, length, then the bytes (or 304)."""
         self.set_image_headers(image.content_type)
         self.set_header("ETag", image.etag)
-        self.set_header("Last-Modified", formatdate(image.last_modified, usegmt=True))
-        if_none_match = self.request.headers.get("If-None-Match", "")
-        if image.etag in if_none_match or if_none_match.strip() == "*":
+        self.set_header("Last-Modified", image.http_date)
+        if_none_match = self.request.headers.get("If-None-Match")
+        if if_none_match and (image.etag in if_none_match or if_none_match.strip() == "*"):
             self.clear_header("Content-Type")
             self.set_status(304)
             self.finish()
             return
-        self.set_header("Content-Length", len(image.data))
+        self.set_header("Content-Length", image.length)
         self.finish(image.data if include_body else None)
 
     async def stream_transfer(self, transfer: Transfer) -> None:
