@@ -27,6 +27,7 @@ from conftest import (
 from fakes import FakeOrigin, png_bytes
 from processes import COMMAND, NEUTRAL_CWD, Gateway, clean_env
 from tornado.httpserver import HTTPServer
+from tornado.iostream import IOStream
 from tornado.netutil import bind_sockets
 from tornado.web import Application, RequestHandler
 
@@ -388,3 +389,24 @@ async def test_a_debug_log_of_real_traffic_holds_no_secret(io_loop, tmp_path, ht
     finally:
         gateway.close()
         provider.close()
+
+
+@pytest.mark.gen_test
+async def test_a_client_leaving_mid_body_is_no_longer_in_flight(
+    http_client, base_url, app, http_port
+):
+    stream = IOStream(socket.socket())
+    await stream.connect(("127.0.0.1", http_port))
+    await stream.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\n"
+        b"Authorization: Bearer " + CLIENT_KEYS[0].encode() + b"\r\n"
+        b'Content-Length: 1000\r\n\r\n{"model": '
+    )
+    lifecycle = app.settings["lifecycle"]
+    for _ in range(200):
+        if lifecycle.inflight:
+            break
+        await asyncio.sleep(0.01)
+    assert lifecycle.inflight == 1
+    stream.close()
+    assert await lifecycle.drain(5)

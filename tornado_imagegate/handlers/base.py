@@ -75,6 +75,11 @@ class BaseHandler(RequestIdMixin, RequestHandler):
             self._counted = False
             self.application.settings["lifecycle"].end()
 
+    def on_connection_close(self) -> None:
+        """The client left: its request is no longer in flight, even if it never finishes
+        (a body cut off half-way leaves the handler waiting for the rest)."""
+        self.on_finish()
+
     def set_default_headers(self) -> None:
         """Add the request id and the CORS headers to every answer, errors included."""
         super().set_default_headers()

@@ -28,6 +28,7 @@ class ChatCompletionsHandler(JsonApiHandler):
 
     def on_connection_close(self) -> None:
         """The client left: stop the work only it was waiting for."""
+        super().on_connection_close()
         if self.work is not None and not self.work.done():
             logger.info("client went away; abandoning its generation")
             self.work.cancel()

@@ -20,6 +20,7 @@ class ImagesGenerationsHandler(JsonApiHandler):
 
     def on_connection_close(self) -> None:
         """The client left: stop the work only it was waiting for."""
+        super().on_connection_close()
         if self.work is not None and not self.work.done():
             self.work.cancel()
 
