@@ -229,6 +229,24 @@ async def test_chat_kind_answer_shapes(http_client, base_url, fakes, shape):
 
 
 @pytest.mark.gen_test
+async def test_chat_kind_bare_links_count_only_if_they_are_images(http_client, base_url, fakes):
+    image = png_bytes(36, seed=6)
+    fakes.images.serve("terms", b"<html>terms</html>", content_type="text/html")
+    fakes.images.serve("pic.png", image)
+    fakes.chat.script(
+        FakeChatImages.content_answer(
+            f"See {fakes.images.url('terms')} first. Your picture: {fakes.images.url('pic.png')}."
+        )
+    )
+    _content, links = await generate(http_client, base_url, "chat-test")
+    assert len(links) == 1
+    assert await fetch_png(http_client, links[0]) == image
+    fakes.chat.script(FakeChatImages.content_answer(f"Only words: {fakes.images.url('terms')}"))
+    response = await post_chat(http_client, base_url, chat_body(model="chat-test"))
+    assert_error(response, 502, "upstream_error")
+
+
+@pytest.mark.gen_test
 async def test_chat_kind_answer_without_an_image_is_502(http_client, base_url, fakes):
     fakes.chat.script(FakeChatImages.content_answer("I cannot draw that."))
     response = await post_chat(

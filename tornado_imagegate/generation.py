@@ -143,7 +143,7 @@ class ImageService:
             on_thinking(optimised.thinking)
         with self.timed("generate"):
             made = await self.providers[group.name].generate(request, optimised.prompt)
-        kept = tuple([await self.keep(image, base_url) for image in made])
+        kept = await self.keep_all(made, base_url, request.n)
         logger.info(
             "generated %d image(s) with %s (%s, %s)",
             len(kept),
@@ -158,6 +158,30 @@ class ImageService:
             images=kept,
             thinking=optimised.thinking,
         )
+
+    async def keep_all(
+        self, made: list[ProviderImage], base_url: str, wanted: int
+    ) -> tuple[KeptImage, ...]:
+        """Keep up to ``wanted`` images; a link guessed from free text counts only if it is one."""
+        kept: list[KeptImage] = []
+        for image in made:
+            if len(kept) == wanted:
+                break
+            if not image.guessed:
+                kept.append(await self.keep(image, base_url))
+                continue
+            try:
+                kept.append(await self.store.keep_url(image.url or "", base_url, required=True))
+            except errors.GatewayError:
+                logger.info("a link in the provider's answer is not an image; skipped")
+        if not kept:
+            raise errors.GatewayError(
+                502,
+                "upstream_error",
+                "The provider's answer held no image.",
+                headers=errors.NO_RETRY,
+            )
+        return tuple(kept)
 
     async def keep(self, image: ProviderImage, base_url: str) -> KeptImage:
         """Keep a provider image (bytes, or a URL fetched at once) and return the gateway's link."""

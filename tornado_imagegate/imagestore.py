@@ -63,11 +63,11 @@ class ImageStore:
             )
         return KeptImage(image_link(base_url, image_id), image_id)
 
-    async def keep_url(self, url: str, base_url: str) -> KeptImage:
+    async def keep_url(self, url: str, base_url: str, required: bool = False) -> KeptImage:
         """Fetch an upstream image now, so its link outlives the upstream's; return our link.
 
         If the fetch fails, the signed link still works later by fetching on demand, for as long
-        as the upstream link lives.
+        as the upstream link lives; with ``required``, a failed fetch raises instead.
         """
         try:
             check_fetch_url(url)
@@ -84,6 +84,8 @@ class ImageStore:
             try:
                 await self.fetcher.transfer(key, url).done
             except GatewayError as exc:
+                if required:
+                    raise
                 logger.warning(
                     "could not keep a provider image now (%s); its link will fetch on demand",
                     exc.message,

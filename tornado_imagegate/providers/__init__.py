@@ -21,6 +21,8 @@ class ProviderImage:
     data: bytes | None = field(default=None, repr=False)
     content_type: str = "image/png"
     url: str | None = None
+    # A link found in free text: it is an image only if it downloads as one.
+    guessed: bool = False
 
 
 @dataclass(frozen=True)

@@ -101,7 +101,9 @@ def _images_in_text(text: str) -> list[ProviderImage]:
     images = [ProviderImage(data=decode_base64_image(m.group(0))) for m in _DATA_URI.finditer(text)]
     without_data = _DATA_URI.sub("", text)
     urls = [url for url in _MARKDOWN_IMAGE.findall(without_data) if url.startswith("http")]
-    if not urls:
-        urls = _BARE_URL.findall(without_data)
-    images.extend(ProviderImage(url=url.rstrip(".,;")) for url in dict.fromkeys(urls))
+    if urls:
+        images.extend(ProviderImage(url=url) for url in dict.fromkeys(urls))
+    else:
+        bare = dict.fromkeys(url.rstrip(".,;") for url in _BARE_URL.findall(without_data))
+        images.extend(ProviderImage(url=url, guessed=True) for url in bare)
     return images

@@ -90,11 +90,11 @@ class GroupProvider:
         per_call = max(1, self.api.images_per_call(request.model))
         counts = [min(per_call, request.n - done) for done in range(0, request.n, per_call)]
         if len(counts) == 1:  # the usual case: one request, no extra task
-            return (await self._call(request, prompt, counts[0], size, deadline))[: request.n]
+            return await self._call(request, prompt, counts[0], size, deadline)
         batches = await asyncio.gather(
             *[self._call(request, prompt, count, size, deadline) for count in counts]
         )
-        return [image for batch in batches for image in batch][: request.n]
+        return [image for batch in batches for image in batch]
 
     def _error(self, status: int, code: str, reason: str, detail: str = "") -> GatewayError:
         return GatewayError(
