@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -163,6 +164,10 @@ class ImageService:
         self, made: list[ProviderImage], base_url: str, wanted: int
     ) -> tuple[KeptImage, ...]:
         """Keep up to ``wanted`` images; a link guessed from free text counts only if it is one."""
+        if len(made) == 1 and not made[0].guessed:  # the usual case
+            return (await self.keep(made[0], base_url),)
+        if not any(image.guessed for image in made):  # several: downloaded side by side
+            return tuple(await asyncio.gather(*[self.keep(i, base_url) for i in made[:wanted]]))
         kept: list[KeptImage] = []
         for image in made:
             if len(kept) == wanted:
