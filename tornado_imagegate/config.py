@@ -243,9 +243,11 @@ class _Reader:
         self.problems: list[str] = []
 
     def raw(self, name: str) -> str:
+        """A variable's text, stripped ("" when unset)."""
         return self.environ.get(name, "").strip()
 
     def value(self, name: str, parse: Callable[[str], Any], default: Any) -> Any:
+        """A parsed variable, its default when unset; a bad value is noted as a problem."""
         text = self.raw(name)
         if not text:
             return default

@@ -59,6 +59,7 @@ class _EvictingLRU(LRUCache):
         self._on_evict = on_evict
 
     def popitem(self) -> tuple[Any, Any]:
+        """Evict the least recently used item, and say so."""
         key, value = super().popitem()
         self._on_evict(key, value)
         return key, value

@@ -24,6 +24,7 @@ class _CacheCollector(Collector):
         self.cache = cache
 
     def collect(self) -> Iterator:
+        """The cache's figures now."""
         cache = self.cache
         for name, doc, value in (
             ("imagegate_image_cache_hits", "Image cache hits (memory or disk).", cache.hits),

@@ -82,6 +82,7 @@ class ChatCompletionsHandler(JsonApiHandler):
         wake = asyncio.Event()
 
         def on_thinking(text: str) -> None:
+            """Queue the optimiser's thinking for the stream (if it is to be shown)."""
             if self.config.stream_reasoning:
                 thinking.append(text)
                 wake.set()
@@ -129,11 +130,13 @@ class _Stream:
         self.created = int(time.time())
 
     def chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+        """One encoded ``chat.completion.chunk`` event."""
         return sse_event(
             openai_api.chat_chunk(self.id, self.created, self.model, delta, finish_reason)
         )
 
     async def send(self, data: bytes) -> None:
+        """Write and flush, so the client gets it now (and backpressure applies)."""
         self.handler.write(data)
         await self.handler.flush()
 
