@@ -11,27 +11,14 @@ from tornado.iostream import StreamClosedError
 
 from tornado_imagegate import openai_api, tasks
 from tornado_imagegate.errors import GatewayError, from_status
-from tornado_imagegate.generation import ImageService
-from tornado_imagegate.handlers.base import JsonApiHandler
+from tornado_imagegate.handlers.base import GenerationHandler, JsonApiHandler
 from tornado_imagegate.openai_api import SSE_KEEPALIVE, ImageRequest, sse_event
 
 logger = logging.getLogger(__name__)
 
 
-class ChatCompletionsHandler(JsonApiHandler):
+class ChatCompletionsHandler(GenerationHandler):
     """Answers a chat completion whose content is a markdown image of the gateway's own link."""
-
-    def initialize(self, service: ImageService) -> None:
-        """Take the generation service from the route table."""
-        self.service = service
-        self.work: asyncio.Future | None = None
-
-    def on_connection_close(self) -> None:
-        """The client left: stop the work only it was waiting for."""
-        super().on_connection_close()
-        if self.work is not None and not self.work.done():
-            logger.info("client went away; abandoning its generation")
-            self.work.cancel()
 
     async def post(self) -> None:
         """Validate, then answer a task with text or generate; as JSON or as a stream."""
@@ -45,10 +32,8 @@ class ChatCompletionsHandler(JsonApiHandler):
         if request.stream:
             await self.stream(request, body)
             return
-        self.work = asyncio.ensure_future(self.service.generate(request, self.request_base_url()))
-        try:
-            generation = await self.work
-        except asyncio.CancelledError:
+        generation = await self.generated(request)
+        if generation is None:
             return
         self.write_json(
             openai_api.chat_completion(request.model, generation.markdown(), request.prompt)
@@ -87,14 +72,12 @@ class ChatCompletionsHandler(JsonApiHandler):
                 thinking.append(text)
                 wake.set()
 
-        self.work = asyncio.ensure_future(
-            self.service.generate(request, self.request_base_url(), on_thinking)
-        )
+        work = self.start_generation(request, on_thinking)
         try:
-            while not self.work.done():
+            while not work.done():
                 waker = asyncio.ensure_future(wake.wait())
                 await asyncio.wait(
-                    {self.work, waker},
+                    {work, waker},
                     timeout=self.config.sse_keepalive_seconds,
                     return_when=asyncio.FIRST_COMPLETED,
                 )
@@ -102,9 +85,9 @@ class ChatCompletionsHandler(JsonApiHandler):
                 wake.clear()
                 if thinking:
                     await stream.reasoning(thinking.pop(0))
-                elif not self.work.done():
+                elif not work.done():
                     await stream.keepalive()
-            generation = self.work.result()
+            generation = work.result()
         except (StreamClosedError, asyncio.CancelledError):
             self.on_connection_close()
             return

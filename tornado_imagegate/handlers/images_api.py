@@ -2,37 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 
 from tornado_imagegate import openai_api
-from tornado_imagegate.generation import ImageService
-from tornado_imagegate.handlers.base import JsonApiHandler
+from tornado_imagegate.handlers.base import GenerationHandler
 
 
-class ImagesGenerationsHandler(JsonApiHandler):
+class ImagesGenerationsHandler(GenerationHandler):
     """Answers ``{"created", "data": [{"url" or "b64_json", "revised_prompt"}]}``."""
-
-    def initialize(self, service: ImageService) -> None:
-        """Take the generation service from the route table."""
-        self.service = service
-        self.work: asyncio.Future | None = None
-
-    def on_connection_close(self) -> None:
-        """The client left: stop the work only it was waiting for."""
-        super().on_connection_close()
-        if self.work is not None and not self.work.done():
-            self.work.cancel()
 
     async def post(self) -> None:
         """Validate, generate, answer with links or base64 bytes."""
         asked = self.service.images_request(self.json_body())
-        self.work = asyncio.ensure_future(
-            self.service.generate(asked.request, self.request_base_url())
-        )
-        try:
-            generation = await self.work
-        except asyncio.CancelledError:
+        generation = await self.generated(asked.request)
+        if generation is None:
             return
         entries = []
         for kept in generation.images:
