@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from tornado_imagegate import imagetype
-from tornado_imagegate.errors import GatewayError
+from tornado_imagegate.errors import NO_RETRY, GatewayError
 from tornado_imagegate.imagecache import CachedImage, ImageCache
 from tornado_imagegate.imagefetch import ImageFetcher, Transfer
 from tornado_imagegate.urlpolicy import (
@@ -54,7 +54,7 @@ class ImageStore:
                 502,
                 "upstream_error",
                 "The provider answered with something that is not an image.",
-                headers={"x-should-retry": "false"},
+                headers=NO_RETRY,
             )
         image_id = self.signer.image_id(data)
         if not self.cache.put(image_id, CachedImage.build(data, content_type)):
@@ -77,7 +77,7 @@ class ImageStore:
                 "upstream_error",
                 "The provider returned an image URL the gateway may not fetch.",
                 detail=str(exc),
-                headers={"x-should-retry": "false"},
+                headers=NO_RETRY,
             ) from None
         key = url_key(url)
         if key not in self.cache:
@@ -100,7 +100,7 @@ class ImageStore:
                 502,
                 "upstream_error",
                 "The provider's image could not be downloaded.",
-                headers={"x-should-retry": "false"},
+                headers=NO_RETRY,
             )
         return image
 
