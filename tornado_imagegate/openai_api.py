@@ -234,7 +234,6 @@ def estimate_tokens(text: str) -> int:
 
 def chat_completion(model: str, content: str, prompt: str) -> dict[str, Any]:
     """A complete ``chat.completion`` object whose message is ``content``."""
-    prompt_tokens, completion_tokens = estimate_tokens(prompt), estimate_tokens(content)
     return {
         "id": completion_id(),
         "object": "chat.completion",
@@ -248,11 +247,7 @@ def chat_completion(model: str, content: str, prompt: str) -> dict[str, Any]:
                 "finish_reason": "stop",
             }
         ],
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        },
+        "usage": usage(prompt, content),
     }
 
 
