@@ -66,3 +66,34 @@ async def test_a_passed_deadline_is_a_timeout_without_a_request():
             HTTPRequest("http://127.0.0.1:9/"), asyncio.get_running_loop().time() - 1, FetchGuard()
         )
     assert caught.value.kind == "timeout"
+
+
+@pytest.mark.gen_test
+async def test_time_queued_for_a_connection_counts_against_the_deadline():
+    origin = FakeOrigin()
+    release = asyncio.Event()
+
+    async def hold(handler):
+        await release.wait()
+        handler.finish(b"late")
+
+    origin.routes["hold"] = hold
+    client = AsyncHTTPClient(force_instance=True, max_clients=1)
+    upstream = Upstream(client)
+    loop = asyncio.get_running_loop()
+    try:
+        holding = asyncio.ensure_future(
+            upstream.fetch(HTTPRequest(origin.url("hold")), loop.time() + 30)
+        )
+        while origin.hits["hold"] == 0:  # the only connection slot is now taken
+            await asyncio.sleep(0.01)
+        with pytest.raises(UpstreamError) as caught:
+            await upstream.fetch(HTTPRequest(origin.url("hold")), loop.time() + 0.3)
+        assert caught.value.kind == "timeout"
+        assert not holding.done()  # it gave up while still queued, not after the first ended
+        release.set()
+        assert (await holding).code == 200
+    finally:
+        release.set()
+        client.close()
+        origin.close()

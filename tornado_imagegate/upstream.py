@@ -92,6 +92,9 @@ class FetchGuard:
     def prepare(self, curl: Any) -> None:
         """Install the guards on a curl handle (Tornado resets handles between requests)."""
         self.curl = curl
+        # No signals: Python already ignores SIGPIPE, and without this curl changes the SIGPIPE
+        # handler twice on every call into it (two system calls, several per request).
+        curl.setopt(pycurl.NOSIGNAL, 1)
         curl.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
         curl.setopt(pycurl.REDIR_PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
         curl.setopt(pycurl.NOPROGRESS, 0)
@@ -152,8 +155,7 @@ class Upstream:
         ``deadline`` is a loop time and covers time queued for a connection. Failures to get an
         answer at all raise UpstreamError; no status 599 ever leaves this function.
         """
-        loop = asyncio.get_running_loop()
-        remaining = deadline - loop.time()
+        remaining = deadline - asyncio.get_running_loop().time()
         if remaining <= 0:
             raise UpstreamError("timeout", "deadline passed before the request was sent")
         guard = guard or FetchGuard()
@@ -161,13 +163,15 @@ class Upstream:
         request.connect_timeout = min(remaining, CONNECT_TIMEOUT)
         request.prepare_curl_callback = guard.prepare
         answer = self.client.fetch(request, raise_error=False)
-        # Shielded: when we stop waiting (deadline, cancellation), curl's transfer is aborted
-        # through the guard and ends on its own; its outcome is then read and dropped.
+        # When we stop waiting (deadline, cancellation), curl's transfer is aborted through the
+        # guard and ends on its own; its outcome is then read and dropped. A timeout context
+        # rather than wait_for(shield()): no extra futures, no extra loop turns per request.
         answer.add_done_callback(_drop_outcome)
         try:
-            return await asyncio.wait_for(asyncio.shield(answer), remaining)
+            async with asyncio.timeout_at(deadline):
+                return await answer
         except TimeoutError:
-            guard.abort("deadline")
+            guard.abort("deadline", nudge=True)
             raise UpstreamError("timeout", f"no answer within {remaining:.1f}s") from None
         except asyncio.CancelledError:
             guard.abort("cancelled", nudge=True)
