@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import re
@@ -33,7 +34,12 @@ from tornado.web import Application, RequestHandler
 
 from tornado_imagegate.config import read_credentials
 from tornado_imagegate.sdnotify import Notifier
-from tornado_imagegate.server import build_settings, parse_args
+from tornado_imagegate.server import (
+    GC_YOUNG_THRESHOLD,
+    build_settings,
+    parse_args,
+    settle_garbage_collector,
+)
 
 UNIT = Path(__file__).resolve().parent.parent / "systemd" / "imagegate.service"
 SD_KEY = "sd-service-key-9191"
@@ -313,6 +319,17 @@ async def test_every_answer_carries_a_request_id_that_the_log_names(http_client,
 
 
 # --- credentials and logs ---
+
+
+def test_start_up_objects_are_frozen_and_young_collections_are_rarer():
+    before = gc.get_threshold()
+    try:
+        settle_garbage_collector()
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *before[1:])
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
 
 
 def test_systemd_credentials_are_read_and_the_environment_wins(tmp_path):

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import dataclasses
 import errno
+import gc
 import logging
 import os
 import secrets
@@ -44,6 +45,7 @@ IDLE_CONNECTION_TIMEOUT = 75.0
 BODY_TIMEOUT = 60.0
 MAX_HEADER_BYTES = 64 * 1024
 MAX_UPSTREAM_BODY_BYTES = 64 * 1024 * 1024
+GC_YOUNG_THRESHOLD = 10_000
 LISTEN_ERRNOS = (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES)
 
 
@@ -134,12 +136,26 @@ def make_http_server(app: Application) -> HTTPServer:
     )
 
 
+def settle_garbage_collector() -> None:
+    """Freeze what start-up built and collect young objects less often.
+
+    Each request makes thousands of short-lived objects. With Python's default threshold (700
+    allocations) a burst of a thousand requests ran about 400 collections, three of them over
+    the whole heap: 0.3 s of a 2.4 s burst (bench/bench_generation.py). Frozen start-up objects
+    are never walked again, and the larger young generation cut that to about 0.1 s.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+
+
 async def serve(settings: Settings, notifier: Notifier | None = None) -> None:
     """Listen, tell systemd, run until SIGTERM or SIGINT, then shut down gracefully."""
     notifier = notifier or Notifier()
     configure_http_client(settings)
     app = make_app(settings)
     server = make_http_server(app)
+    settle_garbage_collector()
     # A burst of clients must not overflow Tornado's default listen queue of 128.
     sockets = bind_sockets(settings.port, settings.host, backlog=socket.SOMAXCONN)
     server.add_sockets(sockets)
