@@ -72,8 +72,10 @@ async def test_a_passed_deadline_is_a_timeout_without_a_request():
 async def test_time_queued_for_a_connection_counts_against_the_deadline():
     origin = FakeOrigin()
     release = asyncio.Event()
+    arrived = asyncio.Event()
 
     async def hold(handler):
+        arrived.set()
         await release.wait()
         handler.finish(b"late")
 
@@ -85,8 +87,7 @@ async def test_time_queued_for_a_connection_counts_against_the_deadline():
         holding = asyncio.ensure_future(
             upstream.fetch(HTTPRequest(origin.url("hold")), loop.time() + 30)
         )
-        while origin.hits["hold"] == 0:  # the only connection slot is now taken
-            await asyncio.sleep(0.01)
+        await arrived.wait()  # the only connection slot is now taken
         with pytest.raises(UpstreamError) as caught:
             await upstream.fetch(HTTPRequest(origin.url("hold")), loop.time() + 0.3)
         assert caught.value.kind == "timeout"
