@@ -411,6 +411,7 @@ def test_embedded_default_end_to_end(start_gateway: Any) -> None:
     log = gateway.stderr()
     assert key not in log
     assert "Traceback" not in log
+    assert "event loop: uvloop" in log  # the installed dependency is the loop it ran on
 
 
 def test_port_already_in_use(start_gateway: Any) -> None:

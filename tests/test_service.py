@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,7 @@ from tornado_imagegate.sdnotify import Notifier
 from tornado_imagegate.server import (
     GC_YOUNG_THRESHOLD,
     build_settings,
+    event_loop_factory,
     parse_args,
     settle_garbage_collector,
 )
@@ -427,3 +429,8 @@ async def test_a_client_leaving_mid_body_is_no_longer_in_flight(
     assert lifecycle.inflight == 1
     stream.close()
     assert await lifecycle.drain(5)
+
+
+def test_without_uvloop_the_gateway_runs_on_asyncio(monkeypatch):
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as if it were not installed
+    assert event_loop_factory() == ("asyncio", None)

@@ -13,8 +13,9 @@ import secrets
 import signal
 import socket
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
+import pycurl
 from tornado.httpclient import AsyncHTTPClient
 from tornado.httpserver import HTTPServer
 from tornado.ioloop import PeriodicCallback
@@ -123,6 +124,24 @@ def configure_http_client(settings: Settings) -> None:
         max_clients=settings.upstream_max_clients,
         max_body_size=MAX_UPSTREAM_BODY_BYTES,
     )
+    logger.debug(
+        "upstream client: curl, up to %d transfers at once; %s",
+        settings.upstream_max_clients,
+        pycurl.version,
+    )
+
+
+def event_loop_factory() -> tuple[str, Callable[[], asyncio.AbstractEventLoop] | None]:
+    """The event loop to run on: uvloop when it is installed (it is a dependency), else asyncio's.
+
+    uvloop runs Tornado and the curl client unchanged, with less work per loop turn: about
+    0.2-0.3 ms less gateway CPU per chat completion (bench/bench_generation.py).
+    """
+    try:
+        import uvloop
+    except ImportError:
+        return "asyncio", None
+    return f"uvloop {uvloop.__version__}", uvloop.new_event_loop
 
 
 def make_http_server(app: Application) -> HTTPServer:
@@ -212,8 +231,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     configure_logging(settings.log_level)
     settings = with_generated_key(settings)
+    loop_name, loop_factory = event_loop_factory()
+    logger.info("event loop: %s", loop_name)
     try:
-        asyncio.run(serve(settings))
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(serve(settings))
     except (socket.gaierror, OSError) as exc:
         if isinstance(exc, socket.gaierror) or exc.errno in LISTEN_ERRNOS:
             print(
