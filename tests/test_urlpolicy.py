@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from urllib.parse import parse_qs
+
 import pytest
 
 from tornado_imagegate.urlpolicy import (
@@ -10,6 +13,7 @@ from tornado_imagegate.urlpolicy import (
     check_fetch_url,
     derive_secret,
     is_public_address,
+    signed_link,
     url_key,
 )
 
@@ -146,6 +150,19 @@ def test_signature_round_trip_and_tampering():
     ):
         with pytest.raises(LinkRefused):
             signer.verify(*bad)
+
+
+@pytest.mark.parametrize(
+    "url", ["https://cdn.example.com/a b.png?x=1&y=é#frag", "http://[::1]:8080/%41?%3D=%26"]
+)
+def test_signed_links_need_no_quoting_and_verify(url):
+    signer = LinkSigner(b"k" * 32)
+    link = signed_link("https://gw.example", signer, url)
+    base, _, query = link.partition("?")
+    assert base == "https://gw.example/image-proxy"
+    assert re.fullmatch(r"u=[A-Za-z0-9_-]+&e=[0-9]+&s=[A-Za-z0-9_-]+", query)
+    fields = {name: values[0] for name, values in parse_qs(query, strict_parsing=True).items()}
+    assert signer.verify(fields["u"], fields["e"], fields["s"]) == (url, False)
 
 
 def test_derived_secret():

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator, Callable
 from urllib.parse import urljoin
 
 from tornado.httpclient import HTTPRequest
-from tornado.httputil import HTTPHeaders, HTTPInputError
 
 from tornado_imagegate import errors, imagetype
 from tornado_imagegate.errors import GatewayError, UpstreamError
@@ -22,6 +21,8 @@ logger = logging.getLogger(__name__)
 MAX_REDIRECTS = 3
 WHAT = "the image host"
 USER_AGENT = "tornado-imagegate (image fetch)"
+# The only answer headers the checks read (lower-cased); every other header is dropped unread.
+CHECKED_HEADERS = frozenset({"content-type", "content-length", "location"})
 
 
 class Transfer:
@@ -50,7 +51,7 @@ class Transfer:
 
     def _reset_hop(self) -> None:
         self.status: int | None = None
-        self.headers = HTTPHeaders()
+        self.headers: dict[str, str] = {}
         self.accepting = False
         self.refusal: UpstreamError | None = None
 
@@ -64,10 +65,12 @@ class Transfer:
             parts = line.split(" ", 2)
             self.status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
         elif line.strip():
-            try:
-                self.headers.parse_line(line)
-            except HTTPInputError:  # a malformed header line: the checks decide without it
-                return
+            name, colon, value = line.partition(":")
+            name = name.strip().lower()
+            if colon and name in CHECKED_HEADERS:
+                value = value.strip()
+                earlier = self.headers.get(name)  # a repeated header is read as one list
+                self.headers[name] = f"{earlier},{value}" if earlier is not None else value
         else:
             self._check_headers()
 
@@ -77,12 +80,12 @@ class Transfer:
         if self.status != 200:
             self._refuse(UpstreamError("status", f"HTTP {self.status}", status=self.status))
             return
-        declared = self.headers.get("Content-Type")
+        declared = self.headers.get("content-type")
         if not imagetype.is_acceptable_declared(declared):
             shown = imagetype.declared_type(declared)[:60]
             self._refuse(UpstreamError("bad_answer", f"content type {shown!r} is not an image"))
             return
-        length = self.headers.get("Content-Length", "")
+        length = self.headers.get("content-length", "")
         if length.isdigit() and int(length) > self.max_bytes:
             self._refuse(UpstreamError("too_large", f"declared {length} bytes"))
             return
@@ -245,7 +248,7 @@ class ImageFetcher:
                 raise
             if transfer.refusal is not None:
                 raise transfer.refusal
-            location = transfer.headers.get("Location")
+            location = transfer.headers.get("location")
             if 300 <= response.code < 400 and location:
                 url = urljoin(url, location)
                 continue
