@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 
 from tornado_imagegate.imagecache import CachedImage, DiskTier, ImageCache
@@ -81,3 +83,27 @@ def test_leftover_temporary_files_are_cleaned_at_start(tmp_path):
     (tmp_path / "unrelated.txt").write_text("kept")
     DiskTier(str(tmp_path), 100_000)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["unrelated.txt"]
+
+
+def test_entries_written_before_the_switch_to_sha256_are_still_read(tmp_path):
+    data = b"\x89PNG\r\n\x1a\n" + bytes(500)
+    header = {
+        "content_type": "image/png",
+        "etag": '"0123456789abcdef0123456789abcdef"',
+        "last_modified": 1_700_000_000,
+        "length": len(data),
+        "blake2b": hashlib.blake2b(data, digest_size=16).hexdigest(),
+    }
+    (tmp_path / f"{key(5)}.img").write_bytes(
+        b"IMAGEGATE1\n" + json.dumps(header).encode() + b"\n" + data
+    )
+    (tmp_path / f"{key(6)}.img").write_bytes(
+        b"IMAGEGATE1\n" + json.dumps({**header, "blake2b": "0" * 32}).encode() + b"\n" + data
+    )
+    (tmp_path / f"{key(8)}.img").write_bytes(b'IMAGEGATE1\n{"length": 3}\nabc')
+    disk = DiskTier(str(tmp_path), 100_000)
+    found = disk.get(key(5))
+    assert found is not None and found.data == data and found.etag == header["etag"]
+    assert disk.get(key(6)) is None  # corrupt: a miss, and removed
+    assert disk.get(key(8)) is None  # a header without its fields: a miss too
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{key(5)}.img"]

@@ -53,8 +53,8 @@ class LinkSigner:
 
         The same image always gets the same link, and knowing one link tells nothing of another.
         """
-        digest = hashlib.blake2b(data, digest_size=32).digest()
-        return hmac.new(self.secret, b"image-id\n" + digest, hashlib.sha256).hexdigest()[:32]
+        digest = hashlib.sha256(data).digest()
+        return hmac.digest(self.secret, b"image-id\n" + digest, "sha256").hex()[:32]
 
     def _signature(self, url: str, expires: int) -> bytes:
         return hmac.digest(self.secret, f"{expires}\n{url}".encode(), "sha256")
