@@ -222,11 +222,24 @@ async def test_server_keeps_serving_after_a_413(http_client, base_url):
         b"42",
         b"\xff\xfe\x00",
         b"[" * 100000 + b"]" * 100000,
+        # lone surrogates, which no provider could be sent, in either case of the escape
+        b'{"model": "imagegate-demo", "messages": [{"role": "user", "content": "a \\ud800"}]}',
+        b'{"model": "imagegate-demo", "messages": [{"role": "user", "content": "\\uDFFF cat"}]}',
     ],
 )
 async def test_body_that_is_not_a_json_object_is_400_invalid_json(http_client, base_url, body):
     response = await post_chat(http_client, base_url, body)
     assert_error(response, 400, "invalid_json")
+
+
+@pytest.mark.gen_test
+async def test_a_paired_surrogate_escape_is_a_valid_prompt(http_client, base_url):
+    body = (
+        b'{"model": "imagegate-demo",'
+        b' "messages": [{"role": "user", "content": "\\ud83d\\udc08 cat"}]}'
+    )
+    response = await post_chat(http_client, base_url, body)
+    assert response.code == 200, response.body
 
 
 @pytest.mark.gen_test

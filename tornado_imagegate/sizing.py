@@ -127,6 +127,8 @@ def parse_size(text: str) -> Size | None:
 
 def nearest_size(sizes: tuple[Size, ...], width: int, height: int) -> Size:
     """The size of ``sizes`` closest in aspect ratio (then in area) to ``width`` x ``height``."""
+    if (width, height) in sizes:  # the usual case: a size from the ratio table
+        return width, height
     wanted = math.log(width / height)
     return min(
         sizes,
