@@ -9,7 +9,7 @@ from fakes import FakeOrigin
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from tornado_imagegate.errors import UpstreamError
-from tornado_imagegate.upstream import FetchGuard, GatewayCurlClient, Upstream
+from tornado_imagegate.upstream import FetchGuard, GatewayCurlClient, Upstream, retry_after_seconds
 
 
 @pytest.mark.gen_test
@@ -98,3 +98,34 @@ async def test_time_queued_for_a_connection_counts_against_the_deadline():
         release.set()
         client.close()
         origin.close()
+
+
+@pytest.mark.gen_test
+async def test_only_the_kept_headers_of_the_final_answer_reach_the_caller():
+    origin = FakeOrigin()
+    origin.redirect("old", "/busy")
+
+    def busy(handler):
+        handler.set_status(429)
+        handler.set_header("retry-after", "7")
+        handler.set_header("X-Upstream-Secret", "s3cr3t")
+        handler.finish(b"slow down")
+
+    origin.routes["busy"] = busy
+    origin.redirect("moved", "/plain")
+    origin.serve("plain", b"ok", content_type="text/plain")
+    upstream = Upstream()
+    deadline = asyncio.get_running_loop().time() + 10
+    try:
+        answer = await upstream.fetch(HTTPRequest(origin.url("old")), deadline)
+        # set on the redirect, read from the final answer
+        plain = await upstream.fetch(HTTPRequest(origin.url("moved")), deadline)
+    finally:
+        origin.close()
+    assert answer.code == 429
+    assert answer.headers["Retry-After"] == "7"
+    assert "X-Upstream-Secret" not in answer.headers
+    assert retry_after_seconds(answer) == 7.0
+    assert plain.code == 200 and plain.body == b"ok"
+    assert plain.headers["Content-Type"] == "text/plain"
+    assert "Location" not in plain.headers and "Retry-After" not in plain.headers
