@@ -129,3 +129,50 @@ async def test_only_the_kept_headers_of_the_final_answer_reach_the_caller():
     assert plain.code == 200 and plain.body == b"ok"
     assert plain.headers["Content-Type"] == "text/plain"
     assert "Location" not in plain.headers and "Retry-After" not in plain.headers
+
+
+def _loopback_is_public(address: str) -> bool:
+    return address == "127.0.0.1"
+
+
+@pytest.mark.gen_test
+async def test_a_trusted_calls_connection_is_never_lent_to_a_filtered_fetch():
+    origin = FakeOrigin()
+    origin.serve("x", b"hello", content_type="text/plain")
+    upstream = Upstream()
+    deadline = asyncio.get_running_loop().time() + 10
+    try:
+        trusted = await upstream.fetch(HTTPRequest(origin.url("x")), deadline)
+        assert trusted.code == 200 and origin.connections == 1  # now idle in the pool
+        refusing = FetchGuard(allow_private=False, address_allowed=lambda address: False)
+        with pytest.raises(UpstreamError) as caught:
+            await upstream.fetch(HTTPRequest(origin.url("x")), deadline, refusing)
+    finally:
+        origin.close()
+    assert caught.value.kind == "refused_address"
+    assert origin.hits["x"] == 1  # the pooled connection was not used to get past the filter
+
+
+@pytest.mark.gen_test
+async def test_filtered_fetches_reuse_the_connections_the_filter_checked():
+    origin = FakeOrigin()
+    origin.serve("x", b"hello", content_type="text/plain")
+    upstream = Upstream()
+    deadline = asyncio.get_running_loop().time() + 10
+    checked: list[str] = []
+
+    def allowed(address: str) -> bool:
+        checked.append(address)
+        return _loopback_is_public(address)
+
+    try:
+        for _ in range(3):
+            guard = FetchGuard(allow_private=False, address_allowed=allowed)
+            answer = await upstream.fetch(HTTPRequest(origin.url("x")), deadline, guard)
+            assert answer.code == 200
+        assert origin.connections == 1 and checked == ["127.0.0.1"]
+        # A trusted call does not take a connection from the filtered pool either.
+        assert (await upstream.fetch(HTTPRequest(origin.url("x")), deadline)).code == 200
+        assert origin.connections == 2
+    finally:
+        origin.close()

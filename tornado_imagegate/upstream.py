@@ -50,6 +50,23 @@ class GatewayCurlClient(CurlAsyncHTTPClient):
 
     _timer_deadline = 0.0
 
+    def initialize(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        """Tornado's set-up, plus the separate pool of connections opened through the filter."""
+        super().initialize(*args, **kwargs)
+        # Connections opened through the address filter are pooled apart: a filtered fetch may
+        # reuse one of them (and its TLS session), never a connection that a trusted call (a
+        # configured provider, perhaps on a private address) opened unchecked.
+        self.filtered_pool = pycurl.CurlShare()
+        self.filtered_pool.setopt(pycurl.SH_SHARE, pycurl.LOCK_DATA_CONNECT)
+
+    def close(self) -> None:
+        """Close the transfers, then the filtered pool's connections."""
+        super().close()
+        try:
+            self.filtered_pool.close()
+        except pycurl.error:
+            pass
+
     def _set_timeout(self, msecs: int) -> None:
         deadline = self.io_loop.time() + msecs / 1000.0
         if self._timeout is not None and self._timer_deadline <= deadline:
@@ -78,6 +95,9 @@ class FetchGuard:
     # pycurl duplicates the descriptor of each socket we open for it; ours are closed at the end.
     opened: list[socket.socket] = field(default_factory=list)
     curl: Any = None
+    # Where filtered fetches keep their connections (GatewayCurlClient.filtered_pool); without
+    # one, every filtered fetch opens a new connection.
+    filtered_pool: Any = None
 
     def abort(self, reason: str, nudge: bool = False) -> None:
         """Stop the transfer at curl's next progress callback.
@@ -108,11 +128,16 @@ class FetchGuard:
         if self.max_bytes is not None:
             curl.setopt(pycurl.MAXFILESIZE_LARGE, self.max_bytes)
         curl.setopt(pycurl.HEADERFUNCTION, self.header_function or self._keep_header)
-        if not self.allow_private:
-            curl.setopt(pycurl.OPENSOCKETFUNCTION, self._open_socket)
-            # A pooled connection was checked when it was opened, perhaps by a request that was
-            # allowed private addresses: always open a new one, so the filter sees it.
-            curl.setopt(pycurl.FRESH_CONNECT, 1)
+        # A handle keeps its share across Tornado's reset: a trusted call must never use the
+        # filtered pool, and a filtered fetch joins it afresh.
+        curl.unsetopt(pycurl.SHARE)
+        if self.allow_private:
+            return
+        curl.setopt(pycurl.OPENSOCKETFUNCTION, self._open_socket)
+        if self.filtered_pool is not None:
+            curl.setopt(pycurl.SHARE, self.filtered_pool)  # every connection there was checked
+        else:
+            curl.setopt(pycurl.FRESH_CONNECT, 1)  # so that the filter sees every connection
 
     def _keep_header(self, raw: bytes) -> None:
         line = raw.decode("latin-1")
@@ -177,6 +202,8 @@ class Upstream:
         if remaining <= 0:
             raise UpstreamError("timeout", "deadline passed before the request was sent")
         guard = guard or FetchGuard()
+        if guard.filtered_pool is None:
+            guard.filtered_pool = getattr(self.client, "filtered_pool", None)
         request.request_timeout = remaining
         request.connect_timeout = min(remaining, CONNECT_TIMEOUT)
         request.prepare_curl_callback = guard.prepare
