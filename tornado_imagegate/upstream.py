@@ -40,7 +40,8 @@ _CURL_KINDS = {
 
 
 class GatewayCurlClient(CurlAsyncHTTPClient):
-    """Tornado's curl client, except that a stream of new requests cannot starve curl's timer.
+    """Tornado's curl client, with a pool apart for filtered fetches and a timer bursts cannot
+    starve.
 
     Each new request asks curl to run "now" by replacing the pending timer with a new one; during
     a burst (a thousand chat completions arriving at once) that timer was replaced again and
