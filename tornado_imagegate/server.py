@@ -202,8 +202,8 @@ async def shut_down(
 ) -> None:
     """Stop accepting, let requests in flight (open streams too) finish, then close the rest."""
     lifecycle.shutting_down = True
+    server.stop()  # first: whoever hears STOPPING=1 must find the port already closed
     notifier.stopping()
-    server.stop()
     logger.info(
         "shutting down: %d request(s) in flight, waiting up to %gs", lifecycle.inflight, grace
     )
