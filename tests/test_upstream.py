@@ -31,6 +31,8 @@ async def test_new_requests_do_not_push_back_a_pending_timer():
     later = client._timeout
     client._set_timeout(0)  # an earlier deadline replaces a later one
     assert client._timeout is not later
+    client._set_timeout(-1)  # curl needs no timer: none is left pending
+    assert client._timeout is None
 
 
 @pytest.mark.gen_test

@@ -69,6 +69,13 @@ class GatewayCurlClient(CurlAsyncHTTPClient):
             pass
 
     def _set_timeout(self, msecs: int) -> None:
+        if msecs < 0:
+            # curl needs no timer. Tornado would set one 1 ms in the past: an extra loop turn
+            # and a call into curl for nothing, on every transfer.
+            if self._timeout is not None:
+                self.io_loop.remove_timeout(self._timeout)
+                self._timeout = None
+            return
         deadline = self.io_loop.time() + msecs / 1000.0
         if self._timeout is not None and self._timer_deadline <= deadline:
             return  # an earlier timer is already pending
