@@ -679,18 +679,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def server_loop() -> tuple[str, Any]:
+    """The event loop both servers run on: the gateway's, chosen by ``EVENT_LOOP`` as there."""
+    return event_loop_factory(os.environ.get("EVENT_LOOP", "uvloop").strip().lower())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark, or one of its server processes."""
     args = parse_args(argv)
     if args.serve_gateway:
         pin_to_cpu(args.cpu)
-        with asyncio.Runner(loop_factory=event_loop_factory()[1]) as runner:
+        with asyncio.Runner(loop_factory=server_loop()[1]) as runner:
             runner.run(run_gateway(args.cache_bytes, args.image_bytes, args.access_log))
         return 0
     if args.serve_bare:
         pin_to_cpu(args.cpu)
         # The same event loop as the gateway's (uvloop when installed): only the handler differs.
-        with asyncio.Runner(loop_factory=event_loop_factory()[1]) as runner:
+        with asyncio.Runner(loop_factory=server_loop()[1]) as runner:
             runner.run(run_bare(args.image_bytes, args.bare_server))
         return 0
 
@@ -702,7 +707,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("Image proxy benchmark")
     print(
         f"  Python {platform.python_version()}, Tornado {tornado.version}, {wrk_version()}, "
-        f"{os.cpu_count()} CPUs, event loop {event_loop_factory()[0]} (both servers)"
+        f"{os.cpu_count()} CPUs, event loop {server_loop()[0]} (both servers)"
     )
     print(f"  {pinning}; load average before the run: {os.getloadavg()[0]:.2f}")
     print(

@@ -121,6 +121,7 @@ def test_check_config_embedded_default() -> None:
     assert "127.0.0.1:8080" in result.stdout
     assert "imagegate-demo" in result.stdout
     assert "prompt optimiser: off" in result.stdout
+    assert "event loop: uvloop" in result.stdout
 
 
 def test_check_config_full_valid_config() -> None:
@@ -412,6 +413,16 @@ def test_embedded_default_end_to_end(start_gateway: Any) -> None:
     assert key not in log
     assert "Traceback" not in log
     assert "event loop: uvloop" in log  # the installed dependency is the loop it ran on
+
+
+def test_event_loop_asyncio_runs_the_gateway_on_asyncio(start_gateway: Any) -> None:
+    gateway = start_gateway("--port", "0", env=clean_env(EVENT_LOOP="asyncio"))
+    base = gateway.wait_listening(START_DEADLINE)
+    status, _, body = http(f"{base}/health")
+    assert (status, json.loads(body)) == (200, {"status": "ok"})
+    gateway.process.send_signal(signal.SIGTERM)
+    assert gateway.process.wait(timeout=STOP_DEADLINE) == 0
+    assert "event loop: asyncio" in gateway.stderr()
 
 
 def test_port_already_in_use(start_gateway: Any) -> None:

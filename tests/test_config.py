@@ -432,6 +432,19 @@ def test_good_numbers(name: str, value: str, attribute: str, expected: float) ->
     assert getattr(load_settings({name: value}), attribute) == expected
 
 
+@pytest.mark.parametrize(
+    ("value", "expected"), [("", "uvloop"), ("uvloop", "uvloop"), (" AsyncIO ", "asyncio")]
+)
+def test_event_loop_choice(value: str, expected: str) -> None:
+    environ = {"EVENT_LOOP": value} if value else {}
+    assert load_settings(environ).event_loop == expected
+
+
+def test_unknown_event_loop_is_refused() -> None:
+    problem = one_problem({"EVENT_LOOP": "trio"})
+    assert "EVENT_LOOP" in problem and "uvloop or asyncio" in problem
+
+
 def test_every_problem_is_reported_at_once() -> None:
     env = {
         "IMAGEGATE_PORT": "abc",

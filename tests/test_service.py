@@ -432,5 +432,7 @@ async def test_a_client_leaving_mid_body_is_no_longer_in_flight(
 
 
 def test_without_uvloop_the_gateway_runs_on_asyncio(monkeypatch):
+    assert event_loop_factory("asyncio") == ("asyncio", None)
+    assert event_loop_factory("uvloop")[0].startswith("uvloop ")
     monkeypatch.setitem(sys.modules, "uvloop", None)  # as if it were not installed
-    assert event_loop_factory() == ("asyncio", None)
+    assert event_loop_factory("uvloop") == ("asyncio (uvloop is not installed)", None)

@@ -84,6 +84,7 @@ class Settings:
     images_default_model: str = ""
     metrics_access: str = "loopback"
     shutdown_grace_seconds: float = 30.0
+    event_loop: str = "uvloop"
     sd_model_index: int = 5
     image_proxy_allow_private_networks: bool = False
     llm_timeout: float = 30.0
@@ -167,6 +168,13 @@ def _metrics_access(text: str) -> str:
     value = text.strip().lower()
     if value not in ("loopback", "public", "off"):
         raise ValueError("must be loopback, public or off")
+    return value
+
+
+def _event_loop(text: str) -> str:
+    value = text.strip().lower()
+    if value not in ("uvloop", "asyncio"):
+        raise ValueError("must be uvloop or asyncio")
     return value
 
 
@@ -406,6 +414,7 @@ def load_settings(
         "shutdown_grace_seconds": reader.value(
             "SHUTDOWN_GRACE_SECONDS", _positive_float, defaults.shutdown_grace_seconds
         ),
+        "event_loop": reader.value("EVENT_LOOP", _event_loop, defaults.event_loop),
         "sd_model_index": reader.value(
             "SD_MODEL_INDEX", _non_negative_int, defaults.sd_model_index
         ),

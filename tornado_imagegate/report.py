@@ -56,6 +56,7 @@ def settings_report(settings: Settings) -> str:
         f"timeouts: LLM {settings.llm_timeout:g}s, generation {settings.image_gen_timeout:g}s, "
         f"image fetch {settings.image_fetch_timeout:g}s",
         f"upstream connections: {settings.upstream_max_clients}",
+        f"event loop: {settings.event_loop}",
         f"CORS origins: {', '.join(settings.cors_allow_origins)}",
         f"log level: {settings.log_level}",
     ]

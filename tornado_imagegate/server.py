@@ -131,16 +131,21 @@ def configure_http_client(settings: Settings) -> None:
     )
 
 
-def event_loop_factory() -> tuple[str, Callable[[], asyncio.AbstractEventLoop] | None]:
-    """The event loop to run on: uvloop when it is installed (it is a dependency), else asyncio's.
+def event_loop_factory(
+    wanted: str = "uvloop",
+) -> tuple[str, Callable[[], asyncio.AbstractEventLoop] | None]:
+    """The event loop to run on (``EVENT_LOOP``): uvloop by default, asyncio's own on request
+    or when uvloop is not installed. Returns its name and a factory (None: asyncio's default).
 
     uvloop runs Tornado and the curl client unchanged, with less work per loop turn: about
     0.2-0.3 ms less gateway CPU per chat completion (bench/bench_generation.py).
     """
+    if wanted == "asyncio":
+        return "asyncio", None
     try:
         import uvloop
     except ImportError:
-        return "asyncio", None
+        return "asyncio (uvloop is not installed)", None
     return f"uvloop {uvloop.__version__}", uvloop.new_event_loop
 
 
@@ -231,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     configure_logging(settings.log_level)
     settings = with_generated_key(settings)
-    loop_name, loop_factory = event_loop_factory()
+    loop_name, loop_factory = event_loop_factory(settings.event_loop)
     logger.info("event loop: %s", loop_name)
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
