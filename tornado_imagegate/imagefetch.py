@@ -13,7 +13,7 @@ from tornado_imagegate import errors, imagetype
 from tornado_imagegate.errors import GatewayError, UpstreamError
 from tornado_imagegate.imagecache import CachedImage, ImageCache
 from tornado_imagegate.metrics import Metrics
-from tornado_imagegate.upstream import FetchGuard, Upstream
+from tornado_imagegate.upstream import FetchGuard, Upstream, header_field
 from tornado_imagegate.urlpolicy import LinkRefused, check_fetch_url, is_public_address
 
 logger = logging.getLogger(__name__)
@@ -65,10 +65,9 @@ class Transfer:
             parts = line.split(" ", 2)
             self.status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
         elif line.strip():
-            name, colon, value = line.partition(":")
-            name = name.strip().lower()
-            if colon and name in CHECKED_HEADERS:
-                value = value.strip()
+            checked = header_field(line, CHECKED_HEADERS)
+            if checked is not None:
+                name, value = checked
                 earlier = self.headers.get(name)  # a repeated header is read as one list
                 self.headers[name] = f"{earlier},{value}" if earlier is not None else value
         else:

@@ -39,6 +39,15 @@ _CURL_KINDS = {
 }
 
 
+def header_field(line: str, wanted: frozenset[str]) -> tuple[str, str] | None:
+    """``(name, value)`` of an answer's header line whose lower-cased name is ``wanted``."""
+    name, colon, value = line.partition(":")
+    name = name.strip().lower()
+    if colon and name in wanted:
+        return name, value.strip()
+    return None
+
+
 class GatewayCurlClient(CurlAsyncHTTPClient):
     """Tornado's curl client, with a pool apart for filtered fetches and a timer bursts cannot
     starve.
@@ -152,10 +161,10 @@ class FetchGuard:
         if line.startswith("HTTP/"):  # a new answer: a redirect's, or the final one
             self.kept_headers.clear()
             return
-        name, colon, value = line.partition(":")
-        name = name.strip().lower()
-        if colon and name in KEPT_HEADERS:
-            self.kept_headers[name] = value.strip()
+        kept = header_field(line, KEPT_HEADERS)
+        if kept is not None:
+            name, value = kept
+            self.kept_headers[name] = value
 
     def _progress(self, dltotal: int, dlnow: int, ultotal: int, ulnow: int) -> int:
         if self.abort_reason is not None:
