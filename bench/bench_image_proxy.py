@@ -681,7 +681,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def server_loop() -> tuple[str, Any]:
     """The event loop both servers run on: the gateway's, chosen by ``EVENT_LOOP`` as there."""
-    return event_loop_factory(os.environ.get("EVENT_LOOP", "uvloop").strip().lower())
+    chosen = {"EVENT_LOOP": os.environ["EVENT_LOOP"]} if "EVENT_LOOP" in os.environ else {}
+    return event_loop_factory(load_settings(chosen).event_loop)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
