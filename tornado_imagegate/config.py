@@ -91,6 +91,11 @@ class Settings:
     image_gen_timeout: float = 180.0
     image_fetch_timeout: float = 30.0
     upstream_max_clients: int = 1024
+    upstream_proxy: str = field(default="", repr=False)
+    image_fetch_proxy: str = field(default="", repr=False)
+    max_client_connections: int = 0  # 0: sized from the descriptor limit at start-up
+    key_allowed_fails: int = 3
+    key_max_cooldown_seconds: float = 300.0
     cors_allow_origins: tuple[str, ...] = ("*",)
     sse_keepalive_seconds: float = 10.0
     log_level: str = "INFO"
@@ -207,7 +212,37 @@ def _base_url(text: str) -> str:
     return url.rstrip("/")
 
 
-_URL_PARSERS = (_http_url, _base_url)
+
+
+def _upstream_proxy(text: str) -> str:
+    value = text.strip()
+    if value.lower() == "env":
+        return "env"
+    parts = urlsplit(value)
+    try:
+        parts.port  # noqa: B018 (reading it validates the port)
+    except ValueError:
+        raise ValueError("must be env or a proxy URL with a valid port") from None
+    if parts.scheme not in ("http", "https", "socks5", "socks5h") or not parts.hostname:
+        raise ValueError("must be env or a proxy URL: http://, https://, socks5:// or socks5h://")
+    return value
+
+
+def _image_fetch_proxy(text: str) -> str:
+    value = text.strip()
+    parts = urlsplit(value)
+    try:
+        parts.port  # noqa: B018 (reading it validates the port)
+    except ValueError:
+        raise ValueError("must be an http:// proxy URL with a valid port") from None
+    if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/"):
+        # Only an HTTP proxy that tunnels (CONNECT) lets the gateway pin the checked address.
+        raise ValueError("must be an http:// proxy URL (host and port, no path)")
+    return value
+
+
+# Values these parse are never echoed in a problem: URLs may carry user-info or a key.
+_SECRET_PARSERS = (_http_url, _base_url, _upstream_proxy, _image_fetch_proxy)
 
 
 def _host(text: str) -> str:
@@ -263,7 +298,7 @@ class _Reader:
             return parse(text)
         except ValueError as exc:
             # URLs are not echoed: a query string or user-info may hold a key.
-            shown = "" if parse in _URL_PARSERS else f" (got {_describe(text)})"
+            shown = "" if parse in _SECRET_PARSERS else f" (got {_describe(text)})"
             self.problems.append(f"{name}: {exc}{shown}")
             return default
 
@@ -431,6 +466,17 @@ def load_settings(
         ),
         "upstream_max_clients": reader.value(
             "UPSTREAM_MAX_CLIENTS", _positive_int, defaults.upstream_max_clients
+        ),
+        "upstream_proxy": reader.value("UPSTREAM_PROXY", _upstream_proxy, ""),
+        "image_fetch_proxy": reader.value("IMAGE_FETCH_PROXY", _image_fetch_proxy, ""),
+        "max_client_connections": reader.value(
+            "MAX_CLIENT_CONNECTIONS", _positive_int, defaults.max_client_connections
+        ),
+        "key_allowed_fails": reader.value(
+            "KEY_ALLOWED_FAILS", _positive_int, defaults.key_allowed_fails
+        ),
+        "key_max_cooldown_seconds": reader.value(
+            "KEY_MAX_COOLDOWN_SECONDS", _positive_float, defaults.key_max_cooldown_seconds
         ),
         "cors_allow_origins": split_list(reader.raw("CORS_ALLOW_ORIGINS") or "*"),
         "sse_keepalive_seconds": reader.value(

@@ -25,6 +25,15 @@ def describe_groups(groups: tuple[ProviderGroup, ...]) -> list[str]:
     return lines
 
 
+def proxy_line(proxy: str) -> str:
+    """A proxy setting for the report: none, the environment's, or its URL without user-info."""
+    if not proxy:
+        return "none"
+    if proxy == "env":
+        return "from the environment (http_proxy, https_proxy, all_proxy, no_proxy)"
+    return redact_url(proxy)
+
+
 def settings_report(settings: Settings) -> str:
     """The report of a valid configuration."""
     optimiser = settings.optimiser
@@ -56,6 +65,11 @@ def settings_report(settings: Settings) -> str:
         f"timeouts: LLM {settings.llm_timeout:g}s, generation {settings.image_gen_timeout:g}s, "
         f"image fetch {settings.image_fetch_timeout:g}s",
         f"upstream connections: {settings.upstream_max_clients}",
+        f"outbound proxy for provider and optimiser calls: {proxy_line(settings.upstream_proxy)}",
+        f"proxy for image fetches: {proxy_line(settings.image_fetch_proxy)}",
+        f"client connections: {settings.max_client_connections or 'sized from the descriptor limit'}",
+        f"key cooldowns: after {settings.key_allowed_fails} transient failures a minute; "
+        f"Retry-After capped at {settings.key_max_cooldown_seconds:g}s",
         f"event loop: {settings.event_loop}",
         f"CORS origins: {', '.join(settings.cors_allow_origins)}",
         f"log level: {settings.log_level}",
