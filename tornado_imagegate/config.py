@@ -212,8 +212,6 @@ def _base_url(text: str) -> str:
     return url.rstrip("/")
 
 
-
-
 def _upstream_proxy(text: str) -> str:
     value = text.strip()
     if value.lower() == "env":

@@ -67,7 +67,12 @@ def settings_report(settings: Settings) -> str:
         f"upstream connections: {settings.upstream_max_clients}",
         f"outbound proxy for provider and optimiser calls: {proxy_line(settings.upstream_proxy)}",
         f"proxy for image fetches: {proxy_line(settings.image_fetch_proxy)}",
-        f"client connections: {settings.max_client_connections or 'sized from the descriptor limit'}",
+        "client connections: at most "
+        + (
+            str(settings.max_client_connections)
+            if settings.max_client_connections
+            else "as many as the descriptor limit allows"
+        ),
         f"key cooldowns: after {settings.key_allowed_fails} transient failures a minute; "
         f"Retry-After capped at {settings.key_max_cooldown_seconds:g}s",
         f"event loop: {settings.event_loop}",
