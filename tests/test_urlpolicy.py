@@ -50,11 +50,18 @@ REFUSED = [
     "ff02::1",
     "fec0::1",
     "2001:db8::1",
+    "3fff::1",  # documentation (RFC 9637)
+    "5f00::1",  # SRv6 segment identifiers
     "100::1",
     # IPv4 hidden in IPv6
     "::ffff:127.0.0.1",
     "::ffff:10.0.0.1",
     "::ffff:7f00:1",
+    "::ffff:0:7f00:1",  # IPv4-translated (SIIT) 127.0.0.1
+    "::ffff:0:a00:1",  # IPv4-translated 10.0.0.1
+    "::ffff:0:a9fe:a9fe",  # IPv4-translated 169.254.169.254
+    "::ffff:0:808:808",  # IPv4-translated, refused whole even with a public address inside
+    "::ffff:0:0:0",
     "::127.0.0.1",
     "::10.0.0.1",
     "64:ff9b::a00:1",

@@ -16,6 +16,7 @@ from tornado_imagegate.handlers.meta import (
     HealthHandler,
     MetricsHandler,
     ModelsHandler,
+    OpenApiHandler,
     ReadyHandler,
     WelcomeHandler,
 )
@@ -50,12 +51,13 @@ def make_store(
         disk = DiskTier(settings.image_cache_dir, settings.image_cache_dir_max_bytes)
     cache = ImageCache(settings.image_cache_max_bytes, settings.image_max_bytes, disk=disk)
     fetcher = ImageFetcher(
-        upstream or Upstream(),
+        upstream or Upstream(proxy=settings.upstream_proxy),
         cache,
         timeout=settings.image_fetch_timeout,
         max_bytes=settings.image_max_bytes,
         allow_private=settings.image_proxy_allow_private_networks,
         metrics=metrics,
+        proxy=settings.image_fetch_proxy,
     )
     secret = derive_secret(settings.image_proxy_secret, settings.secret_material())
     return ImageStore(cache, fetcher, LinkSigner(secret))
@@ -63,7 +65,7 @@ def make_store(
 
 def make_app(settings: Settings, store: ImageStore | None = None) -> Application:
     """Build the Tornado application with its services: the one route table."""
-    upstream = Upstream()
+    upstream = Upstream(proxy=settings.upstream_proxy)
     metrics = Metrics()
     store = store or make_store(settings, upstream, metrics)
     metrics.watch_cache(store.cache)
@@ -76,6 +78,7 @@ def make_app(settings: Settings, store: ImageStore | None = None) -> Application
         (r"/(?:v1/)?health/?", HealthHandler),
         (r"/ready/?", ReadyHandler),
         (r"/metrics/?", MetricsHandler),
+        (r"/openapi\.json", OpenApiHandler),
         (r"/(?:v1/)?models/?", ModelsHandler),
         (r"/(?:v1/)?chat/completions/?", ChatCompletionsHandler, {"service": service}),
         (r"/(?:v1/)?images/generations/?", ImagesGenerationsHandler, {"service": service}),

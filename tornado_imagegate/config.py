@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+import pycurl
+
 DEMO_MODEL = "imagegate-demo"
 DEFAULT_SD_API_BASE = "https://sd.exacg.cc/api/v1/generate_image"
 DEFAULT_SD_MODEL = "Z-Image"
@@ -19,6 +21,13 @@ LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 
 _GROUP_VAR = re.compile(r"^IMAGE_GEN_(MODEL|API_BASE|API_KEY|KIND)_([0-9]+)$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_KEY_TEXT = re.compile(r"^[\x21-\x7e]+$")
+_SECRET_NAME = re.compile(r"(KEY|SECRET|PASSWORD|TOKEN|PROXY|_URL|API_BASE)(_[0-9]+)?$")
+
+
+def is_secret_variable(name: str) -> bool:
+    """Whether a variable's value is a secret (or may hold one): never echoed, never logged."""
+    return bool(_SECRET_NAME.search(name))
 
 
 class ConfigError(Exception):
@@ -113,6 +122,15 @@ class Settings:
         material += [key for group in self.groups for key in group.keys]
         material += list(self.optimiser.keys)
         return material
+
+    def secrets(self) -> list[str]:
+        """Every secret value of this configuration, for the log filter to hide."""
+        values = [*self.client_keys, *self.secret_material(), self.image_proxy_secret]
+        for url in (self.upstream_proxy, self.image_fetch_proxy):
+            parts = urlsplit(url) if "://" in url else None
+            if parts is not None:
+                values += [parts.username or "", parts.password or ""]
+        return [value for value in values if value]
 
     @property
     def model_ids(self) -> list[str]:
@@ -236,7 +254,18 @@ def _image_fetch_proxy(text: str) -> str:
     if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/"):
         # Only an HTTP proxy that tunnels (CONNECT) lets the gateway pin the checked address.
         raise ValueError("must be an http:// proxy URL (host and port, no path)")
+    if not libcurl_can_pin():
+        # Never fetch through a proxy unchecked: without CONNECT_TO the proxy resolves names.
+        raise ValueError(
+            "needs libcurl 7.49 or later with CONNECT_TO, to pin each fetch to the address the "
+            f"gateway checked; this one is libcurl {pycurl.version_info()[1]}"
+        )
     return value
+
+
+def libcurl_can_pin() -> bool:
+    """Whether pycurl and libcurl can pin a connection to a checked address (CURLOPT_CONNECT_TO)."""
+    return hasattr(pycurl, "CONNECT_TO") and pycurl.version_info()[2] >= 0x073100
 
 
 # Values these parse are never echoed in a problem: URLs may carry user-info or a key.
@@ -287,6 +316,19 @@ class _Reader:
         """A variable's text, stripped ("" when unset)."""
         return self.environ.get(name, "").strip()
 
+    def keys(self, name: str, text: str | None = None) -> tuple[str, ...]:
+        """The comma-separated keys of a variable; a key no HTTP header can carry is a problem.
+
+        The problem names the key's position, never its value.
+        """
+        keys = split_list(self.raw(name) if text is None else text)
+        for position, key in enumerate(keys, start=1):
+            if not _KEY_TEXT.match(key):
+                self.problems.append(
+                    f"{name}: key #{position} holds a space, a control or a non-ASCII character"
+                )
+        return keys
+
     def value(self, name: str, parse: Callable[[str], Any], default: Any) -> Any:
         """A parsed variable, its default when unset; a bad value is noted as a problem."""
         text = self.raw(name)
@@ -295,8 +337,9 @@ class _Reader:
         try:
             return parse(text)
         except ValueError as exc:
-            # URLs are not echoed: a query string or user-info may hold a key.
-            shown = "" if parse in _SECRET_PARSERS else f" (got {_describe(text)})"
+            # Secrets are not echoed, nor URLs: a query string or user-info may hold a key.
+            secret = parse in _SECRET_PARSERS or is_secret_variable(name)
+            shown = "" if secret else f" (got {_describe(text)})"
             self.problems.append(f"{name}: {exc}{shown}")
             return default
 
@@ -327,7 +370,7 @@ def _read_groups(reader: _Reader) -> list[ProviderGroup]:
                     kind="siliconflow",
                     models=split_list(flux["MODEL"]),
                     endpoint=endpoint,
-                    keys=split_list(flux["API_KEY"]),
+                    keys=reader.keys("FLUX_GEN_API_KEY"),
                     model_variable="FLUX_GEN_MODEL",
                 )
             )
@@ -358,7 +401,7 @@ def _read_groups(reader: _Reader) -> list[ProviderGroup]:
                 kind=kind,
                 models=split_list(values["MODEL"]),
                 endpoint=reader.value(names["API_BASE"], _http_url, ""),
-                keys=split_list(values["API_KEY"]),
+                keys=reader.keys(names["API_KEY"]),
                 model_variable=names["MODEL"],
             )
         )
@@ -371,7 +414,7 @@ def _read_groups(reader: _Reader) -> list[ProviderGroup]:
                 kind="sd",
                 models=split_list(reader.raw("SD_MODEL") or DEFAULT_SD_MODEL),
                 endpoint=reader.value("SD_API_BASE", _http_url, DEFAULT_SD_API_BASE),
-                keys=split_list(sd_key),
+                keys=reader.keys("SD_API_KEY"),
                 model_variable="SD_MODEL",
             )
         )
@@ -413,7 +456,7 @@ def _read_optimiser(reader: _Reader) -> OptimiserSettings:
         return OptimiserSettings()
     variable = "OPENAI_MODEL" if plain else "OPENAI_MODEL_REASONING"
     api_base = reader.value("OPENAI_API_BASE", _base_url, "")
-    keys = split_list(reader.raw("OPENAI_API_KEY"))
+    keys = reader.keys("OPENAI_API_KEY")
     if not reader.raw("OPENAI_API_BASE"):
         reader.problems.append(f"OPENAI_API_BASE: missing; {variable} is set and needs it")
     if not keys:
@@ -482,10 +525,11 @@ def load_settings(
         ),
         "log_level": reader.value("LOG_LEVEL", _log_level, defaults.log_level),
     }
-    client_keys = split_list(reader.raw("AUTHORIZED_API_KEY") or reader.raw("GATEWAY_API_KEY"))
-    if reader.raw("AUTHORIZED_API_KEY") and reader.raw("GATEWAY_API_KEY"):
-        # Both set is almost always a leftover; joining them keeps both working.
-        client_keys = tuple(dict.fromkeys(client_keys + split_list(reader.raw("GATEWAY_API_KEY"))))
+    # GATEWAY_API_KEY is an alias; both set is almost always a leftover, and joining them keeps
+    # both working.
+    client_keys = tuple(
+        dict.fromkeys(reader.keys("AUTHORIZED_API_KEY") + reader.keys("GATEWAY_API_KEY"))
+    )
     values["client_keys"] = client_keys
     values["optimiser"] = _read_optimiser(reader)
     groups = _read_groups(reader)

@@ -13,7 +13,13 @@ from tornado_imagegate import errors, imagetype
 from tornado_imagegate.errors import GatewayError, UpstreamError
 from tornado_imagegate.imagecache import CachedImage, ImageCache
 from tornado_imagegate.metrics import Metrics
-from tornado_imagegate.upstream import FetchGuard, Upstream, header_field
+from tornado_imagegate.upstream import (
+    FetchGuard,
+    OutboundProxy,
+    Upstream,
+    header_field,
+    resolve_checked,
+)
 from tornado_imagegate.urlpolicy import LinkRefused, check_fetch_url, is_public_address
 
 logger = logging.getLogger(__name__)
@@ -47,6 +53,8 @@ class Transfer:
             future.add_done_callback(_mark_retrieved)
         self._changed = asyncio.Event()
         self.guard = FetchGuard()
+        # Whether a failure may pass if the image is fetched again later (timeout, reset, 5xx).
+        self.failure_transient = False
         self._reset_hop()
 
     def _reset_hop(self) -> None:
@@ -132,8 +140,9 @@ class Transfer:
         self.done.set_result(image)
         self._wake()
 
-    def fail(self, error: GatewayError) -> None:
+    def fail(self, error: GatewayError, transient: bool = False) -> None:
         """The transfer failed; readers get ``error`` (or a cut connection once streaming)."""
+        self.failure_transient = transient
         for future in (self.ready, self.done):
             if not future.done():
                 future.set_exception(error)
@@ -154,6 +163,17 @@ class Transfer:
             await self._changed.wait()
 
 
+def is_transient(error: UpstreamError) -> bool:
+    """Whether a failed download may succeed later: a timeout, a reset, a 5xx, 408 or 429.
+
+    A refused address, a 4xx, an answer that is not an image or one too large is definitive.
+    """
+    if error.kind in ("timeout", "connect", "cancelled"):
+        return True
+    status = error.status or 0
+    return error.kind == "status" and (status >= 500 or status in (408, 429))
+
+
 def _mark_retrieved(future: asyncio.Future) -> None:
     if not future.cancelled():
         future.exception()
@@ -172,8 +192,11 @@ class ImageFetcher:
         allow_private: bool,
         address_allowed: Callable[[str], bool] = is_public_address,
         metrics: Metrics | None = None,
+        proxy: str = "",
     ) -> None:
         self.upstream = upstream
+        # IMAGE_FETCH_PROXY; never UPSTREAM_PROXY, never the environment's proxy variables.
+        self.proxy = OutboundProxy.from_url(proxy) if proxy else None
         self.cache = cache
         self.timeout = timeout
         self.max_bytes = max_bytes
@@ -202,13 +225,13 @@ class ImageFetcher:
             image = await self._download(transfer)
         except UpstreamError as exc:
             logger.warning("image fetch failed: %s", exc.detail or exc.kind)
-            transfer.fail(errors.from_upstream(exc, WHAT))
+            transfer.fail(errors.from_upstream(exc, WHAT), transient=is_transient(exc))
         except LinkRefused as exc:
             logger.warning("image fetch refused: %s", exc)
             transfer.fail(errors.from_upstream(UpstreamError("refused_address", str(exc)), WHAT))
         except Exception:
             logger.exception("image fetch crashed")
-            transfer.fail(errors.from_status(500))
+            transfer.fail(errors.from_status(500), transient=True)
         else:
             if self.metrics is not None:
                 elapsed = asyncio.get_running_loop().time() - started
@@ -223,11 +246,23 @@ class ImageFetcher:
         url = transfer.url
         for _hop in range(MAX_REDIRECTS + 1):
             check_fetch_url(url)
+            pinned = None
+            if self.proxy is not None and not self.allow_private:
+                # Through a proxy the socket filter would see only the proxy: every address of
+                # the host is checked here instead, on every hop, and the transfer pinned.
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        pinned = await resolve_checked(url, self.address_allowed)
+                except TimeoutError:
+                    raise UpstreamError("timeout", "the host did not resolve in time") from None
             guard = FetchGuard(
                 allow_private=self.allow_private,
                 max_bytes=self.max_bytes,
                 address_allowed=self.address_allowed,
                 header_function=transfer.on_header,
+                configured_service=False,
+                proxy=self.proxy,
+                pinned_address=pinned,
             )
             transfer.guard = guard
             request = HTTPRequest(

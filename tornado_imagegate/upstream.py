@@ -8,6 +8,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import pycurl
 from tornado.curl_httpclient import CurlAsyncHTTPClient
@@ -37,6 +38,73 @@ _CURL_KINDS = {
     35: "connect",  # TLS handshake failed
     60: "connect",  # TLS certificate problem
 }
+
+
+# libcurl's CURLPROXY_* numbers; pycurl names no constant for an HTTPS proxy.
+_PROXY_TYPES = {
+    "http": pycurl.PROXYTYPE_HTTP,
+    "https": getattr(pycurl, "PROXYTYPE_HTTPS", 2),
+    "socks5": pycurl.PROXYTYPE_SOCKS5,
+    "socks5h": pycurl.PROXYTYPE_SOCKS5_HOSTNAME,
+}
+
+
+@dataclass(frozen=True)
+class OutboundProxy:
+    """A configured proxy, its user-info kept apart from its URL and never shown."""
+
+    url: str  # scheme://host[:port], no user-info
+    scheme: str
+    username: str = field(default="", repr=False)
+    password: str = field(default="", repr=False)
+
+    @classmethod
+    def from_url(cls, url: str) -> OutboundProxy:
+        """Split a proxy URL (``UPSTREAM_PROXY``, ``IMAGE_FETCH_PROXY``) for curl."""
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = host if parts.port is None else f"{host}:{parts.port}"
+        return cls(
+            url=f"{parts.scheme}://{netloc}",
+            scheme=parts.scheme,
+            username=unquote(parts.username or ""),
+            password=unquote(parts.password or ""),
+        )
+
+    def apply(self, curl: Any) -> None:
+        """Send this handle's transfer through the proxy, whatever the environment says."""
+        curl.setopt(pycurl.PROXY, self.url)
+        curl.setopt(pycurl.PROXYTYPE, _PROXY_TYPES[self.scheme])
+        curl.setopt(pycurl.NOPROXY, "")  # the environment's no_proxy does not apply either
+        if self.username or self.password:
+            curl.setopt(pycurl.PROXYUSERNAME, self.username)
+            curl.setopt(pycurl.PROXYPASSWORD, self.password)
+
+
+async def resolve_checked(url: str, address_allowed: Callable[[str], bool]) -> str:
+    """Resolve the host of ``url`` (off the loop) and return the address to connect to.
+
+    Every address the name resolves to must pass ``address_allowed``: a name that answers with
+    public and private addresses together is refused whole, as a rebinding attempt would be.
+    An IPv4 address is preferred: a proxy reaches IPv4 almost everywhere, IPv6 not always.
+    Raises UpstreamError ("connect" when the name does not resolve, "refused_address").
+    """
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            parts.hostname, port, type=socket.SOCK_STREAM
+        )
+    except (OSError, UnicodeError):
+        raise UpstreamError("connect", "could not resolve the host") from None
+    addresses = [str(info[4][0]) for info in infos if info[0] in (socket.AF_INET, socket.AF_INET6)]
+    if not addresses:
+        raise UpstreamError("connect", "could not resolve the host")
+    if not all(address_allowed(address) for address in addresses):
+        raise UpstreamError("refused_address", "address refused by the network filter")
+    return next((address for address in addresses if ":" not in address), addresses[0])
 
 
 def header_field(line: str, wanted: frozenset[str]) -> tuple[str, str] | None:
@@ -115,6 +183,24 @@ class FetchGuard:
     # Where filtered fetches keep their connections (GatewayCurlClient.filtered_pool); without
     # one, every filtered fetch opens a new connection.
     filtered_pool: Any = None
+    # A call to a service the operator configured (a provider, the optimiser): Upstream gives
+    # it UPSTREAM_PROXY. Image fetches set this false; a filtered fetch never takes it anyway.
+    configured_service: bool = True
+    # The proxy this transfer goes through; None: straight to the host.
+    proxy: OutboundProxy | None = None
+    # UPSTREAM_PROXY=env only: libcurl then reads http_proxy, HTTPS_PROXY, ALL_PROXY and
+    # NO_PROXY itself. Otherwise the environment's proxy variables are ignored.
+    proxy_from_env: bool = False
+    # For a filtered fetch through a proxy: the address resolve_checked() let through. Every
+    # connection is pinned to it, and the proxy is asked to tunnel to it, never to a name.
+    pinned_address: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.allow_private and (
+            self.proxy_from_env or (self.proxy is not None and self.pinned_address is None)
+        ):
+            # Through a proxy the filter on the connected address sees only the proxy.
+            raise ValueError("a filtered fetch goes through a proxy only to a pinned address")
 
     def abort(self, reason: str, nudge: bool = False) -> None:
         """Stop the transfer at curl's next progress callback.
@@ -145,16 +231,40 @@ class FetchGuard:
         if self.max_bytes is not None:
             curl.setopt(pycurl.MAXFILESIZE_LARGE, self.max_bytes)
         curl.setopt(pycurl.HEADERFUNCTION, self.header_function or self._keep_header)
+        self._route(curl)
         # A handle keeps its share across Tornado's reset: a trusted call must never use the
         # filtered pool, and a filtered fetch joins it afresh.
         curl.unsetopt(pycurl.SHARE)
         if self.allow_private:
             return
-        curl.setopt(pycurl.OPENSOCKETFUNCTION, self._open_socket)
+        # Through a proxy, the socket goes to the proxy (perhaps on loopback): resolve_checked()
+        # checked the image host's addresses instead, and pinned the transfer to one of them.
+        if self.proxy is None:
+            curl.setopt(pycurl.OPENSOCKETFUNCTION, self._open_socket)
         if self.filtered_pool is not None:
             curl.setopt(pycurl.SHARE, self.filtered_pool)  # every connection there was checked
         else:
             curl.setopt(pycurl.FRESH_CONNECT, 1)  # so that the filter sees every connection
+
+    def _route(self, curl: Any) -> None:
+        if self.pinned_address is not None:
+            # Empty host and ports: whatever host curl reads in the URL, every connection of
+            # this transfer goes to the checked address. TLS still sends and verifies the URL's
+            # host name; only the address connected to (or tunnelled to) changes.
+            address = self.pinned_address
+            shown = f"[{address}]" if ":" in address else address
+            curl.setopt(pycurl.CONNECT_TO, [f"::{shown}:"])
+        if self.proxy is not None:
+            self.proxy.apply(curl)
+            if self.pinned_address is not None:
+                # Plain http through a proxy would name the host in the request line, for the
+                # proxy to resolve; a tunnel names the pinned address (CONNECT address:port).
+                curl.setopt(pycurl.HTTPPROXYTUNNEL, 1)
+        elif not self.proxy_from_env:
+            # Tornado unsets PROXY, and libcurl would then take a proxy from the environment
+            # and connect to it: the address filter would check the proxy and nothing else.
+            curl.setopt(pycurl.PROXY, "")
+            curl.setopt(pycurl.NOPROXY, "*")
 
     def _keep_header(self, raw: bytes) -> None:
         line = raw.decode("latin-1")
@@ -194,8 +304,11 @@ class FetchGuard:
 class Upstream:
     """Makes every outbound request through the one curl client configured at start-up."""
 
-    def __init__(self, client: AsyncHTTPClient | None = None) -> None:
+    def __init__(self, client: AsyncHTTPClient | None = None, proxy: str = "") -> None:
+        """``proxy``: ``UPSTREAM_PROXY`` for calls to configured services ("", "env" or a URL)."""
         self._client = client
+        self.proxy_from_env = proxy == "env"
+        self.proxy = OutboundProxy.from_url(proxy) if proxy and proxy != "env" else None
 
     @property
     def client(self) -> AsyncHTTPClient:
@@ -219,6 +332,8 @@ class Upstream:
         if remaining <= 0:
             raise UpstreamError("timeout", "deadline passed before the request was sent")
         guard = guard or FetchGuard()
+        if guard.configured_service and guard.allow_private:
+            guard.proxy, guard.proxy_from_env = self.proxy, self.proxy_from_env
         if guard.filtered_pool is None:
             guard.filtered_pool = getattr(self.client, "filtered_pool", None)
         request.request_timeout = remaining
@@ -226,12 +341,13 @@ class Upstream:
         request.prepare_curl_callback = guard.prepare
         answer = self.client.fetch(request, raise_error=False)
         # When we stop waiting (deadline, cancellation), curl's transfer is aborted through the
-        # guard and ends on its own; its outcome is then read and dropped. A timeout context
-        # rather than wait_for(shield()): no extra futures, no extra loop turns per request.
+        # guard and ends on its own; its outcome is then read and dropped. Tornado's own future
+        # is shielded: had it been cancelled, Tornado would log its late outcome as an ERROR
+        # ("Exception after Future was cancelled") on every timeout.
         answer.add_done_callback(_drop_outcome)
         try:
             async with asyncio.timeout_at(deadline):
-                response = await answer
+                response = await asyncio.shield(answer)
         except TimeoutError:
             guard.abort("deadline", nudge=True)
             raise UpstreamError("timeout", f"no answer within {remaining:.1f}s") from None

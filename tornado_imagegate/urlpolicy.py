@@ -179,6 +179,7 @@ _BLOCKED_V6 = tuple(
     for net in (
         "::/128",
         "::1/128",
+        "::ffff:0:0:0/96",  # IPv4-translated (SIIT): refused whole, no public host needs it
         "64:ff9b:1::/48",  # local-use NAT64
         "100::/64",  # discard-only
         "2001::/32",  # Teredo: the IPv4 inside is obfuscated, refuse it whole
@@ -186,6 +187,8 @@ _BLOCKED_V6 = tuple(
         "2001:10::/28",
         "2001:20::/28",
         "2001:db8::/32",
+        "3fff::/20",  # documentation (RFC 9637)
+        "5f00::/16",  # SRv6 segment identifiers, never globally reachable (RFC 9602)
         "fc00::/7",  # unique local
         "fe80::/10",  # link-local
         "fec0::/10",  # deprecated site-local
@@ -211,7 +214,8 @@ def is_public_address(address: str) -> bool:
     """Whether an address the gateway is about to connect to is on the public internet.
 
     Refuses loopback, private, link-local, CGNAT, unspecified, multicast and reserved ranges,
-    unique-local IPv6, and IPv4 addresses hidden in IPv6 (mapped, compatible, 6to4, NAT64, Teredo).
+    unique-local IPv6, and IPv4 addresses hidden in IPv6 (mapped, compatible, translated, 6to4,
+    NAT64, Teredo).
     """
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
