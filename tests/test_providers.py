@@ -127,6 +127,20 @@ async def test_siliconflow_gets_the_exact_body(http_client, base_url, fakes):
 
 
 @pytest.mark.gen_test
+@pytest.mark.parametrize("seed", [100, None])
+async def test_each_image_of_a_request_gets_its_own_seed(http_client, base_url, fakes, seed):
+    extra = {} if seed is None else {"seed": seed}
+    _, links = await generate(http_client, base_url, "Z-Image", "a fox", n=3, **extra)
+    assert len(links) == 3
+    seeds = sorted(request.json["seed"] for request in fakes.sd.requests)
+    first = seeds[0] if seed is None else seed
+    assert seeds == [first, first + 1, first + 2]
+    # SiliconFlow makes up to four a call: five images are two calls, seeds 7 and 7 + 4.
+    await generate(http_client, base_url, "flux-test", "a fox", n=5, seed=7)
+    assert sorted(r.json["seed"] for r in fakes.sf.requests) == [7, 11]
+
+
+@pytest.mark.gen_test
 async def test_seed_is_random_unless_given(http_client, base_url, fakes):
     for _ in range(3):
         await generate(http_client, base_url, "flux-test", "a fox")
@@ -443,8 +457,9 @@ async def test_every_key_failing_is_502_naming_the_group_never_a_key(http_client
         base_url,
         chat_body(model="flux-test"),
     )
-    assert "resting" in assert_error(again, 502, "upstream_error")["message"]
-    assert len(fakes.sf.requests) == 3
+    # One failure of each key rests none (KEY_ALLOWED_FAILS): every key is tried again.
+    assert "503" in assert_error(again, 502, "upstream_error")["message"]
+    assert sorted(fakes.sf.keys_used()[3:]) == sorted(SF_KEYS)
 
 
 @pytest.mark.gen_test

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from http import HTTPStatus
 from typing import Any
 
@@ -150,6 +151,24 @@ class UpstreamError(Exception):
 
 
 NO_RETRY = {"x-should-retry": "false"}
+
+
+def retry_after_header(seconds: float) -> str:
+    """A ``Retry-After`` value: whole seconds, rounded up, at least 1."""
+    return str(max(1, math.ceil(seconds)))
+
+
+def upstream_unavailable(what: str, wait: float, reason: str = "") -> GatewayError:
+    """503: every key of ``what`` is resting; the client may come back after ``wait`` seconds.
+
+    No ``x-should-retry: false`` here: an SDK that waits ``Retry-After`` and retries does right.
+    """
+    seconds = retry_after_header(wait)
+    message = f"{what[:1].upper()}{what[1:]}: every key is resting after recent failures"
+    message += f" ({reason})" if reason else ""
+    message += f"; try again in {seconds}s."
+    return GatewayError(503, "upstream_unavailable", message, headers={"Retry-After": seconds})
+
 
 _UPSTREAM_MESSAGES = {
     "timeout": "did not answer in time",

@@ -13,6 +13,7 @@ from typing import Any
 from tornado_imagegate import errors, openai_api
 from tornado_imagegate.config import ProviderGroup, Settings
 from tornado_imagegate.imagestore import ImageStore, KeptImage
+from tornado_imagegate.keys import cooldown_policy
 from tornado_imagegate.metrics import Metrics
 from tornado_imagegate.openai_api import ImageRequest
 from tornado_imagegate.prompt import OptimisedPrompt, PromptOptimiser
@@ -26,6 +27,10 @@ from tornado_imagegate.providers.siliconflow import SiliconFlowApi
 from tornado_imagegate.upstream import Upstream
 
 logger = logging.getLogger(__name__)
+
+# Links guessed from a chat answer's free text, tried beyond the number of images asked for:
+# a "source" or "terms" link may come before the image's.
+SPARE_GUESSED_LINKS = 2
 
 
 @dataclass(frozen=True)
@@ -59,7 +64,15 @@ def make_provider(
         "sd": lambda: SdApi(steps=settings.sd_steps, model_index=settings.sd_model_index),
     }
     api = apis[group.kind]()
-    return GroupProvider(group, api, upstream, settings.image_gen_timeout, metrics)
+    return GroupProvider(
+        group,
+        api,
+        upstream,
+        settings.image_gen_timeout,
+        metrics,
+        policy=cooldown_policy(settings),
+        image_max_bytes=settings.image_max_bytes,
+    )
 
 
 class ImageService:
@@ -80,7 +93,13 @@ class ImageService:
             for group in settings.groups
         }
         self.optimiser = (
-            PromptOptimiser(settings.optimiser, upstream, settings.llm_timeout)
+            PromptOptimiser(
+                settings.optimiser,
+                upstream,
+                settings.llm_timeout,
+                policy=cooldown_policy(settings),
+                metrics=metrics,
+            )
             if settings.optimiser.enabled
             else None
         )
@@ -142,9 +161,12 @@ class ImageService:
         optimised = await self.optimise(request)
         if optimised.thinking and on_thinking is not None:
             on_thinking(optimised.thinking)
+        deadline = asyncio.get_running_loop().time() + self.settings.image_gen_timeout
         with self.timed("generate"):
             made = await self.providers[group.name].generate(request, optimised.prompt)
-        kept = await self.keep_all(made, base_url, request.n)
+        # The images are downloaded within the generation's own time limit, counted from
+        # when the provider was asked (the optimiser's time is not charged to it).
+        kept = await self.keep_all(made, base_url, request.n, deadline)
         logger.info(
             "generated %d image(s) with %s (%s, %s)",
             len(kept),
@@ -161,24 +183,33 @@ class ImageService:
         )
 
     async def keep_all(
-        self, made: list[ProviderImage], base_url: str, wanted: int
+        self, made: list[ProviderImage], base_url: str, wanted: int, deadline: float | None = None
     ) -> tuple[KeptImage, ...]:
-        """Keep up to ``wanted`` images; a link guessed from free text counts only if it is one."""
+        """Keep up to ``wanted`` images, downloaded side by side before ``deadline``.
+
+        Links guessed from free text count only if they download as images; at most
+        ``wanted + SPARE_GUESSED_LINKS`` of them are tried, so an answer full of links cannot
+        turn into thousands of fetches.
+        """
         if len(made) == 1 and not made[0].guessed:  # the usual case
-            return (await self.keep(made[0], base_url),)
-        if not any(image.guessed for image in made):  # several: downloaded side by side
-            return tuple(await asyncio.gather(*[self.keep(i, base_url) for i in made[:wanted]]))
+            return (await self.keep(made[0], base_url, deadline),)
+        if not any(image.guessed for image in made):
+            return tuple(
+                await asyncio.gather(*[self.keep(i, base_url, deadline) for i in made[:wanted]])
+            )
+        candidates = made[: wanted + SPARE_GUESSED_LINKS]
+        outcomes = await asyncio.gather(
+            *[self.keep(image, base_url, deadline) for image in candidates],
+            return_exceptions=True,
+        )
         kept: list[KeptImage] = []
-        for image in made:
-            if len(kept) == wanted:
-                break
-            if not image.guessed:
-                kept.append(await self.keep(image, base_url))
-                continue
-            try:
-                kept.append(await self.store.keep_url(image.url or "", base_url, required=True))
-            except errors.GatewayError:
+        for image, outcome in zip(candidates, outcomes, strict=True):
+            if isinstance(outcome, KeptImage):
+                kept.append(outcome)
+            elif image.guessed and isinstance(outcome, errors.GatewayError):
                 logger.info("a link in the provider's answer is not an image; skipped")
+            elif isinstance(outcome, BaseException):
+                raise outcome
         if not kept:
             raise errors.GatewayError(
                 502,
@@ -186,14 +217,21 @@ class ImageService:
                 "The provider's answer held no image.",
                 headers=errors.NO_RETRY,
             )
-        return tuple(kept)
+        return tuple(kept[:wanted])
 
-    async def keep(self, image: ProviderImage, base_url: str) -> KeptImage:
-        """Keep a provider image (bytes, or a URL fetched at once) and return the gateway's link."""
+    async def keep(
+        self, image: ProviderImage, base_url: str, deadline: float | None = None
+    ) -> KeptImage:
+        """Keep a provider image (bytes, or a URL fetched at once) and return the gateway's link.
+
+        A link guessed from free text must download as an image before ``deadline``.
+        """
         if image.data is not None:
             return self.store.keep_bytes(image.data, base_url)
         if image.url:
-            return await self.store.keep_url(image.url, base_url)
+            return await self.store.keep_url(
+                image.url, base_url, required=image.guessed, deadline=deadline
+            )
         raise errors.GatewayError(
             502,
             "upstream_error",

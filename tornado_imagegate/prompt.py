@@ -11,9 +11,10 @@ from typing import Any
 
 from tornado_imagegate.config import OptimiserSettings
 from tornado_imagegate.errors import UpstreamError
-from tornado_imagegate.keys import KeyPool
+from tornado_imagegate.keys import DEFAULT_POLICY, CooldownPolicy, KeyPool, Outcome, classify
+from tornado_imagegate.metrics import Metrics
 from tornado_imagegate.providers import json_request
-from tornado_imagegate.upstream import Upstream
+from tornado_imagegate.upstream import Upstream, retry_after_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -87,12 +88,28 @@ def limit_words(text: str, limit: int = MAX_WORDS) -> str:
 class PromptOptimiser:
     """Calls the LLM; on any failure the person's own text is used and generation goes on."""
 
-    def __init__(self, settings: OptimiserSettings, upstream: Upstream, timeout: float) -> None:
+    METRICS_GROUP = "optimiser"
+
+    def __init__(
+        self,
+        settings: OptimiserSettings,
+        upstream: Upstream,
+        timeout: float,
+        *,
+        policy: CooldownPolicy = DEFAULT_POLICY,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.settings = settings
         self.upstream = upstream
         self.timeout = timeout
-        self.keys = KeyPool(settings.keys)
+        self.metrics = metrics
+        self.keys = KeyPool(settings.keys, policy=policy, on_rest=self._rested)
         self.endpoint = f"{settings.api_base}/chat/completions"
+
+    def _rested(self, index: int, reason: str) -> None:
+        logger.warning("optimiser key #%d rests (%s)", index + 1, reason)
+        if self.metrics is not None:
+            self.metrics.key_rested(self.METRICS_GROUP, reason)
 
     @property
     def system_prompt(self) -> str:
@@ -112,21 +129,26 @@ class PromptOptimiser:
             ],
         }
         reason = "no key available"
-        for _index, key in self.keys.order():
+        for index, key in self.keys.order():
             try:
                 response = await self.upstream.fetch(
                     json_request(self.endpoint, key, body), deadline
                 )
             except UpstreamError as exc:
+                outcome = classify(exc)
+                self.keys.record_failure(index, outcome)
                 reason = exc.kind
-                if exc.kind == "timeout":
+                if exc.kind == "timeout" or not outcome.fails_over:
                     break
                 continue
-            if not 200 <= response.code < 300:
+            outcome = classify(response.code)
+            if outcome is not Outcome.OK:
+                self.keys.record_failure(index, outcome, retry_after_seconds(response))
                 reason = f"HTTP {response.code}"
-                if response.code in (401, 403, 429) or response.code >= 500:
+                if outcome.fails_over:
                     continue
                 break
+            self.keys.record_success(index)
             prompt, thinking = self._read(response.body)
             if thinking:
                 logger.debug("optimiser thinking: %s", thinking)

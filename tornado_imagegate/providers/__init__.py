@@ -36,6 +36,8 @@ class ProviderCall:
     prompt: str
     count: int
     size: tuple[int, int]
+    # The seed of this call's first image: the request's seed plus the images asked for before.
+    seed: int
 
 
 class ProviderAnswerError(Exception):

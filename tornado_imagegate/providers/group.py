@@ -9,10 +9,10 @@ import re
 
 from tornado.httpclient import HTTPResponse
 
-from tornado_imagegate import errors, keys
+from tornado_imagegate import errors
 from tornado_imagegate.config import ProviderGroup
 from tornado_imagegate.errors import NO_RETRY, GatewayError, UpstreamError
-from tornado_imagegate.keys import KeyPool
+from tornado_imagegate.keys import DEFAULT_POLICY, CooldownPolicy, KeyPool, Outcome, classify
 from tornado_imagegate.metrics import Metrics
 from tornado_imagegate.openai_api import ImageRequest
 from tornado_imagegate.providers import (
@@ -21,14 +21,25 @@ from tornado_imagegate.providers import (
     ProviderCall,
     ProviderImage,
 )
-from tornado_imagegate.upstream import Upstream, retry_after_seconds
+from tornado_imagegate.providers.decode import DECODER, AnswerDecoder
+from tornado_imagegate.upstream import FetchGuard, Upstream, retry_after_seconds
 
 logger = logging.getLogger(__name__)
 
 REASON_CHARS = 200
-# Statuses that say the request itself is wrong (size, prompt, content filter): other keys would
-# get the same answer, so the client hears it at once.
-REJECTED = frozenset({400, 413, 415, 422})
+DEFAULT_IMAGE_MAX_BYTES = 32 * 1024 * 1024
+# Room in an answer besides its base64 images: JSON fields, a revised prompt, markdown.
+ANSWER_SLACK_BYTES = 256 * 1024
+
+
+def answer_limit(image_max_bytes: int, count: int) -> int:
+    """The largest provider answer worth reading for ``count`` images.
+
+    Each image the gateway keeps is at most ``image_max_bytes``, base64 makes 4 bytes of 3; an
+    answer larger than that could not be kept anyway. (curl's client-wide limit, 64 MiB, also
+    applies.)
+    """
+    return count * image_max_bytes * 4 // 3 + ANSWER_SLACK_BYTES
 
 
 def short_reason(response: HTTPResponse, secrets: tuple[str, ...]) -> str:
@@ -69,17 +80,22 @@ class GroupProvider:
         upstream: Upstream,
         timeout: float,
         metrics: Metrics | None = None,
+        *,
+        policy: CooldownPolicy = DEFAULT_POLICY,
+        image_max_bytes: int = DEFAULT_IMAGE_MAX_BYTES,
+        decoder: AnswerDecoder = DECODER,
     ) -> None:
         self.group = group
         self.api = api
         self.upstream = upstream
         self.timeout = timeout
-        self.keys = KeyPool(group.keys)
         self.metrics = metrics
+        self.image_max_bytes = image_max_bytes
+        self.decoder = decoder
+        self.keys = KeyPool(group.keys, policy=policy, on_rest=self._rested)
 
-    def rest(self, index: int, seconds: float, reason: str) -> None:
-        """Put a failed key to rest, and count it."""
-        self.keys.rest(index, seconds)
+    def _rested(self, index: int, reason: str) -> None:
+        logger.warning("%s key #%d rests (%s)", self.group.name, index + 1, reason)
         if self.metrics is not None:
             self.metrics.key_rested(self.group.name, reason)
 
@@ -88,11 +104,22 @@ class GroupProvider:
         deadline = asyncio.get_running_loop().time() + self.timeout
         size = self.api.fit_size(request.model, request.width, request.height)
         per_call = max(1, self.api.images_per_call(request.model))
-        counts = [min(per_call, request.n - done) for done in range(0, request.n, per_call)]
-        if len(counts) == 1:  # the usual case: one request, no extra task
-            return await self._call(request, prompt, counts[0], size, deadline)
+        if request.n <= per_call:  # the usual case: one request, no extra task
+            return await self._call(request, prompt, request.n, size, deadline, request.seed)
+        # Each call's images start at their own seed (seed, seed + 1, ...): calls that all sent
+        # the same seed would get the same picture back.
         batches = await asyncio.gather(
-            *[self._call(request, prompt, count, size, deadline) for count in counts]
+            *[
+                self._call(
+                    request,
+                    prompt,
+                    min(per_call, request.n - done),
+                    size,
+                    deadline,
+                    request.seed + done,
+                )
+                for done in range(0, request.n, per_call)
+            ]
         )
         return [image for batch in batches for image in batch]
 
@@ -112,57 +139,62 @@ class GroupProvider:
         count: int,
         size: tuple[int, int],
         deadline: float,
+        seed: int,
     ) -> list[ProviderImage]:
-        """One request, tried with each available key in turn until one succeeds."""
+        """One request, tried with each usable key in turn until one succeeds.
+
+        Whether a failure rests the key is KeyPool's decision (keys.py); here only what the
+        client hears: failover, 400, 502, 504, or 503 when every key now rests.
+        """
         order = self.keys.order()
-        if not order:
-            wait = self.keys.next_available_in()
-            raise self._error(
-                502,
-                "upstream_error",
-                f"all {len(self.keys)} keys are resting after recent failures; "
-                f"the next is available in {wait:.0f}s.",
-            )
+        limit = answer_limit(self.image_max_bytes, count)
         last_reason = "no key was tried"
         for index, key in order:
             http_request = self.api.build(
-                ProviderCall(self.group.endpoint, key, request.model, request, prompt, count, size)
+                ProviderCall(
+                    self.group.endpoint, key, request.model, request, prompt, count, size, seed
+                )
             )
             try:
-                response = await self.upstream.fetch(http_request, deadline)
+                response = await self.upstream.fetch(
+                    http_request, deadline, FetchGuard(max_bytes=limit)
+                )
             except UpstreamError as exc:
+                self.keys.record_failure(index, classify(exc))
                 if exc.kind == "timeout":
                     raise self._error(
                         504, "upstream_timeout", f"no answer within {self.timeout:g}s."
                     ) from None
-                self.rest(index, keys.COOLDOWN_TRANSIENT, exc.kind)
+                if exc.kind == "too_large":
+                    raise self._error(
+                        502, "upstream_error", "answer larger than the gateway accepts."
+                    ) from None
                 last_reason = errors.from_upstream(exc, "the provider").message
                 logger.warning(
                     "%s key #%d failed (%s); trying the next", self.group.name, index + 1, exc.kind
                 )
                 continue
             code = response.code
-            if 200 <= code < 300:
+            outcome = classify(code)
+            if outcome is Outcome.OK:
+                self.keys.record_success(index)
                 try:
-                    return self.api.parse(response)
+                    return await self.decoder.parse(self.api, response)
                 except ProviderAnswerError as exc:
                     raise self._error(502, "upstream_error", exc.reason[:REASON_CHARS]) from None
             reason = short_reason(response, self.group.keys)
-            if code in REJECTED:
+            if outcome is Outcome.REJECTED:
                 raise self._error(400, "upstream_rejected", f"the request was refused ({reason}).")
-            if code == 429:
-                wait = retry_after_seconds(response) or keys.COOLDOWN_RATE_LIMITED
-                self.rest(index, wait, "rate_limited")
-            elif code in (401, 403):
-                self.rest(index, keys.COOLDOWN_AUTH, "unauthorized")
-            elif code == 408 or code >= 500:
-                wait = retry_after_seconds(response) or keys.COOLDOWN_TRANSIENT
-                self.rest(index, wait, f"http_{code}")
-            else:
+            if not outcome.fails_over:
                 raise self._error(502, "upstream_error", f"unexpected answer ({reason}).")
+            self.keys.record_failure(index, outcome, retry_after_seconds(response))
             last_reason = reason
             logger.warning(
                 "%s key #%d failed (HTTP %d); trying the next", self.group.name, index + 1, code
+            )
+        if self.keys.all_resting():
+            raise errors.upstream_unavailable(
+                f"provider group {self.group.name}", self.keys.next_available_in(), last_reason
             )
         raise self._error(
             502,

@@ -41,7 +41,7 @@ class SdApi:
             "steps": self.steps,
             "cfg": call.request.cfg if call.request.cfg is not None else DEFAULT_CFG,
             "model_index": self.model_index,
-            "seed": call.request.seed,
+            "seed": call.seed,
         }
         if call.request.negative_prompt:
             body["negative_prompt"] = call.request.negative_prompt

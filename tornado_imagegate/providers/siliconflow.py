@@ -37,7 +37,7 @@ class SiliconFlowApi:
             "prompt": call.prompt,
             "image_size": f"{call.size[0]}x{call.size[1]}",
             "num_inference_steps": INFERENCE_STEPS,
-            "seed": call.request.seed,
+            "seed": call.seed,
         }
         if call.count > 1:
             body["batch_size"] = call.count
