@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -60,7 +61,13 @@ def clean_env(**extra: str) -> dict[str, str]:
 class Gateway:
     """A gateway subprocess whose stdout is read line by line by a background thread."""
 
-    def __init__(self, args: list[str], env: dict[str, str], stderr_path: Path) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        env: dict[str, str],
+        stderr_path: Path,
+        preexec_fn: Callable[[], object] | None = None,
+    ) -> None:
         self.stderr_path = stderr_path
         self.lines: queue.Queue[str | None] = queue.Queue()
         with open(stderr_path, "wb") as stderr:
@@ -72,6 +79,7 @@ class Gateway:
                 stdout=subprocess.PIPE,
                 stderr=stderr,
                 text=True,
+                preexec_fn=preexec_fn,
             )
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()

@@ -103,8 +103,12 @@ def test_unit_is_a_notify_service_with_a_watchdog_and_credentials():
         "LoadCredential=AUTHORIZED_API_KEY:",
         "IMAGE_CACHE_DIR=%C/imagegate",
         "PYTHONUNBUFFERED=1",
+        "LimitNOFILE=",
     ):
         assert line in text
+    # One value sets soft = hard: nothing to raise at start-up, where setrlimit is filtered out.
+    limit = re.search(r"^LimitNOFILE=(\d+)$", text, re.MULTILINE)
+    assert limit and int(limit.group(1)) >= 65536
 
 
 # --- the notify protocol over a real datagram socket ---

@@ -32,7 +32,14 @@ from tornado_imagegate.config import (
     read_env_file,
 )
 from tornado_imagegate.lifecycle import Lifecycle
-from tornado_imagegate.logsafe import configure_logging
+from tornado_imagegate.listener import (
+    GatewayHTTPServer,
+    connection_cap,
+    current_descriptor_limit,
+    raise_descriptor_limit,
+)
+from tornado_imagegate.logsafe import configure_logging, hide_secrets
+from tornado_imagegate.providers import decode
 from tornado_imagegate.report import problems_report, settings_report
 from tornado_imagegate.sdnotify import Notifier
 from tornado_imagegate.upstream import GatewayCurlClient
@@ -42,8 +49,15 @@ logger = logging.getLogger(__name__)
 EXIT_CONFIG = 2
 # Streaming handlers enforce the real request limit with a 413; this only caps chunked bodies.
 SERVER_MAX_BODY_BYTES = 64 * 1024 * 1024
-IDLE_CONNECTION_TIMEOUT = 75.0
-BODY_TIMEOUT = 60.0
+# Silent connections must not pile up (each holds a descriptor). Tornado counts this from the
+# moment it waits for a request's headers, keep-alive idle time included: real clients send their
+# headers within milliseconds, and SDKs drop pooled connections after about 5 s (httpx, undici).
+# A reverse proxy in front must keep its upstream keep-alive timeout below this one.
+IDLE_CONNECTION_TIMEOUT = 20.0
+# The whole body must arrive within this: a few KB in one packet for most requests, and the
+# largest allowed (4 MiB) at about 1.1 Mbit/s. A slow body holds a connection that, unlike an
+# idle one, is not closed to make room at the connection cap.
+BODY_TIMEOUT = 30.0
 MAX_HEADER_BYTES = 64 * 1024
 MAX_UPSTREAM_BODY_BYTES = 64 * 1024 * 1024
 GC_YOUNG_THRESHOLD = 10_000
@@ -149,13 +163,27 @@ def event_loop_factory(
     return f"uvloop {uvloop.__version__}", uvloop.new_event_loop
 
 
-def make_http_server(app: Application) -> HTTPServer:
-    """The HTTP server with inbound limits: body size, header size, idle and body timeouts."""
-    return HTTPServer(
+def make_http_server(
+    app: Application,
+    *,
+    max_connections: int | None = None,
+    idle_timeout: float = IDLE_CONNECTION_TIMEOUT,
+    body_timeout: float = BODY_TIMEOUT,
+) -> GatewayHTTPServer:
+    """The HTTP server with inbound limits: body and header size, idle and body timeouts, and a
+    cap on open client connections (by default ``MAX_CLIENT_CONNECTIONS`` or sized from the
+    descriptor limit)."""
+    if max_connections is None:
+        settings = app.settings.get("imagegate") or Settings()
+        max_connections = connection_cap(
+            settings.max_client_connections, settings.upstream_max_clients
+        )
+    return GatewayHTTPServer(
         app,
+        max_connections=max_connections,
         max_body_size=SERVER_MAX_BODY_BYTES,
-        idle_connection_timeout=IDLE_CONNECTION_TIMEOUT,
-        body_timeout=BODY_TIMEOUT,
+        idle_connection_timeout=idle_timeout,
+        body_timeout=body_timeout,
         max_header_size=MAX_HEADER_BYTES,
     )
 
@@ -183,6 +211,11 @@ async def serve(settings: Settings, notifier: Notifier | None = None) -> None:
     # A burst of clients must not overflow Tornado's default listen queue of 128.
     sockets = bind_sockets(settings.port, settings.host, backlog=socket.SOMAXCONN)
     server.add_sockets(sockets)
+    logger.info(
+        "accepting up to %d client connections (descriptor limit %d)",
+        server.max_connections,
+        current_descriptor_limit(),
+    )
     port = sockets[0].getsockname()[1]
     print(welcome_text(settings, port), flush=True)
     notifier.ready(f"listening on {settings.host}:{port}")
@@ -220,6 +253,7 @@ async def shut_down(
         await asyncio.wait_for(server.close_all_connections(), 5)
     except TimeoutError:
         logger.warning("some connections did not close in time")
+    decode.shutdown()  # the worker process that reads large provider answers, if started
     logger.info("stopped")
 
 
@@ -235,7 +269,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(settings_report(settings))
         return 0
     configure_logging(settings.log_level)
+    raise_descriptor_limit()
     settings = with_generated_key(settings)
+    hide_secrets(settings.secrets())
     loop_name, loop_factory = event_loop_factory(settings.event_loop)
     logger.info("event loop: %s", loop_name)
     try:

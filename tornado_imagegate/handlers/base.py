@@ -84,6 +84,7 @@ class BaseHandler(RequestIdMixin, RequestHandler):
     def on_connection_close(self) -> None:
         """The client left: its request is no longer in flight, even if it never finishes
         (a body cut off half-way leaves the handler waiting for the rest)."""
+        super().on_connection_close()
         self.on_finish()
 
     def set_default_headers(self) -> None:
@@ -123,6 +124,11 @@ class BaseHandler(RequestIdMixin, RequestHandler):
             f"{config.host}:{config.port}",
         )
 
+    def _request_summary(self) -> str:
+        # Tornado's summary (in "Uncaught exception" lines) quotes the whole URI, and image
+        # links carry their capability in the query: the path alone is logged.
+        return f"{self.request.method} {self.request.path} ({self.request.remote_ip})"
+
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         """Log gateway errors briefly, without a traceback; the unexpected with one."""
         if isinstance(value, GatewayError):
@@ -136,7 +142,11 @@ class BaseHandler(RequestIdMixin, RequestHandler):
                     f": {value.detail}" if value.detail else "",
                 )
             return
-        super().log_exception(typ, value, tb)
+        if isinstance(value, HTTPError):
+            super().log_exception(typ, value, tb)
+            return
+        # Not Tornado's own line: it appends repr(request), whose URI may be a signed link.
+        logger.error("Uncaught exception %s", self._request_summary(), exc_info=(typ, value, tb))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """Send every error as ``{"error": {message, type, param, code}}``."""
@@ -189,12 +199,16 @@ class JsonApiHandler(ApiHandler):
             raise errors.request_too_large(MAX_REQUEST_BYTES)
 
     def data_received(self, chunk: bytes) -> None:
-        """Collect the body; past the limit, keep counting but stop storing."""
+        """Collect the body; past the limit, answer 413 at once rather than read the rest."""
         self._received += len(chunk)
         if self._received <= MAX_REQUEST_BYTES:
             self._chunks.append(chunk)
-        else:
-            self._chunks.clear()
+            return
+        self._chunks.clear()
+        # Once this is out, Tornado passes no more of the body on and closes the connection.
+        error = errors.request_too_large(MAX_REQUEST_BYTES)
+        error.headers["Connection"] = "close"
+        self.send_error(error.status, exc_info=(type(error), error, None))
 
     def json_body(self) -> dict[str, Any]:
         """The request body as a JSON object (400 if it is not one, 413 if it was too large)."""

@@ -1,0 +1,344 @@
+"""Inbound limits: the descriptor limit, the connection cap, accept errors, timeouts, framing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import resource
+import signal
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import CLIENT_KEYS
+from processes import Gateway, clean_env
+from tornado.iostream import IOStream, StreamClosedError
+from tornado.netutil import bind_sockets
+
+from tornado_imagegate.handlers.base import MAX_REQUEST_BYTES
+from tornado_imagegate.listener import default_connection_cap
+from tornado_imagegate.server import (
+    IDLE_CONNECTION_TIMEOUT,
+    SERVER_MAX_BODY_BYTES,
+    make_http_server,
+)
+
+DEADLINE = 30.0
+KEY = CLIENT_KEYS[0]
+HEALTH = b"GET /health HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\r\n"
+# Headers of a request whose body never comes: the connection is busy, not idle.
+BUSY = b"POST /health HTTP/1.1\r\nHost: gateway\r\nContent-Length: 10\r\n\r\n"
+QUIET_LOG_LINES = 50
+
+
+def parse_answer(raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers (lower-case names) and body of one raw HTTP/1.1 answer."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    assert lines[0].startswith("HTTP/1.1 "), raw[:200]
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(lines[0].split()[1]), headers, body
+
+
+def assert_envelope(raw: bytes, status: int, code: str) -> dict[str, str]:
+    """One answer with this status, closing the connection, the OpenAI error envelope as body."""
+    got, headers, body = parse_answer(raw)
+    assert got == status, raw[:300]
+    assert headers["content-type"].startswith("application/json")
+    assert headers["connection"] == "close"
+    assert int(headers["content-length"]) == len(body)
+    error = json.loads(body)["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["code"] == code
+    assert error["message"]
+    return headers
+
+
+# --- in-process: the server as make_http_server builds it, over loopback ---
+
+
+@pytest.fixture
+def serve(io_loop, app):
+    """Start the gateway app on its own server with these options; return its port."""
+    servers = []
+
+    def start(**options: Any) -> int:
+        server = make_http_server(app, **options)
+        sockets = bind_sockets(0, "127.0.0.1", family=socket.AF_INET)
+        server.add_sockets(sockets)
+        servers.append(server)
+        return sockets[0].getsockname()[1]
+
+    yield start
+    for server in servers:
+        server.stop()
+        io_loop.run_sync(server.close_all_connections, timeout=10)
+
+
+async def connect(port: int) -> IOStream:
+    """A client connection to the gateway."""
+    stream = IOStream(socket.socket(socket.AF_INET))
+    await stream.connect(("127.0.0.1", port))
+    return stream
+
+
+async def exchange(port: int, request: bytes) -> bytes:
+    """Send raw bytes on a new connection; everything the server sends before it closes."""
+    stream = await connect(port)
+    await stream.write(request)
+    return await asyncio.wait_for(stream.read_until_close(), DEADLINE)
+
+
+async def until_closed(stream: IOStream, deadline: float = DEADLINE) -> bytes:
+    """What the server sends until it closes the connection."""
+    return await asyncio.wait_for(stream.read_until_close(), deadline)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_silent_connection_is_closed_after_the_idle_timeout(serve):
+    port = serve(idle_timeout=0.5)
+    # Generous for 0.5 s, and well short of the production timeout.
+    deadline = IDLE_CONNECTION_TIMEOUT / 2
+    silent = await connect(port)
+    assert await until_closed(silent, deadline) == b""
+    kept_alive = await connect(port)
+    await kept_alive.write(HEALTH.replace(b"Connection: close", b"Connection: keep-alive"))
+    answer = await until_closed(kept_alive, deadline)  # the answer, then nothing more
+    assert answer.startswith(b"HTTP/1.1 200")
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_at_the_cap_the_longest_idle_connection_makes_room(serve):
+    port = serve(max_connections=2)
+    oldest = await connect(port)
+    newer = await connect(port)
+    for _ in range(100):  # until the server has started serving both (then they count as idle)
+        answer = await exchange(port, HEALTH)
+        if answer.startswith(b"HTTP/1.1 200"):
+            break
+        assert_envelope(answer, 503, "too_many_connections")
+        await asyncio.sleep(0.05)
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert await until_closed(oldest) == b""
+    assert not newer.closed()
+    newer.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_at_the_cap_with_every_connection_busy_a_new_one_gets_503(serve):
+    port = serve(max_connections=2)
+    busy = []
+    for _ in range(2):
+        stream = await connect(port)
+        await stream.write(BUSY.replace(b"\r\n\r\n", b"\r\nExpect: 100-continue\r\n\r\n"))
+        # The interim answer shows the server has the headers: the connection is busy.
+        assert (await stream.read_until(b"\r\n\r\n")).startswith(b"HTTP/1.1 100")
+        busy.append(stream)
+    headers = assert_envelope(await exchange(port, HEALTH), 503, "too_many_connections")
+    assert headers["retry-after"] == "1"
+    busy[0].close()
+    for _ in range(100):  # the server notices the close on its next read
+        answer = await exchange(port, HEALTH)
+        if answer.startswith(b"HTTP/1.1 200"):
+            break
+        await asyncio.sleep(0.05)
+    assert answer.startswith(b"HTTP/1.1 200")
+    busy[1].close()
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET / HTTP/1.1\r\nHost: x\r\nBad Header Line\r\n\r\n",
+        b"NOT-HTTP\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: ten\r\n\r\n",
+        b"POST /health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n",
+        b"POST /health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
+    ],
+    ids=["header-line", "request-line", "content-length", "chunk-size", "transfer-encoding"],
+)
+async def test_malformed_framing_gets_400_in_the_envelope(http_server, http_port, request_bytes):
+    assert_envelope(await exchange(http_port, request_bytes), 400, "bad_request")
+
+
+@pytest.mark.gen_test
+async def test_malformed_framing_on_a_kept_alive_connection_gets_400_in_the_envelope(
+    http_server, http_port
+):
+    first = HEALTH.replace(b"Connection: close", b"Connection: keep-alive")
+    raw = await exchange(http_port, first + b"GET / HTTP/1.1\r\nBad Header Line\r\n\r\n")
+    ok, _, second = raw.partition(b"HTTP/1.1 400")
+    assert ok.startswith(b"HTTP/1.1 200")
+    assert_envelope(b"HTTP/1.1 400" + second, 400, "bad_request")
+
+
+@pytest.mark.gen_test
+async def test_a_declared_body_over_the_server_limit_gets_413_in_the_envelope(
+    http_server, http_port
+):
+    request = b"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (
+        SERVER_MAX_BODY_BYTES + 1
+    )
+    assert_envelope(await exchange(http_port, request), 413, "request_too_large")
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_chunked_body_far_over_the_limit_gets_413_as_soon_as_it_passes(
+    http_server, http_port
+):
+    stream = await connect(http_port)
+    await stream.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\n"
+        b"Authorization: Bearer " + KEY.encode() + b"\r\n"
+        b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    chunk = b"x" * 65536
+    try:
+        # A little over the limit and never the last chunk: only an early answer can come.
+        for _ in range(MAX_REQUEST_BYTES // len(chunk) + 8):
+            await stream.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+    except StreamClosedError:
+        pass  # the server answered and closed while this was still sending
+    got, headers, body = parse_answer(await until_closed(stream))
+    assert got == 413
+    assert headers["connection"] == "close"
+    assert json.loads(body)["error"]["code"] == "request_too_large"
+
+
+@pytest.mark.parametrize(
+    ("limit", "upstream", "cap"),
+    [
+        (65536, 1024, 65536 - 64 - 1024),
+        (1024, 1024, 480),  # upstream sockets get at most half of what is left
+        (256, 1024, 96),
+        (256, 10, 182),
+        (8, 1024, 3),
+    ],
+)
+def test_default_cap_leaves_room_for_upstream_sockets_and_a_reserve(limit, upstream, cap):
+    assert default_connection_cap(limit, upstream) == cap
+    assert 0 < cap < limit
+
+
+# --- the real command, started with a low descriptor limit ---
+
+
+def descriptor_limit(soft: int, hard: int) -> Callable[[], None]:
+    """Run in the child before exec: set its RLIMIT_NOFILE."""
+
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+    return apply
+
+
+def start_gateway(tmp_path: Path, soft: int, hard: int, **env: str) -> tuple[Gateway, int]:
+    """The ``imagegate`` command with this descriptor limit; return it and its port."""
+    gateway = Gateway(
+        ["--port", "0"],
+        clean_env(AUTHORIZED_API_KEY=KEY, **env),
+        tmp_path / "stderr.log",
+        preexec_fn=descriptor_limit(soft, hard),
+    )
+    base = gateway.wait_listening()
+    return gateway, int(base.rsplit(":", 1)[1])
+
+
+def get_health(port: int) -> int:
+    """GET /health on a new connection; its status (a refused or reset connection is retried)."""
+    deadline = time.monotonic() + DEADLINE
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as sock:
+                sock.sendall(HEALTH)
+                raw = b""
+                while chunk := sock.recv(65536):
+                    raw += chunk
+            status = parse_answer(raw)[0]
+            if status != 503:
+                return status
+        except (ConnectionError, AssertionError):
+            pass
+        assert time.monotonic() < deadline, "no answer from /health in time"
+        time.sleep(0.1)
+
+
+def wait_for_stderr(gateway: Gateway, pattern: str) -> list[re.Match[str]]:
+    """Every match of ``pattern`` in the gateway's stderr, once there is one."""
+    deadline = time.monotonic() + DEADLINE
+    while not (matches := list(re.finditer(pattern, gateway.stderr()))):
+        assert time.monotonic() < deadline, f"no {pattern!r} in stderr: {gateway.stderr()}"
+        time.sleep(0.1)
+    return matches
+
+
+def assert_quiet(stderr: str) -> None:
+    """No traceback, and a log that stays short."""
+    assert "Traceback" not in stderr, stderr[:3000]
+    assert len(stderr.splitlines()) < QUIET_LOG_LINES, stderr[:3000]
+
+
+def test_the_soft_descriptor_limit_is_raised_to_the_hard_limit(tmp_path):
+    gateway, _ = start_gateway(tmp_path, 256, 4096)
+    try:
+        limits = Path(f"/proc/{gateway.process.pid}/limits").read_text()
+        assert re.search(r"^Max open files\s+4096\s+4096\s", limits, re.MULTILINE), limits
+        wait_for_stderr(gateway, r"descriptor limit raised from 256 to 4096")
+    finally:
+        gateway.close()
+
+
+def test_an_idle_flood_over_the_descriptor_limit_leaves_health_answering(tmp_path):
+    gateway, port = start_gateway(tmp_path, 256, 256)
+    flood: list[socket.socket] = []
+    try:
+        wait_for_stderr(gateway, r"accepting up to 96 client connections \(descriptor limit 256\)")
+        for _ in range(400):
+            flood.append(socket.create_connection(("127.0.0.1", port), timeout=DEADLINE))
+        assert get_health(port) == 200
+        gateway.process.send_signal(signal.SIGTERM)  # stopping reports what is still uncounted
+        assert gateway.process.wait(timeout=DEADLINE) == 0
+        closed = wait_for_stderr(gateway, r"closed (\d+) more idle connection\(s\)")
+        assert sum(int(match.group(1)) for match in closed) >= 400 - 96
+        assert "refus" not in gateway.stderr()  # idle ones made room: nobody was turned away
+        assert_quiet(gateway.stderr())
+    finally:
+        for sock in flood:
+            sock.close()
+        gateway.close()
+
+
+def test_accept_errors_pause_the_accept_loop_and_it_recovers(tmp_path):
+    # A cap the descriptors cannot cover, and connections that are busy (nothing to close):
+    # accept() itself fails with EMFILE.
+    gateway, port = start_gateway(tmp_path, 128, 128, MAX_CLIENT_CONNECTIONS="1000")
+    busy: list[socket.socket] = []
+    try:
+        for _ in range(300):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=DEADLINE)
+            sock.sendall(BUSY)
+            busy.append(sock)
+        wait_for_stderr(gateway, r"cannot accept connections: Too many open files \(EMFILE\)")
+        time.sleep(2)  # out of descriptors for a while: a spinning loop fails 100,000s of times
+        for sock in busy:
+            sock.close()
+        busy.clear()
+        assert get_health(port) == 200
+        gateway.process.send_signal(signal.SIGTERM)  # stopping reports what is still uncounted
+        assert gateway.process.wait(timeout=DEADLINE) == 0
+        failed = wait_for_stderr(gateway, r"(\d+) more accept\(s\) failed")
+        assert 0 < sum(int(match.group(1)) for match in failed) < 200
+        assert "MAX_CLIENT_CONNECTIONS=1000 is more than" in gateway.stderr()
+        assert_quiet(gateway.stderr())
+    finally:
+        for sock in busy:
+            sock.close()
+        gateway.close()

@@ -1,0 +1,395 @@
+"""The listening sockets: the descriptor limit, the connection cap, accept and framing errors."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import resource
+import socket
+import sys
+from collections.abc import Iterable
+from http import HTTPStatus
+from typing import Any, cast
+
+from tornado import httputil
+from tornado.concurrent import Future
+from tornado.http1connection import HTTP1ServerConnection
+from tornado.httpserver import HTTPServer
+from tornado.ioloop import IOLoop
+from tornado.iostream import IOStream
+
+from tornado_imagegate import errors
+from tornado_imagegate.errors import GatewayError
+
+logger = logging.getLogger(__name__)
+
+# Descriptors kept out of the connection cap whatever the limit: stdio, the event loop, the
+# listening sockets, DNS lookups, log and cache files (the disk cache opens one file at a time).
+FIXED_RESERVE = 64
+# Where the hard limit is "unlimited", Linux still refuses more than fs.nr_open (this default).
+UNLIMITED_FALLBACK = 1024 * 1024
+# As Tornado's own accept handler: the listen backlog, so other callbacks get a turn.
+ACCEPTS_PER_WAKEUP = 128
+FIRST_PAUSE = 0.05
+LONGEST_PAUSE = 1.0
+REPORT_INTERVAL = 10.0
+
+
+def raise_descriptor_limit() -> int:
+    """Raise the soft ``RLIMIT_NOFILE`` to the hard limit; return the soft limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = UNLIMITED_FALLBACK if hard == resource.RLIM_INFINITY else hard
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        logger.info("descriptor limit: %s (already the hard limit)", soft)
+        return current_descriptor_limit()
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    except (OSError, ValueError) as exc:
+        logger.warning("descriptor limit: %d; could not raise it to %d: %s", soft, wanted, exc)
+        return soft
+    logger.info("descriptor limit raised from %d to %d (the hard limit)", soft, wanted)
+    return wanted
+
+
+def current_descriptor_limit() -> int:
+    """The soft ``RLIMIT_NOFILE`` now in force."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return UNLIMITED_FALLBACK if soft == resource.RLIM_INFINITY else soft
+
+
+def default_connection_cap(descriptor_limit: int, upstream_max_clients: int) -> int:
+    """How many client connections fit under ``descriptor_limit``, leaving room for the rest.
+
+    A fixed reserve (a quarter of a tiny limit) comes off first; upstream transfers get their
+    configured number of sockets, but never more than half of what is left, so that a low limit
+    still serves clients.
+    """
+    reserve = min(FIXED_RESERVE, descriptor_limit // 4)
+    available = descriptor_limit - reserve
+    upstream = min(upstream_max_clients, available // 2)
+    return max(1, available - upstream)
+
+
+def connection_cap(
+    configured: int, upstream_max_clients: int, descriptor_limit: int | None = None
+) -> int:
+    """``MAX_CLIENT_CONNECTIONS`` if set (warns if descriptors can't cover it), else the default."""
+    limit = current_descriptor_limit() if descriptor_limit is None else descriptor_limit
+    fitting = default_connection_cap(limit, upstream_max_clients)
+    if not configured:
+        return fitting
+    if configured > fitting:
+        logger.warning(
+            "MAX_CLIENT_CONNECTIONS=%d is more than the descriptor limit of %d leaves room for "
+            "(%d): expect accept errors (EMFILE) under load",
+            configured,
+            limit,
+            fitting,
+        )
+    return configured
+
+
+def plain_answer(error: GatewayError, *headers: str) -> bytes:
+    """A whole HTTP/1.1 answer, closing the connection, with ``error`` in the OpenAI envelope."""
+    body = json.dumps(error.envelope(), separators=(",", ":")).encode()
+    head = [
+        f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}",
+        "Content-Type: application/json; charset=utf-8",
+        f"Content-Length: {len(body)}",
+        "Connection: close",
+        *headers,
+    ]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+TOO_MANY_CONNECTIONS = plain_answer(
+    GatewayError(
+        503,
+        "too_many_connections",
+        "The gateway has too many open connections; retry shortly.",
+        error_type="server_error",
+    ),
+    "Retry-After: 1",
+)
+BAD_REQUEST = plain_answer(errors.from_status(400))
+TOO_LARGE = plain_answer(errors.from_status(413))
+
+# Tornado answers every HTTPInputError (a bad request line or header, bad chunk framing, a body
+# over max_body_size) by writing exactly these bytes from inside the ``except HTTPInputError``
+# block of HTTP1Connection._read_message_inner, so the exception being handled at that moment
+# is the one it refuses; the limit errors say "too long" or "too large". Both are private
+# details of Tornado, kept to this function and pinned by tests/test_inbound.py.
+_TORNADO_BARE_400 = b"HTTP/1.1 400 Bad Request\r\n\r\n"
+
+
+def framing_error_answer(data: bytes | memoryview) -> bytes | None:
+    """Our answer in place of Tornado's bare framing 400, or None if ``data`` is not that."""
+    if len(data) != len(_TORNADO_BARE_400) or bytes(data) != _TORNADO_BARE_400:
+        return None
+    refused = sys.exc_info()[1]
+    if isinstance(refused, httputil.HTTPInputError) and str(refused).endswith(
+        ("too long", "too large")
+    ):
+        return TOO_LARGE
+    return BAD_REQUEST
+
+
+class GatewayStream(IOStream):
+    """A client connection whose framing errors are answered in the OpenAI envelope."""
+
+    def write(self, data: bytes | memoryview) -> Future[None]:
+        """Write ``data``, putting our answer in place of Tornado's bare framing 400."""
+        return super().write(framing_error_answer(data) or data)
+
+
+class Tally:
+    """Counts a recurring event and logs it at most once per interval: a line when it starts,
+    then a count for each interval that had more, then silence once an interval has none.
+
+    ``summary`` is %-formatted with a mapping: ``count``, ``seconds`` and ``detail``.
+    """
+
+    def __init__(self, first: str, summary: str, interval: float = REPORT_INTERVAL) -> None:
+        self.first = first
+        self.summary = summary
+        self.interval = interval
+        self.count = 0
+        self.detail = ""
+        self.since = 0.0
+        self.timer: object | None = None
+
+    def add(self, detail: str = "") -> None:
+        """Count one event; log now if it is the first in a while."""
+        self.detail = detail
+        if self.timer is None:
+            logger.warning(self.first, {"detail": detail})
+            self._start_interval()
+        else:
+            self.count += 1
+
+    def stop(self) -> None:
+        """Report what is still uncounted now, and stop the timer (the server is stopping)."""
+        if self.timer is not None:
+            IOLoop.current().remove_timeout(self.timer)
+            self.timer = None
+        self._report()
+
+    def _start_interval(self) -> None:
+        io_loop = IOLoop.current()
+        self.since = io_loop.time()
+        self.timer = io_loop.call_later(self.interval, self._on_interval)
+
+    def _on_interval(self) -> None:
+        self.timer = None
+        if self._report():
+            self._start_interval()  # still rate-limited: the next event is counted, not logged
+
+    def _report(self) -> bool:
+        if not self.count:
+            return False
+        seconds = IOLoop.current().time() - self.since
+        logger.warning(
+            self.summary, {"count": self.count, "seconds": seconds, "detail": self.detail}
+        )
+        self.count = 0
+        return True
+
+
+class _Acceptor:
+    """Accepts connections on one listening socket, pausing (50 ms doubling to 1 s) while
+    accept() fails, where Tornado's accept handler would raise on every wake-up."""
+
+    def __init__(self, sock: socket.socket, server: GatewayHTTPServer) -> None:
+        self.sock = sock
+        self.server = server
+        self.io_loop = IOLoop.current()
+        self.pause = FIRST_PAUSE
+        self.resume_timer: object | None = None
+        self.closed = False
+        self.io_loop.add_handler(sock, self._on_readable, IOLoop.READ)
+
+    def _on_readable(self, fd: Any, events: int) -> None:
+        for _ in range(ACCEPTS_PER_WAKEUP):
+            if self.closed or self.resume_timer is not None:
+                return
+            try:
+                connection, address = self.sock.accept()
+            except BlockingIOError:
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as exc:
+                # Mostly EMFILE, ENFILE, ENOBUFS or ENOMEM: out of descriptors or kernel memory,
+                # which only time cures. A rarer, per-connection error costs a short pause too.
+                self.server.accept_errors.add(
+                    f"{exc.strerror} ({errno.errorcode.get(exc.errno or 0)})"
+                )
+                self._pause()
+                return
+            self.pause = FIRST_PAUSE
+            self.server.accepted(connection, address)
+
+    def _pause(self) -> None:
+        self.io_loop.remove_handler(self.sock)
+        self.resume_timer = self.io_loop.call_later(self.pause, self._resume)
+        self.pause = min(self.pause * 2, LONGEST_PAUSE)
+
+    def _resume(self) -> None:
+        self.resume_timer = None
+        if not self.closed:
+            self.io_loop.add_handler(self.sock, self._on_readable, IOLoop.READ)
+
+    def close(self) -> None:
+        """Stop accepting and close the listening socket."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.resume_timer is None:
+            self.io_loop.remove_handler(self.sock)
+        else:
+            self.io_loop.remove_timeout(self.resume_timer)
+            self.resume_timer = None
+        self.sock.close()
+
+
+class _RequestWatch(httputil.HTTPMessageDelegate):
+    """Passes a request through, noting when its headers arrive (the connection is busy)."""
+
+    def __init__(
+        self, server: GatewayHTTPServer, stream: IOStream, delegate: httputil.HTTPMessageDelegate
+    ) -> None:
+        self.server = server
+        self.stream = stream
+        self.delegate = delegate
+
+    def headers_received(
+        self,
+        start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
+        headers: httputil.HTTPHeaders,
+    ) -> Any:
+        """The connection is busy with a request from now on."""
+        self.server.idle.pop(self.stream, None)
+        return self.delegate.headers_received(start_line, headers)
+
+    def data_received(self, chunk: bytes) -> Any:
+        """Pass a piece of the body on."""
+        return self.delegate.data_received(chunk)
+
+    def finish(self) -> None:
+        """The request is complete."""
+        self.delegate.finish()
+
+    def on_connection_close(self) -> None:
+        """The connection closed before the request was complete."""
+        self.delegate.on_connection_close()
+
+
+class GatewayHTTPServer(HTTPServer):
+    """Tornado's HTTP server with our own accept loop, a cap on open client connections and
+    framing errors answered in the OpenAI envelope.
+
+    At the cap, the connection idle longest (waiting for a request, or slowly sending one's
+    headers) is closed to make room, as nginx reuses keep-alive connections when it runs short;
+    only when every connection is busy with a request is the new one refused with a 503.
+    """
+
+    def initialize(  # type: ignore[override]
+        self, *args: Any, max_connections: int, **kwargs: Any
+    ) -> None:
+        """Tornado's settings, plus the cap on open client connections."""
+        super().initialize(*args, **kwargs)
+        if self.ssl_options is not None:
+            raise ValueError("TLS is not served here: terminate it in a reverse proxy")
+        self.max_connections = max_connections
+        self.open_connections = 0
+        # Connections waiting for a request's headers, the longest-waiting first.
+        self.idle: dict[IOStream, None] = {}
+        self._closed_for_room: set[IOStream] = set()
+        self._acceptors: list[_Acceptor] = []
+        self.accept_errors = Tally(
+            "cannot accept connections: %(detail)s; pausing accepts (50 ms, doubling to 1 s)",
+            "%(count)d more accept(s) failed in the last %(seconds).1f s: %(detail)s",
+        )
+        self.closed_idle = Tally(
+            f"the cap of {max_connections} client connections is reached: closing the "
+            "longest-idle connection for each new one",
+            "closed %(count)d more idle connection(s) in the last %(seconds).1f s to stay under "
+            f"the cap of {max_connections}",
+        )
+        self.refused = Tally(
+            f"the cap of {max_connections} client connections is reached and every one is busy: "
+            "refusing new connections with 503",
+            "refused %(count)d more connection(s) over the cap of "
+            f"{max_connections} in the last %(seconds).1f s",
+        )
+
+    def add_sockets(self, sockets: Iterable[socket.socket]) -> None:
+        """Start accepting connections on these listening sockets, with our accept loop."""
+        for sock in sockets:
+            self._acceptors.append(_Acceptor(sock, self))
+
+    def stop(self) -> None:
+        """Stop listening; connections already open go on."""
+        for acceptor in self._acceptors:
+            acceptor.close()
+        self._acceptors.clear()
+        for tally in (self.accept_errors, self.closed_idle, self.refused):
+            tally.stop()
+        super().stop()
+
+    def accepted(self, connection: socket.socket, address: Any) -> None:
+        """Serve a new connection if it fits under the cap, else refuse it at once."""
+        if self.open_connections >= self.max_connections and not self.close_oldest_idle():
+            self.refused.add()
+            with contextlib.suppress(OSError):  # a best effort: never wait for this client
+                connection.setblocking(False)
+                connection.send(TOO_MANY_CONNECTIONS)
+            connection.close()
+            return
+        stream = GatewayStream(
+            connection, max_buffer_size=self.max_buffer_size, read_chunk_size=self.read_chunk_size
+        )
+        try:
+            self.handle_stream(stream, address)
+        except Exception:
+            logger.exception("error setting up a connection")
+            stream.close()
+
+    def close_oldest_idle(self) -> bool:
+        """Close the connection idle longest, if any; return whether one was closed."""
+        if not self.idle:
+            return False
+        oldest = next(iter(self.idle))
+        del self.idle[oldest]
+        self._closed_for_room.add(oldest)
+        self.open_connections -= 1
+        oldest.close()
+        self.closed_idle.add()
+        return True
+
+    def handle_stream(self, stream: IOStream, address: tuple) -> None:
+        """Count the connection as open and idle, then serve HTTP on it."""
+        self.open_connections += 1
+        self.idle[stream] = None
+        super().handle_stream(stream, address)
+
+    def start_request(
+        self, server_conn: object, request_conn: httputil.HTTPConnection
+    ) -> httputil.HTTPMessageDelegate:
+        """Tornado waits for a request's headers from now on: the connection is idle."""
+        stream = cast(HTTP1ServerConnection, server_conn).stream
+        if not stream.closed():  # closed to make room before it was ever served
+            self.idle.setdefault(stream, None)
+        return _RequestWatch(self, stream, super().start_request(server_conn, request_conn))
+
+    def on_close(self, server_conn: object) -> None:
+        """The connection is closed: it no longer counts."""
+        stream = cast(HTTP1ServerConnection, server_conn).stream
+        self.idle.pop(stream, None)
+        if stream in self._closed_for_room:
+            self._closed_for_room.discard(stream)
+        else:
+            self.open_connections -= 1
+        super().on_close(server_conn)
