@@ -19,6 +19,7 @@ from tornado_imagegate.config import (
     redact_url,
     split_list,
 )
+from tornado_imagegate.report import problems_report
 
 FLUX = {
     "FLUX_GEN_MODEL": "black-forest-labs/FLUX.1-schnell",
@@ -545,6 +546,55 @@ def test_bad_public_base_url_is_not_echoed(value: str) -> None:
     assert len(info.value.problems) == 1
     assert info.value.problems[0].startswith("PUBLIC_BASE_URL:")
     assert "SECRET123" not in str(info.value)
+
+
+# --- secrets are never echoed ---
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"AUTHORIZED_API_KEY": "ck-good,ck SECRET123 spaced"},
+        {"GATEWAY_API_KEY": "ck-SECRET123\x01"},
+        {**FLUX, "FLUX_GEN_API_KEY": "sk-one,sk-SECRET123-ünicode"},
+        {**group_env(1, "m1"), "IMAGE_GEN_API_KEY_1": "sk-SECRET123\ttab"},
+        {"SD_API_KEY": "sd SECRET123"},
+        {
+            "OPENAI_MODEL": "gpt",
+            "OPENAI_API_BASE": "https://llm.example/v1",
+            "OPENAI_API_KEY": "k\x7fSECRET123",
+        },
+        {"UPSTREAM_PROXY": "ftp://user:SECRET123@proxy.example:21"},
+        {"UPSTREAM_PROXY": "http://user:SECRET123@proxy.example:99999"},
+        {"IMAGE_FETCH_PROXY": "https://user:SECRET123@proxy.example:3128"},
+        {"IMAGE_FETCH_PROXY": "http://user:SECRET123@proxy.example:3128/path"},
+    ],
+    ids=lambda env: next(iter(env)) if len(env) == 1 else "group",
+)
+def test_a_bad_secret_value_is_named_never_echoed(env: dict[str, str]) -> None:
+    problems = problems_of(env)
+    report = problems_report(problems, ())
+    assert "SECRET123" not in report
+    assert all(re.match(r"^[A-Z_0-9]+: ", problem) for problem in problems), problems
+
+
+def test_a_bad_key_is_named_by_its_position() -> None:
+    problem = one_problem({"AUTHORIZED_API_KEY": "ck-1, ck-2 ,ck 3"})
+    assert problem.startswith("AUTHORIZED_API_KEY: key #3 ")
+
+
+def test_settings_list_every_secret_for_the_log_filter() -> None:
+    settings = load_settings(
+        {
+            **FLUX,
+            "AUTHORIZED_API_KEY": "ck-1",
+            "IMAGE_PROXY_SECRET": "link-secret",
+            "UPSTREAM_PROXY": "http://proxy-user:proxy-pass@127.0.0.1:3128",
+        }
+    )
+    assert {"ck-1", "sk-flux-key-1", "link-secret", "proxy-user", "proxy-pass"} <= set(
+        settings.secrets()
+    )
 
 
 # --- client keys and loopback ---

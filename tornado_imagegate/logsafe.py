@@ -1,9 +1,12 @@
-"""Logging that never carries a secret: access lines without query strings, curl kept quiet."""
+"""Logging that never carries a secret: access lines without query strings, curl kept quiet,
+and a filter on every log handler that removes keys, secrets and signed links from any line."""
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
+from collections.abc import Iterable
 from typing import Any
 
 access_log = logging.getLogger("tornado.access")
@@ -32,6 +35,76 @@ def log_request(handler: Any) -> None:
     log("%d %s %s %.1fms id=%s", status, request.method, request.path, 1000.0 * seconds, request_id)
 
 
+REDACTED = "[redacted]"
+# Shorter "secrets" would blank out ordinary words; every real key is longer.
+MIN_SECRET_CHARS = 8
+# Credentials in an HTTP header, as Tornado may quote a malformed request's header block.
+_CREDENTIAL_HEADER = re.compile(
+    r"(?i)\b((?:proxy-)?authorization|x-api-key|api-key|cookie)(\s*[:=]\s*)[^\r\n'\"]*"
+)
+# Image links are capabilities: the query of /image-proxy, and any signed-link field.
+_IMAGE_LINK_QUERY = re.compile(r"(/image-proxy\?)[^\s'\"<>)]*")
+_SIGNED_FIELD = re.compile(r"([?&](?:s|u|id)=)[A-Za-z0-9_\-%.=]+")
+_URL_USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/\s@'\"]+@", re.IGNORECASE)
+
+
+class SecretFilter(logging.Filter):
+    """Rewrites any log record that would show a configured secret, a credential header, a URL's
+    user-info or a signed image link; installed on log handlers, so it sees every logger's lines.
+    """
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__()
+        self.secrets: list[str] = []
+        self.add(secrets)
+
+    def add(self, secrets: Iterable[str]) -> None:
+        """Also hide these values, as written and as ``repr`` would escape them."""
+        forms = set(self.secrets)
+        for secret in secrets:
+            if secret and len(secret) >= MIN_SECRET_CHARS:
+                forms.update({secret, repr(secret)[1:-1], secret.encode("unicode_escape").decode()})
+        self.secrets = sorted(forms, key=len, reverse=True)
+
+    def redact(self, text: str) -> str:
+        """``text`` without anything this filter hides."""
+        for secret in self.secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        if "://" in text:
+            text = _URL_USERINFO.sub(rf"\1{REDACTED}@", text)
+        if "=" in text:
+            text = _IMAGE_LINK_QUERY.sub(rf"\1{REDACTED}", text)
+            text = _SIGNED_FIELD.sub(rf"\1{REDACTED}", text)
+        return _CREDENTIAL_HEADER.sub(rf"\1\2{REDACTED}", text)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite the record's message and traceback text in place; never drop a record."""
+        message = record.getMessage()
+        cleaned = self.redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self.redact(record.exc_text)
+            record.exc_info = None  # the formatter now prints the cleaned text
+        if record.stack_info:
+            record.stack_info = self.redact(record.stack_info)
+        return True
+
+
+SECRET_FILTER = SecretFilter()
+
+
+def hide_secrets(secrets: Iterable[str]) -> None:
+    """Hide these values from every log line, and filter every handler of the root logger."""
+    SECRET_FILTER.add(secrets)
+    for handler in logging.getLogger().handlers:
+        if SECRET_FILTER not in handler.filters:
+            handler.addFilter(SECRET_FILTER)
+
+
 def configure_logging(level: str) -> None:
     """Log to stderr (unbuffered under systemd) at ``level``, keeping curl's verbose mode off."""
     logging.basicConfig(
@@ -39,6 +112,7 @@ def configure_logging(level: str) -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    hide_secrets(())
     keep_curl_quiet()
 
 
