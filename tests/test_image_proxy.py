@@ -17,6 +17,7 @@ from tornado.iostream import IOStream
 from tornado.netutil import bind_sockets
 
 from tornado_imagegate.app import make_app, make_store
+from tornado_imagegate.errors import GatewayError
 from tornado_imagegate.server import make_http_server
 from tornado_imagegate.urlpolicy import LinkSigner, derive_secret
 
@@ -45,6 +46,17 @@ def local(link: str, base_url: str) -> str:
 async def get(http_client, url, **headers):
     """GET without raising on an error status."""
     return await http_client.fetch(url, headers=headers, raise_error=False)
+
+
+async def keep_refused(app, url, base_url):
+    """A provider image that fails definitively: keeping it is a 502 at once, and the signed link
+    (as issued before such failures were caught) stays an error when served on demand."""
+    with pytest.raises(GatewayError) as failed:
+        await store_of(app).keep_url(url, "https://gateway.example")
+    assert failed.value.status == 502
+    query = urlencode(store_of(app).signer.query_for_url(url))
+    register_secret(query)
+    return f"{base_url}/image-proxy?{query}"
 
 
 async def keep(app, url, base_url):
@@ -211,13 +223,13 @@ async def test_private_origin_is_refused_with_no_connection_made(http_client, ba
 
 
 @pytest.mark.gen_test
-async def test_keep_url_of_a_private_origin_gives_a_link_that_stays_refused(
-    http_client, base_url, app, origin
-):
+async def test_keep_url_of_a_private_origin_fails_at_once_and_connects_nowhere(app, origin):
+    # A refused address is a definitive failure: no signed link that could only ever answer 502.
     origin.serve("p.png", png_bytes())
-    link = await keep(app, origin.url("p.png"), base_url)
-    response = await get(http_client, link)
-    assert_error(response, 502, "upstream_error")
+    with pytest.raises(GatewayError) as refused:
+        await store_of(app).keep_url(origin.url("p.png"), "https://gateway.example")
+    assert refused.value.status == 502 and refused.value.code == "upstream_error"
+    assert "may not fetch" in refused.value.message
     assert origin.connections == 0
 
 
@@ -311,7 +323,7 @@ async def test_oversized_image_is_an_error_and_is_never_cached(
         handler.finish()
 
     origin.routes["big.png"] = behaviour
-    link = await keep(app, origin.url("big.png"), base_url)  # the eager fetch fails
+    link = await keep_refused(app, origin.url("big.png"), base_url)
     for _ in range(2):
         try:
             response = await get(http_client, link)
@@ -339,7 +351,7 @@ async def test_non_raster_answers_are_refused(
     http_client, base_url, app, origin, content_type, body
 ):
     origin.serve("x", body, content_type=content_type)
-    link = await keep(app, origin.url("x"), base_url)
+    link = await keep_refused(app, origin.url("x"), base_url)
     error = assert_error(await get(http_client, link), 502, "upstream_error")
     assert "cannot use" in error["message"]
     assert len(store_of(app).cache) == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,6 +30,17 @@ class KeptImage:
 
     link: str
     key: str
+
+
+def unusable_image_url(reason: str) -> GatewayError:
+    """502 for a provider image URL the gateway may not fetch; the reason goes to the log only."""
+    return GatewayError(
+        502,
+        "upstream_error",
+        "The provider returned an image URL the gateway may not fetch.",
+        detail=reason,
+        headers=NO_RETRY,
+    )
 
 
 def forbidden_link(reason: str) -> GatewayError:
@@ -63,29 +75,52 @@ class ImageStore:
             )
         return KeptImage(image_link(base_url, image_id), image_id)
 
-    async def keep_url(self, url: str, base_url: str, required: bool = False) -> KeptImage:
+    async def keep_url(
+        self,
+        url: str,
+        base_url: str,
+        required: bool = False,
+        deadline: float | None = None,
+    ) -> KeptImage:
         """Fetch an upstream image now, so its link outlives the upstream's; return our link.
 
-        If the fetch fails, the signed link still works later by fetching on demand, for as long
-        as the upstream link lives; with ``required``, a failed fetch raises instead.
+        A definitive failure (an address the filter refuses, a 4xx, an answer that is not an
+        image or is too large) raises 502: the link could never work. A transient one (timeout,
+        reset, 5xx, or ``deadline``, a loop time, passing first) still returns the signed link,
+        which fetches on demand for as long as the upstream link lives; with ``required`` any
+        failure raises. The shared download goes on when this caller stops waiting for it.
         """
         try:
             check_fetch_url(url)
         except LinkRefused as exc:
-            raise GatewayError(
-                502,
-                "upstream_error",
-                "The provider returned an image URL the gateway may not fetch.",
-                detail=str(exc),
-                headers=NO_RETRY,
-            ) from None
+            raise unusable_image_url(str(exc)) from None
         key = url_key(url)
         if key not in self.cache:
+            transfer = self.fetcher.transfer(key, url)
             try:
-                await self.fetcher.transfer(key, url).done
-            except GatewayError as exc:
+                # Shielded: one waiter leaving (a client hanging up) must never cancel a
+                # download that other requests for the same image are waiting for.
+                async with asyncio.timeout_at(deadline):
+                    await asyncio.shield(transfer.done)
+            except TimeoutError:
                 if required:
-                    raise
+                    raise GatewayError(
+                        504,
+                        "upstream_timeout",
+                        "The provider's image did not download in time.",
+                        headers=NO_RETRY,
+                    ) from None
+                logger.warning("a provider image is still downloading; its link will wait for it")
+            except GatewayError as exc:
+                if required or not transfer.failure_transient:
+                    raise GatewayError(
+                        502,
+                        "upstream_error",
+                        "The provider's image could not be downloaded: "
+                        f"{exc.message[:1].lower()}{exc.message[1:]}",
+                        detail=exc.detail,
+                        headers=NO_RETRY,
+                    ) from None
                 logger.warning(
                     "could not keep a provider image now (%s); its link will fetch on demand",
                     exc.message,
