@@ -1,10 +1,10 @@
-"""The welcome page, health checks and the model list."""
+"""The welcome page, health checks, the model list and the OpenAPI document."""
 
 from __future__ import annotations
 
 import time
 
-from tornado_imagegate import errors, openai_api
+from tornado_imagegate import errors, openai_api, openapi
 from tornado_imagegate.config import DEMO_MODEL, is_loopback_host
 from tornado_imagegate.handlers.base import ApiHandler, BaseHandler
 from tornado_imagegate.metrics import CONTENT_TYPE
@@ -43,6 +43,14 @@ class ReadyHandler(BaseHandler):
             self.write_json({"status": "shutting_down"}, status=503)
             return
         self.write_json({"status": "ready", "models": len(self.config.model_ids)})
+
+
+class OpenApiHandler(BaseHandler):
+    """``GET /openapi.json``: the OpenAPI 3.1 description of the public API."""
+
+    def get(self) -> None:
+        """Send the document, its ``servers`` set to this gateway's base URL."""
+        self.write_json(openapi.for_base_url(self.request_base_url()))
 
 
 class MetricsHandler(BaseHandler):
