@@ -89,6 +89,9 @@ async def test_ratio_in_the_prompt_picks_the_size_and_leaves_the_prompt(
         ({"width": 10, "height": 99999}, (64, 2048)),
         ({"size": "800x600"}, (800, 600)),
         ({"size": "512x512", "width": 300, "height": 200}, (300, 200)),
+        ({"width": 640}, (640, 360)),  # one side alone: the other follows the 16:9 asked for
+        ({"height": 288}, (512, 288)),
+        ({"width": 5000}, (2048, 1152)),
     ],
 )
 async def test_explicit_sizes_win_over_the_ratio(http_client, base_url, extra, size):
@@ -107,6 +110,22 @@ async def test_same_prompt_and_seed_give_the_same_image_and_another_seed_another
         images.append((await fetch_image(http_client, link)).body)
     assert images[0] == images[1]
     assert images[0] != images[2]
+
+
+@pytest.mark.gen_test
+async def test_one_side_without_a_ratio_gives_the_default_shape(http_client, base_url):
+    _, _, link = await complete(http_client, base_url, chat_body("a boat", width=320))
+    info = png_info((await fetch_image(http_client, link)).body)
+    assert (info["width"], info["height"]) == (320, 320)
+
+
+@pytest.mark.gen_test
+async def test_a_seed_sent_as_text_is_the_same_seed(http_client, base_url):
+    images = []
+    for seed in (42, "42", " 42 "):
+        _, _, link = await complete(http_client, base_url, chat_body("a tree", seed=seed))
+        images.append((await fetch_image(http_client, link)).body)
+    assert images[0] == images[1] == images[2]
 
 
 @pytest.mark.gen_test

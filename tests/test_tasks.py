@@ -37,6 +37,20 @@ NEXTCHAT_SUMMARY = (
     "Summarize the discussion briefly in 200 words or less to use as a prompt for future context."
 )
 
+# The Chinese prompts of the same clients (their zh-CN locales), word for word.
+NEXTCHAT_TITLE_ZH = (
+    "使用四到五个字直接返回这句话的简要主题，不要解释、不要标点、不要语气词、不要多余文本，"
+    "不要加粗，如果没有主题，请直接返回“闲聊”"
+)
+NEXTCHAT_SUMMARY_ZH = "简要总结一下对话内容，用作后续的上下文提示 prompt，控制在 200 字以内"
+LOBECHAT_TITLE_ZH = (
+    "user: 一只在雪地里睡觉的红狐狸\n\n请总结上述对话为10个字以内的标题，不需要包含标点符号"
+)
+CHERRY_TITLE_ZH = (
+    "你是一名擅长会话的助理，你需要将用户的会话总结为 10 个字以内的标题，标题语言与用户的首要语言"
+    "一致，不要使用标点符号和其他特殊符号"
+)
+
 
 def conversation(task: str) -> list[dict[str, str]]:
     return [
@@ -56,6 +70,10 @@ def conversation(task: str) -> list[dict[str, str]]:
         NEXTCHAT_SUMMARY,
         "请根据对话生成一个简短的标题",
         "Generate a short title for this chat",
+        NEXTCHAT_TITLE_ZH,
+        NEXTCHAT_SUMMARY_ZH,
+        LOBECHAT_TITLE_ZH,
+        CHERRY_TITLE_ZH,
     ],
 )
 def test_client_task_prompts_are_recognised(task):
@@ -70,6 +88,9 @@ def test_client_task_prompts_are_recognised(task):
         "a cat on a roof, 16:9",
         "### a heading in a painting",
         "an old map titled Task Force",
+        "一张海报，标题是“夏夜”，霓虹灯字体",
+        "一本书的封面，主题是四季",
+        "总结：一只猫在屋顶上",
     ],
 )
 def test_real_prompts_are_not_tasks(prompt):
@@ -108,7 +129,7 @@ def gateway_env(sd, request):
 
 
 @pytest.mark.gen_test
-@pytest.mark.parametrize("task", [OPEN_WEBUI_TITLE, NEXTCHAT_TITLE])
+@pytest.mark.parametrize("task", [OPEN_WEBUI_TITLE, NEXTCHAT_TITLE, NEXTCHAT_TITLE_ZH])
 @pytest.mark.parametrize("stream", [False, True])
 async def test_task_requests_never_reach_the_provider(http_client, base_url, sd, task, stream):
     body = {"model": "Z-Image", "messages": conversation(task), "stream": stream}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -130,15 +131,28 @@ def _number(body: dict[str, Any], name: str) -> float | None:
     value = body.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
         raise errors.invalid_parameter(name, f"'{name}' must be a number.")
     return value
 
 
-def _integer(body: dict[str, Any], name: str, low: int, high: int) -> int | None:
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer past the float range: JSON can spell one out
+        return False
+
+
+def _integer(
+    body: dict[str, Any], name: str, low: int, high: int, numeric_string: bool = False
+) -> int | None:
     value = body.get(name)
     if value is None:
         return None
+    if numeric_string and isinstance(value, str) and value.strip().isdecimal():
+        # "42": some clients send a seed as text (past int()'s digit limit it stays text: a 400)
+        with contextlib.suppress(ValueError):
+            value = int(value.strip())
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
@@ -166,14 +180,19 @@ def _string(body: dict[str, Any], name: str) -> str:
     return value.strip()
 
 
-def explicit_size(body: dict[str, Any]) -> Size | None:
-    """``width`` and ``height`` (both numbers, clamped), else ``size`` ("WxH"), else None."""
+def explicit_size(body: dict[str, Any], shape: Size = (1, 1)) -> Size | None:
+    """``width`` and ``height`` (numbers, clamped), else ``size`` ("WxH"), else None.
+
+    One side alone is kept, and the other follows ``shape`` (the ratio asked for, or the
+    provider's default size).
+    """
     width, height = _number(body, "width"), _number(body, "height")
-    if (width is None) != (height is None):
-        param = "height" if height is None else "width"
-        raise errors.invalid_parameter(param, "'width' and 'height' must be given together.")
     if width is not None and height is not None:
         return clamp_side(width), clamp_side(height)
+    if width is not None:
+        return clamp_side(width), clamp_side(clamp_side(width) * shape[1] / shape[0])
+    if height is not None:
+        return clamp_side(clamp_side(height) * shape[0] / shape[1]), clamp_side(height)
     size = body.get("size")
     if size is None or size == "auto":
         return None
@@ -195,8 +214,9 @@ def image_request(body: dict[str, Any], model: str, prompt: str, kind: str) -> I
         raise errors.invalid_parameter(
             "prompt", f"The prompt is longer than {MAX_PROMPT_CHARS} characters."
         )
-    size = explicit_size(body) or ratio_size or default_size(kind)
-    seed = _integer(body, "seed", 0, MAX_SEED)
+    shape = ratio_size or default_size(kind)
+    size = explicit_size(body, shape) or shape
+    seed = _integer(body, "seed", 0, MAX_SEED, numeric_string=True)
     cfg = _number(body, "cfg")
     if cfg is not None and not 0 <= cfg <= 100:
         raise errors.invalid_parameter("cfg", "'cfg' must be a number from 0 to 100.")

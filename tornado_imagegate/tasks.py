@@ -6,7 +6,9 @@ clients' own task prompts:
 
 - Open WebUI: a message starting with ``### Task:`` (titles, tags, follow-ups, queries...);
 - NextChat: "... generate a four to five word title ..." and "Summarize the discussion ...";
-- LobeChat and others: "generate a (short) title", "summarize the conversation", 标题 / 总结.
+- LobeChat and others: "generate a (short) title", "summarize the conversation", 标题 / 总结;
+- in Chinese: NextChat's "使用四到五个字直接返回这句话的简要主题..." and "简要总结一下对话内容...",
+  LobeChat's and Cherry Studio's "...将用户的会话总结为 10 个字以内的标题..." and "...10 字内标题".
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ _TASK_PATTERNS = [
     ),
     re.compile(
         r"(?:生成|起|取)(?:一个)?(?:简短的|简洁的)?(?:标题|题目)|总结.{0,12}(?:对话|会话|聊天)"
+    ),
+    re.compile(r"(?:四到五|四至五|[3-5]\s*[到至-]\s*[4-7])个?字.{0,12}(?:主题|标题)|简要主题"),
+    re.compile(
+        r"(?:会话|对话|聊天)总结为|[0-9一二三四五六七八九十]+\s*个?\s*字(?:以内|内)的?\s*标题"
     ),
 ]
 _HISTORY_USER = re.compile(r"^\s*USER:\s*(.+)$", re.MULTILINE)
