@@ -13,12 +13,9 @@ from __future__ import annotations
 import pkgutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tornado_imagegate.sizing import RATIOS_1024, RATIOS_2048, Size
-
-if TYPE_CHECKING:
-    from tornado_imagegate.config import Settings
 
 
 @dataclass(frozen=True, eq=False)
@@ -38,7 +35,7 @@ class ProviderKind:
     default_endpoint: str = ""
     # Runs inside the gateway: no endpoint, no keys, not a value of IMAGE_GEN_KIND_n.
     local: bool = False
-    # Constructor argument of the implementation -> the Settings field it is given.
+    # Its configuration: constructor argument of the implementation -> the Settings field it gets.
     settings_fields: Mapping[str, str] = field(default_factory=dict)
     takes_text: bool = True
     # How many input images a request may carry (edits, references); no kind takes any yet.
@@ -51,8 +48,12 @@ class ProviderKind:
         """The size used when the prompt names no ratio and the request no size."""
         return self.ratios["1:1"]
 
-    def build(self, settings: Settings) -> Any:
-        """A new ProviderApi (or, for a local kind, Provider) given the settings it declares."""
+    def build(self, settings: object) -> Any:
+        """A new ProviderApi (or, for a local kind, Provider) given the settings it declares.
+
+        ``settings`` is the gateway's Settings; only the fields named in ``settings_fields`` are
+        read (config imports this table, so the type is not imported here).
+        """
         implementation = pkgutil.resolve_name(self.implementation)
         arguments = {arg: getattr(settings, name) for arg, name in self.settings_fields.items()}
         return implementation(**arguments)
