@@ -13,10 +13,12 @@ from urllib.parse import urlsplit
 
 import pycurl
 
+from tornado_imagegate.provider_kinds import group_kind_names
+
 DEMO_MODEL = "imagegate-demo"
 DEFAULT_SD_API_BASE = "https://sd.exacg.cc/api/v1/generate_image"
 DEFAULT_SD_MODEL = "Z-Image"
-GROUP_KINDS = ("chat", "openai-images", "siliconflow", "sd")
+GROUP_KINDS = group_kind_names()
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 
 _GROUP_VAR = re.compile(r"^IMAGE_GEN_(MODEL|API_BASE|API_KEY|KIND)_([0-9]+)$")

@@ -17,13 +17,9 @@ from tornado_imagegate.keys import cooldown_policy
 from tornado_imagegate.metrics import Metrics
 from tornado_imagegate.openai_api import ImageRequest
 from tornado_imagegate.prompt import OptimisedPrompt, PromptOptimiser
+from tornado_imagegate.provider_kinds import provider_kind
 from tornado_imagegate.providers import Provider, ProviderImage
-from tornado_imagegate.providers.chat import ChatImagesApi
-from tornado_imagegate.providers.demo import DemoProvider
 from tornado_imagegate.providers.group import GroupProvider
-from tornado_imagegate.providers.openai_images import OpenAIImagesApi
-from tornado_imagegate.providers.sd import SdApi
-from tornado_imagegate.providers.siliconflow import SiliconFlowApi
 from tornado_imagegate.upstream import Upstream
 
 logger = logging.getLogger(__name__)
@@ -54,19 +50,13 @@ class Generation:
 def make_provider(
     group: ProviderGroup, settings: Settings, upstream: Upstream, metrics: Metrics | None = None
 ) -> Provider:
-    """The provider object of a configured group."""
-    if group.kind == "demo":
-        return DemoProvider()
-    apis = {
-        "siliconflow": SiliconFlowApi,
-        "chat": ChatImagesApi,
-        "openai-images": OpenAIImagesApi,
-        "sd": lambda: SdApi(steps=settings.sd_steps, model_index=settings.sd_model_index),
-    }
-    api = apis[group.kind]()
+    """The provider object of a configured group, as its kind declares it."""
+    kind = provider_kind(group.kind)
+    if kind.local:
+        return kind.build(settings)
     return GroupProvider(
         group,
-        api,
+        kind.build(settings),
         upstream,
         settings.image_gen_timeout,
         metrics,

@@ -13,15 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from tornado_imagegate import errors
-from tornado_imagegate.sizing import (
-    Size,
-    clamp_side,
-    default_size,
-    extract_ratio,
-    parse_size,
-    ratio_table,
-    tidy_prompt,
-)
+from tornado_imagegate.provider_kinds import provider_kind
+from tornado_imagegate.sizing import Size, clamp_side, extract_ratio, parse_size, tidy_prompt
 
 MAX_PROMPT_CHARS = 8000
 MAX_N = 10
@@ -207,14 +200,15 @@ def image_request(body: dict[str, Any], model: str, prompt: str, kind: str) -> I
     if _NO_ENHANCE.search(prompt):
         enhance = False
         prompt = tidy_prompt(_NO_ENHANCE.sub(" ", prompt))
-    prompt, ratio_size = extract_ratio(prompt, ratio_table(kind))
+    declared = provider_kind(kind)
+    prompt, ratio_size = extract_ratio(prompt, declared.ratios)
     if not prompt:
         raise errors.invalid_parameter("prompt", "The prompt is empty once the size is taken out.")
     if len(prompt) > MAX_PROMPT_CHARS:
         raise errors.invalid_parameter(
             "prompt", f"The prompt is longer than {MAX_PROMPT_CHARS} characters."
         )
-    shape = ratio_size or default_size(kind)
+    shape = ratio_size or declared.default_size
     size = explicit_size(body, shape) or shape
     seed = _integer(body, "seed", 0, MAX_SEED, numeric_string=True)
     cfg = _number(body, "cfg")

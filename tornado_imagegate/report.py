@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tornado_imagegate import __version__
 from tornado_imagegate.config import ProviderGroup, Settings, redact_url
+from tornado_imagegate.provider_kinds import provider_kind
 
 
 def _plural(count: int, word: str) -> str:
@@ -11,15 +12,16 @@ def _plural(count: int, word: str) -> str:
 
 
 def describe_groups(groups: tuple[ProviderGroup, ...]) -> list[str]:
-    """One block per provider group: kind, endpoint without secrets, key count, models."""
+    """One block per provider group: kind and what it is, endpoint without secrets, keys, models."""
     lines = []
     for group in groups:
-        if group.kind == "demo":
-            lines.append("  demo: built-in offline demo provider (renders locally, no keys)")
+        kind = provider_kind(group.kind)
+        if kind.local:
+            lines.append(f"  {group.name}: {kind.description}")
         else:
             lines.append(
-                f"  {group.name}: kind {group.kind}, {redact_url(group.endpoint)}, "
-                f"{_plural(len(group.keys), 'key')}"
+                f"  {group.name}: kind {group.kind} ({kind.description}), "
+                f"{redact_url(group.endpoint)}, {_plural(len(group.keys), 'key')}"
             )
         lines.append(f"    models: {', '.join(group.models) or '(none)'}")
     return lines

@@ -11,7 +11,7 @@ Size = tuple[int, int]
 MIN_SIDE = 64
 MAX_SIDE = 2048
 
-# Seed 000 (SiliconFlow-type, direct groups) and the demo provider.
+# Longest side 1024, as the IMAGEGEN/Flux gateway this ports had it.
 RATIOS_1024: dict[str, Size] = {
     "1:1": (1024, 1024),
     "1:2": (512, 1024),
@@ -20,7 +20,7 @@ RATIOS_1024: dict[str, Size] = {
     "16:9": (1024, 576),
     "9:16": (576, 1024),
 }
-# Seed 004 (SD / Z-Image): longest side 2048.
+# Longest side 2048, as the Z-Image gateway this ports had it.
 RATIOS_2048: dict[str, Size] = {
     "1:1": (2048, 2048),
     "1:2": (1024, 2048),
@@ -60,16 +60,6 @@ _RATIO = re.compile(
     r"(?!\s*(?:am|pm|a\.m|p\.m|h\b|uhr|点|時|时))",
     re.IGNORECASE,
 )
-
-
-def ratio_table(kind: str) -> dict[str, Size]:
-    """The ratio table of a provider kind: 2048-based for SD, 1024-based for the others."""
-    return RATIOS_2048 if kind == "sd" else RATIOS_1024
-
-
-def default_size(kind: str) -> Size:
-    """The size used when the prompt gives no ratio and the request no size."""
-    return ratio_table(kind)["1:1"]
 
 
 def extract_ratio(prompt: str, table: dict[str, Size]) -> tuple[str, Size | None]:
