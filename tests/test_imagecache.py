@@ -6,7 +6,7 @@ import hashlib
 import json
 import os
 
-from tornado_imagegate.imagecache import CachedImage, DiskTier, ImageCache
+from tornado_imagegate.images.cache import CachedImage, DiskTier, ImageCache
 
 
 def image(n: int, size: int = 1000) -> CachedImage:

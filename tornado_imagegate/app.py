@@ -20,9 +20,9 @@ from tornado_imagegate.handlers.meta import (
     ReadyHandler,
     WelcomeHandler,
 )
-from tornado_imagegate.imagecache import DiskTier, ImageCache
-from tornado_imagegate.imagefetch import ImageFetcher
-from tornado_imagegate.imagestore import ImageStore
+from tornado_imagegate.images.cache import DiskTier, ImageCache
+from tornado_imagegate.images.fetch import ImageFetcher
+from tornado_imagegate.images.store import ImageStore
 from tornado_imagegate.lifecycle import Lifecycle
 from tornado_imagegate.logsafe import log_request
 from tornado_imagegate.metrics import Metrics

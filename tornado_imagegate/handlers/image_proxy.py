@@ -9,9 +9,9 @@ from tornado.iostream import StreamClosedError
 
 from tornado_imagegate.errors import GatewayError
 from tornado_imagegate.handlers.base import BaseHandler, RequestIdMixin
-from tornado_imagegate.imagecache import CachedImage
-from tornado_imagegate.imagefetch import Transfer
-from tornado_imagegate.imagestore import ImageStore
+from tornado_imagegate.images.cache import CachedImage
+from tornado_imagegate.images.fetch import Transfer
+from tornado_imagegate.images.store import ImageStore
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The image store: a byte-bounded LRU of complete images in memory, over an optional disk tier."""
+"""The image cache: a byte-bounded LRU of complete images in memory, over an optional disk tier."""
 
 from __future__ import annotations
 

@@ -7,10 +7,10 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from tornado_imagegate import imagetype
 from tornado_imagegate.errors import NO_RETRY, GatewayError
-from tornado_imagegate.imagecache import CachedImage, ImageCache
-from tornado_imagegate.imagefetch import ImageFetcher, Transfer
+from tornado_imagegate.images import imagetype
+from tornado_imagegate.images.cache import CachedImage, ImageCache
+from tornado_imagegate.images.fetch import ImageFetcher, Transfer
 from tornado_imagegate.urlpolicy import (
     LinkRefused,
     LinkSigner,

@@ -1,0 +1,1 @@
+"""The image subsystem: keeping provider images, serving them through signed links, fetching."""
