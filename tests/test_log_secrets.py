@@ -11,8 +11,8 @@ import pytest
 from conftest import CLIENT_KEYS, LOG_WATCH, PROXY_SECRET, register_secret
 from processes import Gateway, clean_env
 
+from tornado_imagegate.images.links import LinkSigner, derive_secret
 from tornado_imagegate.logsafe import REDACTED, SecretFilter
-from tornado_imagegate.urlpolicy import LinkSigner, derive_secret
 
 CLIENT_KEY = "sk-logtest-client-0a1b2c3d4e"
 PROVIDER_KEY = "sf-logtest-provider-5f6a7b8c"

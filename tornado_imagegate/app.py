@@ -22,12 +22,12 @@ from tornado_imagegate.handlers.meta import (
 )
 from tornado_imagegate.images.cache import DiskTier, ImageCache
 from tornado_imagegate.images.fetch import ImageFetcher
+from tornado_imagegate.images.links import LinkSigner, derive_secret
 from tornado_imagegate.images.store import ImageStore
 from tornado_imagegate.lifecycle import Lifecycle
 from tornado_imagegate.logsafe import log_request
 from tornado_imagegate.metrics import Metrics
 from tornado_imagegate.upstream import Upstream
-from tornado_imagegate.urlpolicy import LinkSigner, derive_secret
 
 
 def find_static_dir() -> str:

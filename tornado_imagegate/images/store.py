@@ -11,15 +11,8 @@ from tornado_imagegate.errors import NO_RETRY, GatewayError
 from tornado_imagegate.images import imagetype
 from tornado_imagegate.images.cache import CachedImage, ImageCache
 from tornado_imagegate.images.fetch import ImageFetcher, Transfer
-from tornado_imagegate.urlpolicy import (
-    LinkRefused,
-    LinkSigner,
-    check_fetch_url,
-    image_link,
-    is_image_id,
-    signed_link,
-    url_key,
-)
+from tornado_imagegate.images.links import LinkSigner, image_link, parse_link, signed_link, url_key
+from tornado_imagegate.urlpolicy import LinkRefused, check_fetch_url
 
 logger = logging.getLogger(__name__)
 
@@ -145,38 +138,21 @@ class ImageStore:
         403 for anything the gateway did not issue (no upstream request is made), 404 for an
         image no longer kept, 403 for a signed link past its fetch window whose image is gone.
         """
-        ids = query.get("id")
-        if ids is not None and len(query) == 1 and len(ids) == 1:  # the common case, first
-            image_id = ids[0].decode("ascii", "replace")
-            if not is_image_id(image_id):
-                raise forbidden_link("malformed id")
-            image = self.cache.get(image_id)
-            if image is None:
-                raise GatewayError(
-                    404, "image_not_found", "This image is no longer kept by the gateway."
-                )
-            return image
-        fields = {
-            name: values[0].decode("utf-8", "replace")
-            for name, values in query.items()
-            if len(values) == 1
-        }
-        if len(fields) != len(query):
-            raise forbidden_link("repeated query field")
-        if set(fields) != {"u", "e", "s"}:
-            raise forbidden_link("unknown link form")
         try:
-            url, expired = self.signer.verify(fields["u"], fields["e"], fields["s"])
+            link = parse_link(query, self.signer)
         except LinkRefused as exc:
             raise forbidden_link(str(exc)) from None
-        key = url_key(url)
-        image = self.cache.get(key)
+        image = self.cache.get(link.key)
         if image is not None:
             return image
-        if expired:
+        if link.url is None:
+            raise GatewayError(
+                404, "image_not_found", "This image is no longer kept by the gateway."
+            )
+        if link.expired:
             raise GatewayError(
                 403,
                 "expired_image_link",
                 "This image is no longer kept and its link is too old to fetch it again.",
             )
-        return self.fetcher.transfer(key, url)
+        return self.fetcher.transfer(link.key, link.url)
