@@ -120,6 +120,18 @@ async def test_links_survive_a_restart_with_a_disk_tier(http_client, origin, tmp
 
 
 @pytest.mark.gen_test
+async def test_metrics_report_the_disk_tier(http_client, tmp_path, serve):
+    app = make_app(gateway_settings({"IMAGE_CACHE_DIR": str(tmp_path / "cache")}))
+    store_of(app).keep_bytes(png_bytes(60), "https://gw.example")
+    on_disk = sum(path.stat().st_size for path in (tmp_path / "cache").iterdir())
+    metrics = await get(http_client, f"{serve(app)}/metrics")
+    assert metrics.code == 200
+    text = metrics.body.decode()
+    assert f"imagegate_image_disk_cache_bytes {float(on_disk)}" in text
+    assert "imagegate_image_disk_cache_evictions_total 0.0" in text
+
+
+@pytest.mark.gen_test
 @with_env(LAB)
 @pytest.mark.parametrize(
     "tamper",

@@ -20,7 +20,8 @@ from tornado_imagegate.handlers.meta import (
     ReadyHandler,
     WelcomeHandler,
 )
-from tornado_imagegate.images.cache import DiskTier, ImageCache
+from tornado_imagegate.images.cache import ImageCache, Tier
+from tornado_imagegate.images.disk import DiskTier
 from tornado_imagegate.images.fetch import ImageFetcher
 from tornado_imagegate.images.links import LinkSigner, derive_secret
 from tornado_imagegate.images.store import ImageStore
@@ -45,11 +46,11 @@ STATIC_DIR = find_static_dir()
 def make_store(
     settings: Settings, upstream: Upstream | None = None, metrics: Metrics | None = None
 ) -> ImageStore:
-    """The image store: memory LRU, optional disk tier, fetcher and link signer."""
-    disk = None
+    """The image store: memory LRU, the tiers below it, fetcher and link signer."""
+    tiers: list[Tier] = []
     if settings.image_cache_dir:
-        disk = DiskTier(settings.image_cache_dir, settings.image_cache_dir_max_bytes)
-    cache = ImageCache(settings.image_cache_max_bytes, settings.image_max_bytes, disk=disk)
+        tiers.append(DiskTier(settings.image_cache_dir, settings.image_cache_dir_max_bytes))
+    cache = ImageCache(settings.image_cache_max_bytes, settings.image_max_bytes, tiers)
     fetcher = ImageFetcher(
         upstream or Upstream(proxy=settings.upstream_proxy),
         cache,

@@ -40,16 +40,16 @@ class _CacheCollector(Collector):
         yield GaugeMetricFamily(
             "imagegate_image_cache_items", "Images held in memory.", value=len(cache)
         )
-        if cache.disk is not None:
+        for tier in cache.tiers:
             yield GaugeMetricFamily(
-                "imagegate_image_disk_cache_bytes",
-                "Bytes of images held on disk.",
-                value=cache.disk.current_bytes,
+                f"imagegate_image_{tier.name}_cache_bytes",
+                f"Bytes of images held on {tier.name}.",
+                value=tier.current_bytes,
             )
             yield CounterMetricFamily(
-                "imagegate_image_disk_cache_evictions",
-                "Images evicted from disk.",
-                value=cache.disk.evictions,
+                f"imagegate_image_{tier.name}_cache_evictions",
+                f"Images evicted from {tier.name}.",
+                value=tier.evictions,
             )
 
 

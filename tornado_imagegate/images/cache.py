@@ -1,26 +1,36 @@
-"""The image cache: a byte-bounded LRU of complete images in memory, over an optional disk tier."""
+"""The image cache: a byte-bounded LRU of complete images in memory, over tiers below it.
+
+Only complete images are stored: ``CachedImage``, bytes with their type and validators. Memory
+answers first; on a miss the tiers are asked in their order (the disk, ``disk.DiskTier``, then
+any other), and an image found in one is promoted into memory and into the tiers above it.
+``put`` stores into memory and into every tier.
+
+A tier is one class that implements ``Tier``, in a module of its own:
+
+* ``get(key) -> CachedImage | None``: the image, or None when absent or unusable;
+* ``put(key, image) -> bool``: keep it; False when it was not kept (too large, a failed write);
+* ``key in tier``: whether it holds the image, without reading it;
+* ``name``, ``current_bytes`` and ``evictions``: what ``/metrics`` reports of it, as
+  ``imagegate_image_<name>_cache_bytes`` and ``imagegate_image_<name>_cache_evictions``.
+
+Keys are lower-case hex (32 characters for an image kept as bytes, 64 for an upstream URL). Every
+call is made on the IOLoop thread, and none may raise: a tier that fails answers as a miss.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
-import re
-import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from functools import cached_property
-from typing import Any
+from typing import Any, Protocol
 
 from cachetools import LRUCache
 
 logger = logging.getLogger(__name__)
-
-_KEY = re.compile(r"^[0-9a-f]{32,64}$")
-_DISK_SUFFIX = ".img"
-_DISK_MAGIC = b"IMAGEGATE1\n"
 
 
 def content_digest(data: bytes) -> str:
@@ -56,7 +66,7 @@ class CachedImage:
         return cls(data, content_type, f'"{content_digest(data)}"', last_modified or time.time())
 
 
-class _EvictingLRU(LRUCache):
+class EvictingLRU(LRUCache):
     """An LRUCache that reports what it evicts."""
 
     def __init__(self, maxsize: int, getsizeof: Any, on_evict: Any) -> None:
@@ -70,172 +80,67 @@ class _EvictingLRU(LRUCache):
         return key, value
 
 
-class DiskTier:
-    """Images as files, written atomically, bounded in bytes, least recently used evicted first.
+class Tier(Protocol):
+    """A store of complete images below the memory LRU (see the module's docstring)."""
 
-    A file is a header line (JSON: type, validators, length, digest) and the bytes. A file that is
-    short, corrupt or unreadable is a miss and is removed.
-    """
-
-    def __init__(self, directory: str, max_bytes: int) -> None:
-        self.directory = directory
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        self.evictions = 0
-        self._index = _EvictingLRU(max_bytes, lambda size: size, self._evicted)
-        self._scan()
-
-    def _path(self, key: str) -> str:
-        return os.path.join(self.directory, key + _DISK_SUFFIX)
-
-    def _scan(self) -> None:
-        """Index the files already there, oldest access first, and drop leftovers."""
-        entries = []
-        with os.scandir(self.directory) as scan:
-            for entry in scan:
-                name = entry.name
-                if name.startswith(".tmp-"):
-                    _remove(entry.path)
-                elif name.endswith(_DISK_SUFFIX) and _KEY.match(name[: -len(_DISK_SUFFIX)]):
-                    stat = entry.stat()
-                    entries.append((stat.st_mtime, name[: -len(_DISK_SUFFIX)], stat.st_size))
-        for _, key, size in sorted(entries):
-            self._admit(key, size)
-
-    def _admit(self, key: str, size: int) -> None:
-        try:
-            self._index[key] = size
-        except ValueError:  # larger than the whole tier
-            _remove(self._path(key))
-
-    def _evicted(self, key: str, size: int) -> None:
-        self.evictions += 1
-        _remove(self._path(key))
+    name: str
+    evictions: int
 
     def get(self, key: str) -> CachedImage | None:
-        """Read an image back; None when absent or damaged."""
-        if key not in self._index:
-            return None
-        path = self._path(key)
-        try:
-            with open(path, "rb") as handle:
-                raw = handle.read()
-            image = _decode(raw)
-        except (OSError, ValueError) as exc:
-            logger.warning(
-                "disk cache entry %s unusable (%s); treated as a miss", key[:8], type(exc).__name__
-            )
-            self._index.pop(key, None)
-            _remove(path)
-            return None
-        self._index[key] = len(raw)  # refresh its place in the LRU
-        _touch(path)
-        return image
+        """The image stored under ``key``, or None."""
 
-    def put(self, key: str, image: CachedImage) -> None:
-        """Write an image atomically: a temporary file, then a rename into place."""
-        encoded = _encode(image)
-        if len(encoded) > self._index.maxsize:
-            return
-        temporary = ""
-        try:
-            fd, temporary = tempfile.mkstemp(prefix=".tmp-", dir=self.directory)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(encoded)
-            os.replace(temporary, self._path(key))
-        except OSError as exc:
-            logger.warning("could not write disk cache entry %s: %s", key[:8], exc.strerror)
-            _remove(temporary)
-            return
-        self._admit(key, len(encoded))
+    def put(self, key: str, image: CachedImage) -> bool:
+        """Keep an image; False when it was not kept."""
 
     def __contains__(self, key: str) -> bool:
-        return key in self._index
+        """Whether an image is stored under ``key``."""
 
     @property
     def current_bytes(self) -> int:
-        """Total bytes of the files held."""
-        return int(self._index.currsize)
-
-
-def _encode(image: CachedImage) -> bytes:
-    header = {
-        "content_type": image.content_type,
-        "etag": image.etag,
-        "last_modified": image.last_modified,
-        "length": len(image.data),
-        "sha256": content_digest(image.data),
-    }
-    return _DISK_MAGIC + json.dumps(header).encode() + b"\n" + image.data
-
-
-def _decode(raw: bytes) -> CachedImage:
-    if not raw.startswith(_DISK_MAGIC):
-        raise ValueError("no header")
-    header_line, sep, data = raw[len(_DISK_MAGIC) :].partition(b"\n")
-    if not sep:
-        raise ValueError("truncated header")
-    header = json.loads(header_line)
-    try:
-        if len(data) != header["length"]:
-            raise ValueError("truncated body")
-        if "sha256" in header:
-            intact = content_digest(data) == header["sha256"]
-        else:  # written by 0.1.0 before the switch to SHA-256
-            intact = hashlib.blake2b(data, digest_size=16).hexdigest() == header["blake2b"]
-        if not intact:
-            raise ValueError("corrupt body")
-        return CachedImage(data, header["content_type"], header["etag"], header["last_modified"])
-    except (KeyError, TypeError):
-        raise ValueError("incomplete header") from None
-
-
-def _remove(path: str) -> None:
-    if path:
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
-
-
-def _touch(path: str) -> None:
-    try:
-        os.utime(path)
-    except OSError:
-        pass
+        """Bytes of the images held."""
 
 
 class ImageCache:
-    """Memory LRU bounded by total image bytes, with an optional disk tier below it.
+    """Memory LRU bounded by total image bytes, over the tiers below it, asked in order.
 
     Only complete images are ever stored. Used from the IOLoop thread only.
     """
 
     def __init__(
-        self, max_bytes: int, max_item_bytes: int | None = None, disk: DiskTier | None = None
+        self, max_bytes: int, max_item_bytes: int | None = None, tiers: Sequence[Tier] = ()
     ) -> None:
         self.max_bytes = max_bytes
         self.max_item_bytes = min(max_item_bytes or max_bytes, max_bytes)
-        self.disk = disk
+        self.tiers = tuple(tiers)
         self.hits = 0
         self.misses = 0
         self.evictions = 0
-        self._lru = _EvictingLRU(max_bytes, lambda image: len(image.data), self._evicted)
+        self._lru = EvictingLRU(max_bytes, lambda image: len(image.data), self._evicted)
 
     def _evicted(self, key: str, image: CachedImage) -> None:
         self.evictions += 1
 
     def get(self, key: str) -> CachedImage | None:
-        """The image stored under ``key`` (memory, then disk), or None."""
+        """The image stored under ``key`` (memory, then each tier), or None."""
         image = self._lru.get(key)
-        if image is None and self.disk is not None:
-            image = self.disk.get(key)
-            if image is not None:
-                self._remember(key, image)
+        if image is None and self.tiers:
+            image = self._from_tiers(key)
         if image is None:
             self.misses += 1
         else:
             self.hits += 1
         return image
+
+    def _from_tiers(self, key: str) -> CachedImage | None:
+        """Ask each tier in turn; promote a hit into memory and into the tiers above it."""
+        for depth, tier in enumerate(self.tiers):
+            image = tier.get(key)
+            if image is not None:
+                self._remember(key, image)
+                for upper in self.tiers[:depth]:
+                    upper.put(key, image)
+                return image
+        return None
 
     def put(self, key: str, image: CachedImage) -> bool:
         """Store a complete image; False (and not stored) when over the per-item limit."""
@@ -247,8 +152,8 @@ class ImageCache:
             )
             return False
         self._remember(key, image)
-        if self.disk is not None:
-            self.disk.put(key, image)
+        for tier in self.tiers:
+            tier.put(key, image)
         return True
 
     def _remember(self, key: str, image: CachedImage) -> None:
@@ -256,7 +161,7 @@ class ImageCache:
             self._lru[key] = image
 
     def __contains__(self, key: str) -> bool:
-        return key in self._lru or (self.disk is not None and key in self.disk)
+        return key in self._lru or any(key in tier for tier in self.tiers)
 
     @property
     def current_bytes(self) -> int:
