@@ -17,7 +17,6 @@ import secrets
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import NamedTuple
 
 from tornado_imagegate.urlpolicy import MAX_URL_LENGTH, LinkRefused
 
@@ -117,22 +116,20 @@ def derive_secret(configured: str, material: Iterable[str]) -> bytes:
     return hashlib.sha256("\n".join(["imagegate-derived-proxy-secret", *parts]).encode()).digest()
 
 
-class Link(NamedTuple):
-    """The image a link names: its key in the cache and, for a signed link, its upstream URL."""
+def parse_link(
+    query: Mapping[str, list[bytes]], signer: LinkSigner
+) -> tuple[str, str | None, bool]:
+    """The image a link's query names: its key in the cache, its upstream URL (None for an image
+    kept as bytes, which is never fetched) and whether the fetch window is over.
 
-    key: str
-    url: str | None = None  # None: an image kept as bytes, which is never fetched
-    expired: bool = False  # the signed link's fetch window is over
-
-
-def parse_link(query: Mapping[str, list[bytes]], signer: LinkSigner) -> Link:
-    """The image an image-proxy query names; LinkRefused for anything this gateway did not issue."""
+    Raises LinkRefused for anything this gateway did not issue.
+    """
     ids = query.get("id")
     if ids is not None and len(query) == 1 and len(ids) == 1:  # the common case, first
         image_id = ids[0].decode("ascii", "replace")
         if not is_image_id(image_id):
             raise LinkRefused("malformed id")
-        return Link(image_id)
+        return image_id, None, False  # a plain tuple: this is the hot path
     fields = {
         name: values[0].decode("utf-8", "replace")
         for name, values in query.items()
@@ -143,4 +140,4 @@ def parse_link(query: Mapping[str, list[bytes]], signer: LinkSigner) -> Link:
     if set(fields) != {"u", "e", "s"}:
         raise LinkRefused("unknown link form")
     url, expired = signer.verify(fields["u"], fields["e"], fields["s"])
-    return Link(url_key(url), url, expired)
+    return url_key(url), url, expired
