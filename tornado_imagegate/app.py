@@ -21,6 +21,7 @@ from tornado_imagegate.handlers.meta import (
     WelcomeHandler,
 )
 from tornado_imagegate.images.cache import ImageCache, Tier
+from tornado_imagegate.images.cache_metrics import CacheCollector
 from tornado_imagegate.images.disk import DiskTier
 from tornado_imagegate.images.fetch import ImageFetcher
 from tornado_imagegate.images.links import LinkSigner, derive_secret
@@ -69,7 +70,7 @@ def make_app(settings: Settings, store: ImageStore | None = None) -> Application
     upstream = Upstream(proxy=settings.upstream_proxy)
     metrics = Metrics()
     store = store or make_store(settings, upstream, metrics)
-    metrics.watch_cache(store.cache)
+    metrics.watch(CacheCollector(store.cache))
     service = ImageService(settings, store, upstream, metrics)
     # The /v1 prefix is optional: some clients are given the bare origin as their base URL.
     routes = [
