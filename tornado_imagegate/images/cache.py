@@ -11,7 +11,8 @@ A tier is one class that implements ``Tier``, in a module of its own:
 * ``put(key, image) -> bool``: keep it; False when it was not kept (too large, a failed write);
 * ``key in tier``: whether it holds the image, without reading it;
 * ``name``, ``current_bytes`` and ``evictions``: what ``/metrics`` reports of it, as
-  ``imagegate_image_<name>_cache_bytes`` and ``imagegate_image_<name>_cache_evictions``.
+  ``imagegate_image_<name>_cache_bytes`` and ``imagegate_image_<name>_cache_evictions``
+  (``cache_metrics.py``).
 
 Keys are lower-case hex (32 characters for an image kept as bytes, 64 for an upstream URL). Every
 call is made on the IOLoop thread, and none may raise: a tier that fails answers as a miss.
