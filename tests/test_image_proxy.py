@@ -18,8 +18,8 @@ from tornado.netutil import bind_sockets
 
 from tornado_imagegate.app import make_app, make_store
 from tornado_imagegate.errors import GatewayError
+from tornado_imagegate.images.links import LinkSigner, derive_secret
 from tornado_imagegate.server import make_http_server
-from tornado_imagegate.urlpolicy import LinkSigner, derive_secret
 
 LAB = {"IMAGE_PROXY_ALLOW_PRIVATE_NETWORKS": "true", "IMAGE_FETCH_TIMEOUT": "5"}
 
@@ -117,6 +117,18 @@ async def test_links_survive_a_restart_with_a_disk_tier(http_client, origin, tmp
         assert response.body == expected
     assert origin.hits["b.png"] == 1
     assert not [name for name in os.listdir(tmp_path / "cache") if name.startswith(".tmp-")]
+
+
+@pytest.mark.gen_test
+async def test_metrics_report_the_disk_tier(http_client, tmp_path, serve):
+    app = make_app(gateway_settings({"IMAGE_CACHE_DIR": str(tmp_path / "cache")}))
+    store_of(app).keep_bytes(png_bytes(60), "https://gw.example")
+    on_disk = sum(path.stat().st_size for path in (tmp_path / "cache").iterdir())
+    metrics = await get(http_client, f"{serve(app)}/metrics")
+    assert metrics.code == 200
+    text = metrics.body.decode()
+    assert f"imagegate_image_disk_cache_bytes {float(on_disk)}" in text
+    assert "imagegate_image_disk_cache_evictions_total 0.0" in text
 
 
 @pytest.mark.gen_test

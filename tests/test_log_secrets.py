@@ -11,8 +11,8 @@ import pytest
 from conftest import CLIENT_KEYS, LOG_WATCH, PROXY_SECRET, register_secret
 from processes import Gateway, clean_env
 
+from tornado_imagegate.images.links import LinkSigner, derive_secret
 from tornado_imagegate.logsafe import REDACTED, SecretFilter
-from tornado_imagegate.urlpolicy import LinkSigner, derive_secret
 
 CLIENT_KEY = "sk-logtest-client-0a1b2c3d4e"
 PROVIDER_KEY = "sf-logtest-provider-5f6a7b8c"
@@ -101,7 +101,7 @@ async def test_an_uncaught_error_on_a_signed_link_logs_the_path_only(http_client
     def crash(_query):
         raise RuntimeError("a bug while serving a link")
 
-    store.resolve = crash  # force the unexpected: the log line is what is tested
+    store.find = crash  # force the unexpected: the log line is what is tested
     before = len(LOG_WATCH.lines)
     response = await http_client.fetch(f"{base_url}/image-proxy?{query}", raise_error=False)
     assert response.code == 500 and b"Traceback" not in response.body

@@ -7,15 +7,8 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from tornado_imagegate.urlpolicy import (
-    LinkRefused,
-    LinkSigner,
-    check_fetch_url,
-    derive_secret,
-    is_public_address,
-    signed_link,
-    url_key,
-)
+from tornado_imagegate.images.links import LinkSigner, derive_secret, signed_link, url_key
+from tornado_imagegate.urlpolicy import LinkRefused, check_fetch_url, is_public_address
 
 REFUSED = [
     # IPv4 ranges

@@ -20,14 +20,16 @@ from tornado_imagegate.handlers.meta import (
     ReadyHandler,
     WelcomeHandler,
 )
-from tornado_imagegate.imagecache import DiskTier, ImageCache
-from tornado_imagegate.imagefetch import ImageFetcher
-from tornado_imagegate.imagestore import ImageStore
+from tornado_imagegate.images.cache import ImageCache, Tier
+from tornado_imagegate.images.cache_metrics import CacheCollector
+from tornado_imagegate.images.disk import DiskTier
+from tornado_imagegate.images.fetch import ImageFetcher
+from tornado_imagegate.images.links import LinkSigner, derive_secret
+from tornado_imagegate.images.store import ImageStore
 from tornado_imagegate.lifecycle import Lifecycle
 from tornado_imagegate.logsafe import log_request
 from tornado_imagegate.metrics import Metrics
 from tornado_imagegate.upstream import Upstream
-from tornado_imagegate.urlpolicy import LinkSigner, derive_secret
 
 
 def find_static_dir() -> str:
@@ -45,11 +47,11 @@ STATIC_DIR = find_static_dir()
 def make_store(
     settings: Settings, upstream: Upstream | None = None, metrics: Metrics | None = None
 ) -> ImageStore:
-    """The image store: memory LRU, optional disk tier, fetcher and link signer."""
-    disk = None
+    """The image store: memory LRU, the tiers below it, fetcher and link signer."""
+    tiers: list[Tier] = []
     if settings.image_cache_dir:
-        disk = DiskTier(settings.image_cache_dir, settings.image_cache_dir_max_bytes)
-    cache = ImageCache(settings.image_cache_max_bytes, settings.image_max_bytes, disk=disk)
+        tiers.append(DiskTier(settings.image_cache_dir, settings.image_cache_dir_max_bytes))
+    cache = ImageCache(settings.image_cache_max_bytes, settings.image_max_bytes, tiers)
     fetcher = ImageFetcher(
         upstream or Upstream(proxy=settings.upstream_proxy),
         cache,
@@ -68,7 +70,7 @@ def make_app(settings: Settings, store: ImageStore | None = None) -> Application
     upstream = Upstream(proxy=settings.upstream_proxy)
     metrics = Metrics()
     store = store or make_store(settings, upstream, metrics)
-    metrics.watch_cache(store.cache)
+    metrics.watch(CacheCollector(store.cache))
     service = ImageService(settings, store, upstream, metrics)
     # The /v1 prefix is optional: some clients are given the bare origin as their base URL.
     routes = [

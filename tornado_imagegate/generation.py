@@ -12,7 +12,7 @@ from typing import Any
 
 from tornado_imagegate import errors, openai_api
 from tornado_imagegate.config import ProviderGroup, Settings
-from tornado_imagegate.imagestore import ImageStore, KeptImage
+from tornado_imagegate.images.store import ImageStore, KeptImage
 from tornado_imagegate.keys import cooldown_policy
 from tornado_imagegate.metrics import Metrics
 from tornado_imagegate.openai_api import ImageRequest

@@ -2,55 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
-
-if TYPE_CHECKING:
-    from tornado_imagegate.imagecache import ImageCache
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _STAGE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 180, 300)
 _REQUEST_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 180)
-
-
-class _CacheCollector(Collector):
-    """Reads the image cache's counters at scrape time (no bookkeeping on the hot path)."""
-
-    def __init__(self, cache: ImageCache) -> None:
-        self.cache = cache
-
-    def collect(self) -> Iterator:
-        """The cache's figures now."""
-        cache = self.cache
-        for name, doc, value in (
-            ("imagegate_image_cache_hits", "Image cache hits (memory or disk).", cache.hits),
-            ("imagegate_image_cache_misses", "Image cache misses.", cache.misses),
-            ("imagegate_image_cache_evictions", "Images evicted from memory.", cache.evictions),
-        ):
-            yield CounterMetricFamily(name, doc, value=value)
-        yield GaugeMetricFamily(
-            "imagegate_image_cache_bytes",
-            "Bytes of images held in memory.",
-            value=cache.current_bytes,
-        )
-        yield GaugeMetricFamily(
-            "imagegate_image_cache_items", "Images held in memory.", value=len(cache)
-        )
-        if cache.disk is not None:
-            yield GaugeMetricFamily(
-                "imagegate_image_disk_cache_bytes",
-                "Bytes of images held on disk.",
-                value=cache.disk.current_bytes,
-            )
-            yield CounterMetricFamily(
-                "imagegate_image_disk_cache_evictions",
-                "Images evicted from disk.",
-                value=cache.disk.evictions,
-            )
 
 
 class Metrics:
@@ -110,9 +67,9 @@ class Metrics:
         children[0].inc()
         children[1].observe(seconds)
 
-    def watch_cache(self, cache: ImageCache) -> None:
-        """Report this image cache's figures."""
-        self.registry.register(_CacheCollector(cache))
+    def watch(self, collector: Collector) -> None:
+        """Report a subsystem's own figures, read at scrape time (the image cache's, say)."""
+        self.registry.register(collector)
 
     def key_rested(self, group: str, reason: str) -> None:
         """A provider key failed and was put to rest."""

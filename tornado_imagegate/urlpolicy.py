@@ -1,25 +1,16 @@
-"""Image links and URL policy: unforgeable links, signatures, and which addresses may be fetched."""
+"""URL policy: which URLs and addresses the gateway may fetch, and which host its links name.
+
+Used for every fetch the gateway makes of a URL it did not configure (provider images today);
+the address filter is also the default of ``upstream.FetchGuard``, below every outbound call.
+"""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import hmac
 import ipaddress
 import re
-import secrets
-import time
-from collections.abc import Iterable
-from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-IMAGE_PROXY_PATH = "/image-proxy"
-# How long a signed link may make the gateway fetch its upstream URL. Kept images are served
-# for as long as they are kept, whatever the age of the link.
-LINK_FETCH_WINDOW_SECONDS = 24 * 3600
 MAX_URL_LENGTH = 4096
-_IMAGE_ID = re.compile(r"^[0-9a-f]{32}$")
 _CONTROL_OR_SPACE = re.compile(r"[\r\n\t\x00 ]")
 _SAFE_HOST = re.compile(r"^[A-Za-z0-9.\-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
 
@@ -32,81 +23,7 @@ class LinkRefused(Exception):
         self.expired = expired
 
 
-# --- links: ids of images held as bytes, signatures of upstream URLs ---
-
-
-def _b64encode(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _b64decode(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-@dataclass(frozen=True)
-class LinkSigner:
-    """Signs and verifies image links with HMAC-SHA256 under the proxy secret."""
-
-    secret: bytes
-
-    def image_id(self, data: bytes) -> str:
-        """The id of image bytes: 128 bits of an HMAC of the content, unguessable without the key.
-
-        The same image always gets the same link, and knowing one link tells nothing of another.
-        """
-        digest = hashlib.sha256(data).digest()
-        return hmac.digest(self.secret, b"image-id\n" + digest, "sha256").hex()[:32]
-
-    def _signature(self, url: str, expires: int) -> bytes:
-        return hmac.digest(self.secret, f"{expires}\n{url}".encode(), "sha256")
-
-    def query_for_url(self, url: str, now: float | None = None) -> dict[str, str]:
-        """The query of a link that lets the gateway fetch ``url`` for a day, and serve it after."""
-        expires = int(now if now is not None else time.time()) + LINK_FETCH_WINDOW_SECONDS
-        return {
-            "u": _b64encode(url.encode("utf-8")),
-            "e": str(expires),
-            "s": _b64encode(self._signature(url, expires)),
-        }
-
-    def verify(self, encoded_url: str, expires: str, signature: str) -> tuple[str, bool]:
-        """Check a signed link; return the upstream URL and whether its fetch window is over.
-
-        Raises LinkRefused for anything the gateway did not sign.
-        """
-        try:
-            url = _b64decode(encoded_url).decode("utf-8")
-            given = _b64decode(signature)
-            expiry = int(expires)
-        except (binascii.Error, UnicodeDecodeError, ValueError):
-            raise LinkRefused("malformed signed link") from None
-        if not expires.isdigit() or len(url) > MAX_URL_LENGTH:
-            raise LinkRefused("malformed signed link")
-        if not hmac.compare_digest(given, self._signature(url, expiry)):
-            raise LinkRefused("bad signature")
-        return url, time.time() > expiry
-
-
-def is_image_id(value: str) -> bool:
-    """Whether ``value`` has the form of an id this gateway issues."""
-    return bool(_IMAGE_ID.match(value))
-
-
-def url_key(url: str) -> str:
-    """The store key of an upstream image URL (64 hex characters: never a valid opaque id)."""
-    return hashlib.sha256(url.encode("utf-8")).hexdigest()
-
-
-def image_link(base_url: str, image_id: str) -> str:
-    """The absolute link that serves an image kept as bytes."""
-    return f"{base_url}{IMAGE_PROXY_PATH}?id={image_id}"  # hex: nothing to quote
-
-
-def signed_link(base_url: str, signer: LinkSigner, url: str) -> str:
-    """The absolute, signed link that serves an upstream image through the gateway."""
-    query = signer.query_for_url(url)
-    # Unpadded URL-safe base64 and digits: nothing in the values needs quoting.
-    return f"{base_url}{IMAGE_PROXY_PATH}?u={query['u']}&e={query['e']}&s={query['s']}"
+# --- the origin the gateway's own links name ---
 
 
 def base_url(public_base_url: str, scheme: str, host_header: str, fallback_host: str) -> str:
@@ -115,21 +32,6 @@ def base_url(public_base_url: str, scheme: str, host_header: str, fallback_host:
         return public_base_url
     host = host_header if _SAFE_HOST.match(host_header or "") else fallback_host
     return f"{scheme}://{host}"
-
-
-def derive_secret(configured: str, material: Iterable[str]) -> bytes:
-    """The signing key: ``IMAGE_PROXY_SECRET`` if set, else derived from the configured secrets.
-
-    Derived from the keys in the configuration, the key stays the same across restarts as long as
-    they do, so links keep working. With no secret configured at all, a random key is used (links
-    to fetched images then last as long as the process or the disk tier).
-    """
-    if configured:
-        return hashlib.sha256(b"imagegate-proxy-secret\n" + configured.encode()).digest()
-    parts = sorted(set(material))
-    if not parts:
-        return secrets.token_bytes(32)
-    return hashlib.sha256("\n".join(["imagegate-derived-proxy-secret", *parts]).encode()).digest()
 
 
 # --- URL and address policy for fetches ---

@@ -9,9 +9,7 @@ from tornado.iostream import StreamClosedError
 
 from tornado_imagegate.errors import GatewayError
 from tornado_imagegate.handlers.base import BaseHandler, RequestIdMixin
-from tornado_imagegate.imagecache import CachedImage
-from tornado_imagegate.imagefetch import Transfer
-from tornado_imagegate.imagestore import ImageStore
+from tornado_imagegate.images.store import Arrival, ImageStore, ServedImage
 
 logger = logging.getLogger(__name__)
 
@@ -40,18 +38,18 @@ class ImageProxyHandler(BaseHandler):
 
     def get(self) -> Awaitable[None] | None:
         """Send the image (304 when the client's copy is current); a first fetch streams."""
-        found = self.store.resolve(self.request.query_arguments)
-        if isinstance(found, CachedImage):  # the hot path: no coroutine
-            self.send_image(found, include_body=True)
+        image, arrival = self.store.find(self.request.query_arguments)
+        if image is not None:  # the hot path: no coroutine
+            self.send_image(image, include_body=True)
             return None
-        return self.stream_transfer(found)
+        return self.stream_arrival(arrival)
 
     async def head(self) -> None:
         """Send the image's headers only."""
-        found = self.store.resolve(self.request.query_arguments)
-        if isinstance(found, Transfer):
-            found = await found.done
-        self.send_image(found, include_body=False)
+        image, arrival = self.store.find(self.request.query_arguments)
+        if image is None:
+            image = await arrival.done
+        self.send_image(image, include_body=False)
 
     def set_image_headers(self, content_type: str) -> None:
         """The allow-listed headers of every image answer; nothing is copied from upstream."""
@@ -60,7 +58,7 @@ class ImageProxyHandler(BaseHandler):
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Content-Security-Policy", IMAGE_CSP)
 
-    def send_image(self, image: CachedImage, include_body: bool) -> None:
+    def send_image(self, image: ServedImage, include_body: bool) -> None:
         """Answer from a complete image: validators, length, then the bytes (or 304)."""
         self.set_image_headers(image.content_type)
         self.set_header("ETag", image.etag)
@@ -74,12 +72,12 @@ class ImageProxyHandler(BaseHandler):
         self.set_header("Content-Length", image.length)
         self.finish(image.data if include_body else None)
 
-    async def stream_transfer(self, transfer: Transfer) -> None:
+    async def stream_arrival(self, arrival: Arrival) -> None:
         """Stream a first fetch as it arrives, once every check on it has passed."""
-        await transfer.ready  # raises the transfer's error before anything is sent
-        self.set_image_headers(transfer.content_type or "application/octet-stream")
+        await arrival.ready  # raises the download's error before anything is sent
+        self.set_image_headers(arrival.content_type or "application/octet-stream")
         try:
-            async for chunk in transfer.stream():
+            async for chunk in arrival.stream():
                 self.write(chunk)
                 await self.flush()
         except GatewayError as exc:
@@ -89,5 +87,5 @@ class ImageProxyHandler(BaseHandler):
             self.request.connection.close()
             return
         except StreamClosedError:
-            return  # the client left; the transfer goes on and fills the cache for others
+            return  # the client left; the download goes on and fills the cache for others
         self.finish()

@@ -12,7 +12,7 @@ from typing import Any
 
 from tornado.httpclient import HTTPRequest, HTTPResponse
 
-from tornado_imagegate import imagetype
+from tornado_imagegate.images import imagetype
 from tornado_imagegate.providers import (
     ProviderAnswerError,
     ProviderCall,

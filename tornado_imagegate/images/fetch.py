@@ -9,9 +9,10 @@ from urllib.parse import urljoin
 
 from tornado.httpclient import HTTPRequest
 
-from tornado_imagegate import errors, imagetype
+from tornado_imagegate import errors
 from tornado_imagegate.errors import GatewayError, UpstreamError
-from tornado_imagegate.imagecache import CachedImage, ImageCache
+from tornado_imagegate.images import imagetype
+from tornado_imagegate.images.cache import CachedImage, ImageCache
 from tornado_imagegate.metrics import Metrics
 from tornado_imagegate.upstream import (
     FetchGuard,

@@ -1,25 +1,27 @@
-"""Keeping images: store what providers return and hand out the gateway's own lasting links."""
+"""Keeping images: store what providers return and hand out the gateway's own lasting links.
+
+``ImageStore`` is the image subsystem's one interface to the rest of the gateway. The generation
+pipeline keeps images (``keep_bytes``, ``keep_url``) and reads them back (``image_of``); the
+``/image-proxy`` handler asks ``find`` what a link names and gets ``(image, arrival)``: a
+complete image (``ServedImage``) to send at once, or one still arriving from its upstream
+(``Arrival``) to stream. The handler knows these two types and nothing of the cache, the tiers or
+transfers.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from typing import Protocol, TypeAlias
 
-from tornado_imagegate import imagetype
 from tornado_imagegate.errors import NO_RETRY, GatewayError
-from tornado_imagegate.imagecache import CachedImage, ImageCache
-from tornado_imagegate.imagefetch import ImageFetcher, Transfer
-from tornado_imagegate.urlpolicy import (
-    LinkRefused,
-    LinkSigner,
-    check_fetch_url,
-    image_link,
-    is_image_id,
-    signed_link,
-    url_key,
-)
+from tornado_imagegate.images import imagetype
+from tornado_imagegate.images.cache import CachedImage, ImageCache
+from tornado_imagegate.images.fetch import ImageFetcher
+from tornado_imagegate.images.links import LinkSigner, image_link, parse_link, signed_link, url_key
+from tornado_imagegate.urlpolicy import LinkRefused, check_fetch_url
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +32,42 @@ class KeptImage:
 
     link: str
     key: str
+
+
+class ServedImage(Protocol):
+    """A complete image as the proxy sends it: bytes, type, and validators formatted once."""
+
+    data: bytes
+    content_type: str
+    etag: str
+
+    @property
+    def http_date(self) -> str:
+        """``Last-Modified``."""
+
+    @property
+    def length(self) -> str:
+        """``Content-Length``."""
+
+
+class Arrival(Protocol):
+    """An image still arriving from its upstream; it fills the cache for later requests.
+
+    ``ready`` resolves once the answer passed every check (nothing may be sent before), or fails
+    with a GatewayError; ``done`` resolves with the complete image. ``stream`` yields its bytes
+    as they arrive, and raises a GatewayError if the download fails part-way.
+    """
+
+    content_type: str | None
+    ready: asyncio.Future[None]
+    done: asyncio.Future[ServedImage]
+
+    def stream(self) -> AsyncIterator[bytes]:
+        """Every chunk in order, as it arrives."""
+
+
+# What a link names: (image, None) to send at once, or (None, arrival) to stream.
+Found: TypeAlias = tuple[ServedImage | None, Arrival | None]
 
 
 def unusable_image_url(reason: str) -> GatewayError:
@@ -139,44 +177,27 @@ class ImageStore:
             )
         return image
 
-    def resolve(self, query: Mapping[str, list[bytes]]) -> CachedImage | Transfer:
-        """The image a link names: kept bytes, or a transfer from its signed upstream URL.
+    def find(self, query: Mapping[str, list[bytes]]) -> Found:
+        """The image a link's query names: kept, or fetched from its signed upstream URL.
 
         403 for anything the gateway did not issue (no upstream request is made), 404 for an
         image no longer kept, 403 for a signed link past its fetch window whose image is gone.
         """
-        ids = query.get("id")
-        if ids is not None and len(query) == 1 and len(ids) == 1:  # the common case, first
-            image_id = ids[0].decode("ascii", "replace")
-            if not is_image_id(image_id):
-                raise forbidden_link("malformed id")
-            image = self.cache.get(image_id)
-            if image is None:
-                raise GatewayError(
-                    404, "image_not_found", "This image is no longer kept by the gateway."
-                )
-            return image
-        fields = {
-            name: values[0].decode("utf-8", "replace")
-            for name, values in query.items()
-            if len(values) == 1
-        }
-        if len(fields) != len(query):
-            raise forbidden_link("repeated query field")
-        if set(fields) != {"u", "e", "s"}:
-            raise forbidden_link("unknown link form")
         try:
-            url, expired = self.signer.verify(fields["u"], fields["e"], fields["s"])
+            key, url, expired = parse_link(query, self.signer)
         except LinkRefused as exc:
             raise forbidden_link(str(exc)) from None
-        key = url_key(url)
         image = self.cache.get(key)
         if image is not None:
-            return image
+            return image, None
+        if url is None:
+            raise GatewayError(
+                404, "image_not_found", "This image is no longer kept by the gateway."
+            )
         if expired:
             raise GatewayError(
                 403,
                 "expired_image_link",
                 "This image is no longer kept and its link is too old to fetch it again.",
             )
-        return self.fetcher.transfer(key, url)
+        return None, self.fetcher.transfer(key, url)

@@ -1,4 +1,4 @@
-"""The image store's memory LRU and disk tier: bounded in bytes, atomic, damage is a miss."""
+"""The image cache: a memory LRU bounded in bytes, over tiers (the disk, any other) in order."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import hashlib
 import json
 import os
 
-from tornado_imagegate.imagecache import CachedImage, DiskTier, ImageCache
+from tornado_imagegate.images.cache import CachedImage, ImageCache
+from tornado_imagegate.images.disk import DiskTier
 
 
 def image(n: int, size: int = 1000) -> CachedImage:
@@ -42,12 +43,56 @@ def test_etag_is_computed_once_from_the_content():
 
 
 def test_disk_tier_survives_a_new_instance(tmp_path):
-    first = ImageCache(10_000, disk=DiskTier(str(tmp_path), 100_000))
+    first = ImageCache(10_000, tiers=[DiskTier(str(tmp_path), 100_000)])
     first.put(key(7), image(7))
-    second = ImageCache(10_000, disk=DiskTier(str(tmp_path), 100_000))
+    second = ImageCache(10_000, tiers=[DiskTier(str(tmp_path), 100_000)])
     found = second.get(key(7))
     assert found == image(7)
     assert key(7) in second
+
+
+class SharedTier:
+    """The smallest further tier: a dict, standing in for a store that gateways share."""
+
+    name = "shared"
+
+    def __init__(self) -> None:
+        self.images: dict[str, CachedImage] = {}
+        self.evictions = 0
+        self.reads = 0
+
+    def get(self, key: str) -> CachedImage | None:
+        self.reads += 1
+        return self.images.get(key)
+
+    def put(self, key: str, image: CachedImage) -> bool:
+        self.images[key] = image
+        return True
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.images
+
+    @property
+    def current_bytes(self) -> int:
+        return sum(len(image.data) for image in self.images.values())
+
+
+def test_a_further_tier_is_asked_after_the_disk_and_its_hits_are_promoted(tmp_path):
+    shared = SharedTier()
+    first = ImageCache(10_000, tiers=[DiskTier(str(tmp_path / "first"), 100_000), shared])
+    assert first.put(key(1), image(1))
+    assert shared.images == {key(1): image(1)}  # stored into every tier
+    disk = DiskTier(str(tmp_path / "second"), 100_000)
+    second = ImageCache(10_000, tiers=[disk, shared])  # another gateway, the same shared tier
+    assert key(1) in second
+    assert second.get(key(1)) == image(1)
+    assert len(second) == 1  # promoted into memory
+    assert disk.get(key(1)) == image(1)  # and into the tier above
+    reads = shared.reads
+    assert second.get(key(1)) == image(1)
+    assert shared.reads == reads
+    assert second.get(key(2)) is None
+    assert (second.hits, second.misses) == (2, 1)
 
 
 def test_disk_tier_is_bounded_in_bytes(tmp_path):
