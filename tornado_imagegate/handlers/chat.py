@@ -9,7 +9,7 @@ from typing import Any
 
 from tornado.iostream import StreamClosedError
 
-from tornado_imagegate import openai_api, tasks
+from tornado_imagegate import housekeeping, openai_api
 from tornado_imagegate.errors import GatewayError, from_status
 from tornado_imagegate.handlers.base import GenerationHandler, JsonApiHandler
 from tornado_imagegate.openai_api import SSE_KEEPALIVE, ImageRequest, sse_event
@@ -25,8 +25,8 @@ class ChatCompletionsHandler(GenerationHandler):
         body = self.json_body()
         model = self.service.chat_model(body)
         # Before the prompt is validated: a task prompt may hold a whole chat history.
-        if self.config.answer_task_requests and tasks.is_task_request(body):
-            await self.answer_text(model, body, tasks.task_reply(body))
+        if self.config.answer_task_requests and housekeeping.is_task_request(body):
+            await self.answer_text(model, body, housekeeping.task_reply(body))
             return
         request = self.service.chat_request(body)
         if request.stream:
@@ -41,7 +41,7 @@ class ChatCompletionsHandler(GenerationHandler):
 
     async def answer_text(self, model: str, body: dict[str, Any], text: str) -> None:
         """A short text answer (to a client's housekeeping task): no image, no upstream call."""
-        asked = tasks.task_text(body)
+        asked = housekeeping.task_text(body)
         if body.get("stream") is not True:
             self.write_json(openai_api.chat_completion(model, text, asked))
             return

@@ -7,7 +7,7 @@ import json
 import pytest
 from conftest import chat_body, json_of, post_chat, register_secret, with_env
 
-from tornado_imagegate.tasks import is_task_request, task_reply
+from tornado_imagegate.housekeeping import is_task_request, task_reply
 
 SD_KEY = "sd-task-key-3131"
 register_secret(SD_KEY)
