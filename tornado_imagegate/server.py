@@ -31,6 +31,7 @@ from tornado_imagegate.config import (
     read_credentials,
     read_env_file,
 )
+from tornado_imagegate.curl_client import GatewayCurlClient
 from tornado_imagegate.lifecycle import Lifecycle
 from tornado_imagegate.listener import (
     GatewayHTTPServer,
@@ -42,7 +43,6 @@ from tornado_imagegate.logsafe import configure_logging, hide_secrets
 from tornado_imagegate.providers import decode
 from tornado_imagegate.report import problems_report, settings_report
 from tornado_imagegate.sdnotify import Notifier
-from tornado_imagegate.upstream import GatewayCurlClient
 
 logger = logging.getLogger(__name__)
 
