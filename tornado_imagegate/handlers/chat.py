@@ -11,7 +11,8 @@ from tornado.iostream import StreamClosedError
 
 from tornado_imagegate import housekeeping, openai_api
 from tornado_imagegate.errors import GatewayError, from_status
-from tornado_imagegate.handlers.base import GenerationHandler, JsonApiHandler
+from tornado_imagegate.handlers.base import JsonApiHandler
+from tornado_imagegate.handlers.generation import GenerationHandler
 from tornado_imagegate.openai_api import SSE_KEEPALIVE, ImageRequest, sse_event
 
 logger = logging.getLogger(__name__)
