@@ -10,11 +10,19 @@ import os
 import re
 from typing import Any
 
-from tornado.web import HTTPError, RequestHandler, StaticFileHandler, stream_request_body
+from tornado.httputil import HTTPServerRequest
+from tornado.web import (
+    Application,
+    HTTPError,
+    RequestHandler,
+    StaticFileHandler,
+    stream_request_body,
+)
 
 from tornado_imagegate import errors
 from tornado_imagegate.config import Settings
 from tornado_imagegate.errors import GatewayError
+from tornado_imagegate.lifecycle import Lifecycle
 from tornado_imagegate.openai_api import decode_json_object
 from tornado_imagegate.urlpolicy import base_url
 
@@ -55,25 +63,40 @@ class RequestIdMixin:
 
 
 class BaseHandler(RequestIdMixin, RequestHandler):
-    """Every route: request ids, CORS, OPTIONS preflight, errors as the OpenAI envelope."""
+    """Every route: request ids, CORS, OPTIONS preflight, errors as the OpenAI envelope.
+
+    The route table gives every route the settings (``config``) and the ``lifecycle``; a
+    route's own services reach its ``initialize()``.
+    """
 
     _counted = False
 
-    @property
-    def config(self) -> Settings:
-        """The gateway's validated settings."""
-        return self.application.settings["imagegate"]
+    def __init__(
+        self,
+        application: Application,
+        request: HTTPServerRequest,
+        *,
+        config: Settings,
+        lifecycle: Lifecycle,
+        **route_services: Any,
+    ) -> None:
+        """Keep what every route is given, then let Tornado pass the rest to ``initialize()``."""
+        # Kept before Tornado's constructor runs: it sets the default headers (CORS reads the
+        # settings) before it calls initialize().
+        self.config = config
+        self.lifecycle = lifecycle
+        super().__init__(application, request, **route_services)
 
     def prepare(self) -> None:
         """Count the request as in flight, for a graceful shutdown."""
         self._counted = True
-        self.application.settings["lifecycle"].begin()
+        self.lifecycle.begin()
 
     def on_finish(self) -> None:
         """The request is no longer in flight."""
         if self._counted:
             self._counted = False
-            self.application.settings["lifecycle"].end()
+            self.lifecycle.end()
 
     def on_connection_close(self) -> None:
         """The client left: its request is no longer in flight, even if it never finishes

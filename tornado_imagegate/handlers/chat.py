@@ -11,8 +11,10 @@ from tornado.iostream import StreamClosedError
 
 from tornado_imagegate import housekeeping, openai_api
 from tornado_imagegate.errors import GatewayError, from_status
+from tornado_imagegate.generation import ImageService
 from tornado_imagegate.handlers.base import JsonApiHandler
 from tornado_imagegate.handlers.generation import GenerationHandler
+from tornado_imagegate.metrics import Metrics
 from tornado_imagegate.openai_api import SSE_KEEPALIVE, ImageRequest, sse_event
 
 logger = logging.getLogger(__name__)
@@ -20,6 +22,11 @@ logger = logging.getLogger(__name__)
 
 class ChatCompletionsHandler(GenerationHandler):
     """Answers a chat completion whose content is a markdown image of the gateway's own link."""
+
+    def initialize(self, service: ImageService, metrics: Metrics) -> None:
+        """Take the generation service and the metrics (open streams) from the route table."""
+        super().initialize(service)
+        self.metrics = metrics
 
     async def post(self) -> None:
         """Validate, then answer a task with text or generate; as JSON or as a stream."""
@@ -54,7 +61,7 @@ class ChatCompletionsHandler(GenerationHandler):
     async def stream(self, request: ImageRequest, body: dict[str, Any]) -> None:
         """Server-Sent Events: the role chunk at once, keep-alives while working, then content."""
         stream = _Stream(self, request.model, openai_api.include_usage(body))
-        streams_open = self.application.settings["metrics"].streams_open
+        streams_open = self.metrics.streams_open
         streams_open.inc()
         try:
             await self.stream_generation(stream, request)
