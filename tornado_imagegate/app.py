@@ -1,4 +1,4 @@
-"""make_app(): the one route table."""
+"""make_app(): the services, and the one route table that hands them to the handlers."""
 
 from __future__ import annotations
 
