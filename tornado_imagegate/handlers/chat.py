@@ -15,7 +15,7 @@ from tornado_imagegate.generation import ImageService
 from tornado_imagegate.handlers.base import JsonApiHandler
 from tornado_imagegate.handlers.generation import GenerationHandler
 from tornado_imagegate.metrics import Metrics
-from tornado_imagegate.openai_api import SSE_KEEPALIVE, ImageRequest, sse_event
+from tornado_imagegate.openai_api import SSE_KEEPALIVE, ChatBody, ImageRequest, sse_event
 
 logger = logging.getLogger(__name__)
 
@@ -30,15 +30,15 @@ class ChatCompletionsHandler(GenerationHandler):
 
     async def post(self) -> None:
         """Validate, then answer a task with text or generate; as JSON or as a stream."""
-        body = self.json_body()
-        model = self.service.chat_model(body)
+        chat = openai_api.read_chat(self.json_body())
+        self.service.group_for(chat.model)  # an unknown model is a 404, for a task too
         # Before the prompt is validated: a task prompt may hold a whole chat history.
-        if self.config.answer_task_requests and housekeeping.is_task_request(body):
-            await self.answer_text(model, body, housekeeping.task_reply(body))
+        if self.config.answer_task_requests and housekeeping.is_task_request(chat):
+            await self.answer_text(chat, housekeeping.task_reply(chat))
             return
-        request = self.service.chat_request(body)
+        request = self.service.chat_request(chat)
         if request.stream:
-            await self.stream(request, body)
+            await self.stream(request, chat)
             return
         generation = await self.generated(request)
         if generation is None:
@@ -47,20 +47,20 @@ class ChatCompletionsHandler(GenerationHandler):
             openai_api.chat_completion(request.model, generation.markdown(), request.prompt)
         )
 
-    async def answer_text(self, model: str, body: dict[str, Any], text: str) -> None:
+    async def answer_text(self, chat: ChatBody, text: str) -> None:
         """A short text answer (to a client's housekeeping task): no image, no upstream call."""
-        asked = housekeeping.task_text(body)
-        if body.get("stream") is not True:
-            self.write_json(openai_api.chat_completion(model, text, asked))
+        asked = housekeeping.task_text(chat)
+        if chat.fields.get("stream") is not True:
+            self.write_json(openai_api.chat_completion(chat.model, text, asked))
             return
-        stream = _Stream(self, model, openai_api.include_usage(body))
+        stream = _Stream(self, chat.model, openai_api.include_usage(chat.fields))
         await stream.start()
         await stream.content(text, asked)
         self.finish()
 
-    async def stream(self, request: ImageRequest, body: dict[str, Any]) -> None:
+    async def stream(self, request: ImageRequest, chat: ChatBody) -> None:
         """Server-Sent Events: the role chunk at once, keep-alives while working, then content."""
-        stream = _Stream(self, request.model, openai_api.include_usage(body))
+        stream = _Stream(self, request.model, openai_api.include_usage(chat.fields))
         streams_open = self.metrics.streams_open
         streams_open.inc()
         try:
