@@ -11,7 +11,7 @@ Size = tuple[int, int]
 MIN_SIDE = 64
 MAX_SIDE = 2048
 
-# Seed 000 (SiliconFlow-type, direct groups) and the demo provider.
+# SiliconFlow-type and direct groups (the sizes of the Flux gateway), and the demo provider.
 RATIOS_1024: dict[str, Size] = {
     "1:1": (1024, 1024),
     "1:2": (512, 1024),
@@ -20,7 +20,7 @@ RATIOS_1024: dict[str, Size] = {
     "16:9": (1024, 576),
     "9:16": (576, 1024),
 }
-# Seed 004 (SD / Z-Image): longest side 2048.
+# SD / Z-Image (the sizes of the Z-Image gateway): longest side 2048.
 RATIOS_2048: dict[str, Size] = {
     "1:1": (2048, 2048),
     "1:2": (1024, 2048),
