@@ -111,6 +111,12 @@ class ImageService:
             raise errors.model_not_found(model)
         return group
 
+    def read_chat(self, body: dict[str, Any]) -> ChatBody:
+        """A chat request, read once (400 when its model is missing, 404 when it is unknown)."""
+        chat = openai_api.read_chat(body)
+        self.group_for(chat.model)
+        return chat
+
     def chat_request(self, chat: ChatBody) -> ImageRequest:
         """Validate a chat request into an ImageRequest for its model's provider."""
         group = self.group_for(chat.model)

@@ -30,8 +30,7 @@ class ChatCompletionsHandler(GenerationHandler):
 
     async def post(self) -> None:
         """Validate, then answer a task with text or generate; as JSON or as a stream."""
-        chat = openai_api.read_chat(self.json_body())
-        self.service.group_for(chat.model)  # an unknown model is a 404, for a task too
+        chat = self.service.read_chat(self.json_body())
         # Before the prompt is validated: a task prompt may hold a whole chat history.
         if self.config.answer_task_requests and housekeeping.is_task_request(chat):
             await self.answer_text(chat, housekeeping.task_reply(chat))
