@@ -167,7 +167,7 @@ async def run_gateway(cache_bytes: int, image_bytes: int, access_log: bool) -> N
     sockets = bind_sockets(0, HOST)
     server.add_sockets(sockets)
     base_url = f"http://{HOST}:{sockets[0].getsockname()[1]}"
-    store = app.settings["image_store"]
+    store = app.services.store
     url = kept_link(store.keep_bytes(bench_image(image_bytes), base_url))
     first_id = url.rsplit("=", 1)[1]
 

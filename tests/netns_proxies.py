@@ -138,7 +138,7 @@ class Gateway:
 
     async def image(self, url: str) -> tuple[int, bytes]:
         """Follow a signed link to ``url``: the status and body the client gets."""
-        query = urlencode(self.app.settings["image_store"].signer.query_for_url(url))
+        query = urlencode(self.app.services.store.signer.query_for_url(url))
         response = await self.client.fetch(
             f"{self.base_url}/image-proxy?{query}", raise_error=False
         )

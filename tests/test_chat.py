@@ -271,7 +271,7 @@ async def test_an_altered_link_never_gives_another_image(http_client, base_url):
 @pytest.mark.gen_test
 @with_env({"IMAGE_CACHE_MAX_BYTES": "60000"})
 async def test_the_image_store_is_bounded_in_bytes(http_client, base_url, app):
-    store = app.settings["image_store"]
+    store = app.services.store
     links = []
     for seed in range(12):
         _, _, link = await complete(http_client, base_url, chat_body("a maze", seed=seed))

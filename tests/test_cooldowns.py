@@ -213,7 +213,7 @@ async def test_an_answer_over_the_limit_is_502_and_rests_no_key(http_client, bas
 
 @pytest.mark.gen_test
 async def test_a_large_answer_is_decoded_in_another_process(http_client, base_url, fakes, app):
-    decoder = app.settings["image_service"].providers["IMAGE_GEN_3"].decoder
+    decoder = app.services.generation.providers["IMAGE_GEN_3"].decoder
     before = decoder.offloaded
     small = await chat(http_client, base_url, "gpt-image-1")
     assert small.code == 200, small.body

@@ -34,7 +34,7 @@ def origin(io_loop):
 
 def store_of(app):
     """The image store behind an application."""
-    return app.settings["image_store"]
+    return app.services.store
 
 
 def local(link: str, base_url: str) -> str:

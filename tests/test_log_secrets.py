@@ -94,7 +94,7 @@ def test_malformed_requests_and_failing_links_leave_no_secret_in_the_log(gateway
 
 @pytest.mark.gen_test
 async def test_an_uncaught_error_on_a_signed_link_logs_the_path_only(http_client, base_url, app):
-    store = app.settings["image_store"]
+    store = app.services.store
     query = urlencode(store.signer.query_for_url("https://images.example/cat.png"))
     register_secret(query, query.rsplit("s=", 1)[1])
 

@@ -136,7 +136,7 @@ async def test_upstream_failures_are_not_retried_by_the_sdk(base_url, sd):
 @pytest.mark.gen_test
 async def test_a_timeout_raises_the_sdks_status_error(base_url, sd, app):
     sd.default = Answer(hang=True)
-    app.settings["image_service"].providers["SD"].timeout = 0.5
+    app.services.generation.providers["SD"].timeout = 0.5
     async with sdk(base_url) as client:
         with pytest.raises(openai.APIStatusError) as caught:
             await client.chat.completions.create(

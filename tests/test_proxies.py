@@ -190,7 +190,7 @@ async def test_an_unreachable_upstream_proxy_is_a_502_that_never_shows_its_passw
 ):
     # A proxy on a closed port (the recording proxy, closed before the request).
     proxy.close()
-    assert app.settings["imagegate"].upstream_proxy.endswith(f"@{proxy.netloc}")
+    assert app.services.settings.upstream_proxy.endswith(f"@{proxy.netloc}")
     response = await post_chat(http_client, base_url, chat_body("a cat", model="Z-Image"))
     assert_error(response, 502, "upstream_error")
     assert PROXY_PASSWORD.encode() not in response.body
@@ -221,7 +221,7 @@ def app(gateway_env, request):
 
 async def fetch_signed(http_client, base_url, app, url):
     """GET a signed link to ``url`` through the gateway."""
-    query = urlencode(app.settings["image_store"].signer.query_for_url(url))
+    query = urlencode(app.services.store.signer.query_for_url(url))
     return await http_client.fetch(f"{base_url}/image-proxy?{query}", raise_error=False)
 
 

@@ -298,7 +298,7 @@ async def test_metrics_can_be_public(http_client, base_url):
 async def test_readiness_reports_shutdown(http_client, base_url, app):
     ready = await call(http_client, base_url, "/ready", key=None)
     assert ready.code == 200 and json_of(ready)["status"] == "ready"
-    app.settings["lifecycle"].shutting_down = True
+    app.services.lifecycle.shutting_down = True
     assert (await call(http_client, base_url, "/ready", key=None)).code == 503
 
 
@@ -425,7 +425,7 @@ async def test_a_client_leaving_mid_body_is_no_longer_in_flight(
         b"Authorization: Bearer " + CLIENT_KEYS[0].encode() + b"\r\n"
         b'Content-Length: 1000\r\n\r\n{"model": '
     )
-    lifecycle = app.settings["lifecycle"]
+    lifecycle = app.services.lifecycle
     for _ in range(200):
         if lifecycle.inflight:
             break

@@ -192,7 +192,7 @@ async def test_a_client_that_leaves_stops_its_provider_call_and_rests_no_key(
     await sd.arrived.wait()
     stream.close()
     await asyncio.wait_for(sd.client_left.wait(), TIMEOUT)  # the gateway dropped the call
-    service = app.settings["image_service"]
+    service = app.services.generation
     assert service.providers["SD"].keys.resting() == 0
     sd.gate.set()
     health = await http_client.fetch(base_url + "/health")

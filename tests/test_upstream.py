@@ -1,4 +1,4 @@
-"""The one outbound client: timers that bursts cannot starve, guards, and error mapping."""
+"""The one outbound client: bursts of fetches, guards, and error mapping."""
 
 from __future__ import annotations
 
@@ -9,30 +9,7 @@ from fakes import FakeOrigin
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from tornado_imagegate.errors import UpstreamError
-from tornado_imagegate.upstream import FetchGuard, GatewayCurlClient, Upstream, retry_after_seconds
-
-
-@pytest.mark.gen_test
-async def test_the_configured_client_is_the_gateway_curl_client():
-    assert isinstance(AsyncHTTPClient(), GatewayCurlClient)
-
-
-@pytest.mark.gen_test
-async def test_new_requests_do_not_push_back_a_pending_timer():
-    client = AsyncHTTPClient()
-    client._set_timeout(0)
-    first = client._timeout
-    client._set_timeout(0)  # a second request an instant later: the pending timer stays
-    client._set_timeout(500)
-    assert client._timeout is first
-    client.io_loop.remove_timeout(client._timeout)
-    client._timeout = None
-    client._set_timeout(500)
-    later = client._timeout
-    client._set_timeout(0)  # an earlier deadline replaces a later one
-    assert client._timeout is not later
-    client._set_timeout(-1)  # curl needs no timer: none is left pending
-    assert client._timeout is None
+from tornado_imagegate.upstream import FetchGuard, Upstream, retry_after_seconds
 
 
 @pytest.mark.gen_test

@@ -1,10 +1,13 @@
-"""make_app(): the one route table."""
+"""make_app(): the services, and the one route table that hands them to the handlers."""
 
 from __future__ import annotations
 
+import functools
 import os
+from dataclasses import dataclass
+from typing import Any
 
-from tornado.web import Application
+from tornado.web import Application, RequestHandler
 
 from tornado_imagegate.config import Settings
 from tornado_imagegate.generation import ImageService
@@ -65,37 +68,78 @@ def make_store(
     return ImageStore(cache, fetcher, LinkSigner(secret))
 
 
-def make_app(settings: Settings, store: ImageStore | None = None) -> Application:
-    """Build the Tornado application with its services: the one route table."""
+@dataclass(frozen=True)
+class Services:
+    """What the route table hands the handlers; tests and benches reach the services here too."""
+
+    settings: Settings
+    lifecycle: Lifecycle
+    metrics: Metrics
+    upstream: Upstream
+    store: ImageStore
+    generation: ImageService
+
+
+def make_services(settings: Settings, store: ImageStore | None = None) -> Services:
+    """The services of one application: built once, shared by every request."""
     upstream = Upstream(proxy=settings.upstream_proxy)
     metrics = Metrics()
     store = store or make_store(settings, upstream, metrics)
     metrics.watch(CacheCollector(store.cache))
-    service = ImageService(settings, store, upstream, metrics)
+    return Services(
+        settings=settings,
+        lifecycle=Lifecycle(),
+        metrics=metrics,
+        upstream=upstream,
+        store=store,
+        generation=ImageService(settings, store, upstream, metrics),
+    )
+
+
+class GatewayApplication(Application):
+    """The Tornado application, with the services its route table handed out (``services``)."""
+
+    def __init__(self, services: Services, routes: list[Any], **settings: Any) -> None:
+        super().__init__(routes, **settings)
+        self.services = services
+
+
+def make_app(settings: Settings, store: ImageStore | None = None) -> GatewayApplication:
+    """Build the Tornado application with its services: the one route table."""
+    services = make_services(settings, store)
+    every_route = {"config": settings, "lifecycle": services.lifecycle}
+
+    def route(pattern: str, handler: type[RequestHandler], **own: Any) -> tuple:
+        """A route whose handler gets what every route gets, then its own services."""
+        return (pattern, handler, {**every_route, **own})
+
+    generation, metrics = services.generation, services.metrics
     # The /v1 prefix is optional: some clients are given the bare origin as their base URL.
     routes = [
         # First: the most requested path (every chat client re-fetches its images).
-        (r"/image-proxy", ImageProxyHandler, {"store": store}),
-        (r"/", WelcomeHandler),
-        (r"/(?:v1/)?health/?", HealthHandler),
-        (r"/ready/?", ReadyHandler),
-        (r"/metrics/?", MetricsHandler),
-        (r"/openapi\.json", OpenApiHandler),
-        (r"/(?:v1/)?models/?", ModelsHandler),
-        (r"/(?:v1/)?chat/completions/?", ChatCompletionsHandler, {"service": service}),
-        (r"/(?:v1/)?images/generations/?", ImagesGenerationsHandler, {"service": service}),
-        (r"/static/(.+)", StaticHandler, {"path": STATIC_DIR}),
+        route(r"/image-proxy", ImageProxyHandler, store=services.store),
+        route(r"/", WelcomeHandler),
+        route(r"/(?:v1/)?health/?", HealthHandler),
+        route(r"/ready/?", ReadyHandler),
+        route(r"/metrics/?", MetricsHandler, metrics=metrics),
+        route(r"/openapi\.json", OpenApiHandler),
+        route(r"/(?:v1/)?models/?", ModelsHandler),
+        route(
+            r"/(?:v1/)?chat/completions/?",
+            ChatCompletionsHandler,
+            service=generation,
+            metrics=metrics,
+        ),
+        route(r"/(?:v1/)?images/generations/?", ImagesGenerationsHandler, service=generation),
+        route(r"/static/(.+)", StaticHandler, path=STATIC_DIR),
     ]
-    return Application(
+    return GatewayApplication(
+        services,
         routes,
-        imagegate=settings,
-        image_service=service,
-        image_store=store,
-        metrics=metrics,
-        lifecycle=Lifecycle(),
         template_path=STATIC_DIR,
         default_handler_class=NotFoundHandler,
-        log_function=log_request,
+        default_handler_args=every_route,
+        log_function=functools.partial(log_request, metrics=metrics),
         compress_response=False,
         xsrf_cookies=False,
     )

@@ -15,7 +15,7 @@ from tornado_imagegate.config import ProviderGroup, Settings
 from tornado_imagegate.images.store import ImageStore, KeptImage
 from tornado_imagegate.keys import cooldown_policy
 from tornado_imagegate.metrics import Metrics
-from tornado_imagegate.openai_api import ImageRequest
+from tornado_imagegate.openai_api import ChatBody, ImageRequest
 from tornado_imagegate.prompt import OptimisedPrompt, PromptOptimiser
 from tornado_imagegate.provider_kinds import provider_kind
 from tornado_imagegate.providers import Provider, ProviderImage
@@ -101,18 +101,17 @@ class ImageService:
             raise errors.model_not_found(model)
         return group
 
-    def chat_model(self, body: dict[str, Any]) -> str:
-        """The configured model a chat request names (400 when missing, 404 when unknown)."""
-        model = openai_api.requested_model(body)
-        self.group_for(model)
-        return model
+    def read_chat(self, body: dict[str, Any]) -> ChatBody:
+        """A chat request, read once (400 when its model is missing, 404 when it is unknown)."""
+        chat = openai_api.read_chat(body)
+        self.group_for(chat.model)
+        return chat
 
-    def chat_request(self, body: dict[str, Any]) -> ImageRequest:
-        """Validate a chat completions body into an ImageRequest for its model's provider."""
-        model = self.chat_model(body)
-        group = self.group_for(model)
-        prompt = openai_api.chat_prompt(body)
-        return openai_api.image_request(body, model, prompt, group.kind)
+    def chat_request(self, chat: ChatBody) -> ImageRequest:
+        """Validate a chat request into an ImageRequest for its model's provider."""
+        group = self.group_for(chat.model)
+        prompt = openai_api.chat_prompt(chat)
+        return openai_api.image_request(chat.fields, chat.model, prompt, group.kind)
 
     def images_request(self, body: dict[str, Any]) -> openai_api.ImagesApiRequest:
         """Validate an Images API body; an absent or unknown model gets the default model."""

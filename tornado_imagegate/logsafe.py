@@ -7,21 +7,24 @@ import logging
 import re
 import sys
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tornado_imagegate.metrics import Metrics
 
 access_log = logging.getLogger("tornado.access")
 
 
-def log_request(handler: Any) -> None:
+def log_request(handler: Any, metrics: Metrics | None = None) -> None:
     """One access line per request (status, method, path without query, time, request id).
 
     The query is left out: image links are capabilities, and nothing else belongs in a log.
-    Also counts the request in the metrics.
+    Also counts the request in ``metrics`` (bound by ``make_app``, as Tornado's
+    ``log_function`` is given the handler alone).
     """
     status = handler.get_status()
     request = handler.request
     seconds = request.request_time()
-    metrics = handler.application.settings.get("metrics")
     route = getattr(handler, "route_name", type(handler).__name__)
     if metrics is not None:
         metrics.count_request(route, request.method, status, seconds)

@@ -73,29 +73,83 @@ def requested_model(body: dict[str, Any]) -> str:
     return model.strip()
 
 
-def chat_prompt(body: dict[str, Any]) -> str:
+@dataclass(frozen=True)
+class ChatMessage:
+    """One message of a chat request: its role and its text."""
+
+    role: object
+    text: str  # "" when the content has no text, or cannot be read
+    unreadable: errors.GatewayError | None = None  # why the content cannot be read
+
+
+@dataclass(frozen=True)
+class ChatBody:
+    """A chat completions body, read once: its model, and each message's role and text.
+
+    The prompt, the housekeeping check and its answer all read the messages from here.
+    """
+
+    fields: dict[str, Any]
+    model: str
+    # None when 'messages' is not a list; an entry is None when the message is not an object.
+    messages: tuple[ChatMessage | None, ...] | None
+
+    def texts(self, role: str) -> list[str]:
+        """The texts of the messages of ``role``, in order ("" for one that cannot be read)."""
+        return [m.text for m in self.messages or () if m is not None and m.role == role]
+
+    def last_user_text(self) -> str:
+        """The text of the last user message, or "" when there is none."""
+        users = self.texts("user")
+        return users[-1] if users else ""
+
+
+def read_chat(body: dict[str, Any]) -> ChatBody:
+    """Read a chat completions body (400 when the model is missing).
+
+    Messages are read without complaint: what is wrong with them is kept for ``chat_prompt``,
+    as a housekeeping request is answered whatever its other messages hold.
+    """
+    model = requested_model(body)
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return ChatBody(body, model, None)
+    return ChatBody(body, model, tuple(_chat_message(message) for message in messages))
+
+
+def _chat_message(message: Any) -> ChatMessage | None:
+    if not isinstance(message, dict):
+        return None
+    role = message.get("role")
+    try:
+        return ChatMessage(role, message_text(message.get("content")))
+    except errors.GatewayError as unreadable:
+        return ChatMessage(role, "", unreadable)
+
+
+def chat_prompt(chat: ChatBody) -> str:
     """The prompt of a chat request: a top-level ``prompt``, else the last user message's text."""
-    prompt = body.get("prompt")
+    prompt = chat.fields.get("prompt")
     if prompt is not None and not isinstance(prompt, str):
         raise errors.invalid_parameter("prompt", "'prompt' must be a string.")
     if prompt and prompt.strip():
         return prompt.strip()
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
+    if not chat.messages:
         raise errors.invalid_parameter(
             "messages", "'messages' must be a non-empty list of chat messages."
         )
-    for message in reversed(messages):
-        if not isinstance(message, dict):
+    for message in reversed(chat.messages):
+        if message is None:
             raise errors.invalid_parameter("messages", "Each message must be a JSON object.")
-        if message.get("role") != "user":
+        if message.role != "user":
             continue
-        text = message_text(message.get("content"))
-        if not text:
+        if message.unreadable is not None:
+            raise message.unreadable
+        if not message.text:
             raise errors.invalid_parameter(
                 "messages", "The last user message has no text to make an image from."
             )
-        return text
+        return message.text
     raise errors.invalid_parameter("messages", "There is no user message to make an image from.")
 
 

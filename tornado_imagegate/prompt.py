@@ -20,7 +20,8 @@ logger = logging.getLogger(__name__)
 
 MAX_WORDS = 50
 
-# Written for this gateway to the specification of seed 000's two modes (not copied from it).
+# Written for this gateway to the specification of the Flux gateway's two optimiser modes
+# (with and without reasoning), not copied from it.
 _RULES = """Rules for the prompt you write:
 - English only. If the idea is written in another language, understand it and write the prompt
   in English.

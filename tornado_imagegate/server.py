@@ -23,7 +23,7 @@ from tornado.netutil import bind_sockets
 from tornado.web import Application
 
 from tornado_imagegate import __version__
-from tornado_imagegate.app import make_app
+from tornado_imagegate.app import GatewayApplication, make_app
 from tornado_imagegate.config import (
     ConfigError,
     Settings,
@@ -31,6 +31,7 @@ from tornado_imagegate.config import (
     read_credentials,
     read_env_file,
 )
+from tornado_imagegate.curl_client import GatewayCurlClient
 from tornado_imagegate.lifecycle import Lifecycle
 from tornado_imagegate.listener import (
     GatewayHTTPServer,
@@ -42,7 +43,6 @@ from tornado_imagegate.logsafe import configure_logging, hide_secrets
 from tornado_imagegate.providers import decode
 from tornado_imagegate.report import problems_report, settings_report
 from tornado_imagegate.sdnotify import Notifier
-from tornado_imagegate.upstream import GatewayCurlClient
 
 logger = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ def make_http_server(
     cap on open client connections (by default ``MAX_CLIENT_CONNECTIONS`` or sized from the
     descriptor limit)."""
     if max_connections is None:
-        settings = app.settings.get("imagegate") or Settings()
+        settings = app.services.settings if isinstance(app, GatewayApplication) else Settings()
         max_connections = connection_cap(
             settings.max_client_connections, settings.upstream_max_clients
         )
@@ -230,7 +230,7 @@ async def serve(settings: Settings, notifier: Notifier | None = None) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
-    await shut_down(server, app.settings["lifecycle"], settings.shutdown_grace_seconds, notifier)
+    await shut_down(server, app.services.lifecycle, settings.shutdown_grace_seconds, notifier)
     if watchdog is not None:
         watchdog.stop()
 

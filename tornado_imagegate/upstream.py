@@ -11,7 +11,6 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import pycurl
-from tornado.curl_httpclient import CurlAsyncHTTPClient
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
 
 from tornado_imagegate.errors import UpstreamError
@@ -114,50 +113,6 @@ def header_field(line: str, wanted: frozenset[str]) -> tuple[str, str] | None:
     if colon and name in wanted:
         return name, value.strip()
     return None
-
-
-class GatewayCurlClient(CurlAsyncHTTPClient):
-    """Tornado's curl client, with a pool apart for filtered fetches and a timer bursts cannot
-    starve.
-
-    Each new request asks curl to run "now" by replacing the pending timer with a new one; during
-    a burst (a thousand chat completions arriving at once) that timer was replaced again and
-    again, and no upstream request started until the burst was read. Keeping the earlier timer
-    lets upstream work start while requests still arrive.
-    """
-
-    _timer_deadline = 0.0
-
-    def initialize(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
-        """Tornado's set-up, plus the separate pool of connections opened through the filter."""
-        super().initialize(*args, **kwargs)
-        # Connections opened through the address filter are pooled apart: a filtered fetch may
-        # reuse one of them (and its TLS session), never a connection that a trusted call (a
-        # configured provider, perhaps on a private address) opened unchecked.
-        self.filtered_pool = pycurl.CurlShare()
-        self.filtered_pool.setopt(pycurl.SH_SHARE, pycurl.LOCK_DATA_CONNECT)
-
-    def close(self) -> None:
-        """Close the transfers, then the filtered pool's connections."""
-        super().close()
-        try:
-            self.filtered_pool.close()
-        except pycurl.error:
-            pass
-
-    def _set_timeout(self, msecs: int) -> None:
-        if msecs < 0:
-            # curl needs no timer. Tornado would set one 1 ms in the past: an extra loop turn
-            # and a call into curl for nothing, on every transfer.
-            if self._timeout is not None:
-                self.io_loop.remove_timeout(self._timeout)
-                self._timeout = None
-            return
-        deadline = self.io_loop.time() + msecs / 1000.0
-        if self._timeout is not None and self._timer_deadline <= deadline:
-            return  # an earlier timer is already pending
-        super()._set_timeout(msecs)
-        self._timer_deadline = deadline
 
 
 @dataclass

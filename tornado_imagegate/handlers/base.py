@@ -2,27 +2,29 @@
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import itertools
 import json
 import logging
 import os
 import re
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from tornado.web import HTTPError, RequestHandler, StaticFileHandler, stream_request_body
+from tornado.httputil import HTTPServerRequest
+from tornado.web import (
+    Application,
+    HTTPError,
+    RequestHandler,
+    StaticFileHandler,
+    stream_request_body,
+)
 
 from tornado_imagegate import errors
 from tornado_imagegate.config import Settings
 from tornado_imagegate.errors import GatewayError
+from tornado_imagegate.lifecycle import Lifecycle
 from tornado_imagegate.openai_api import decode_json_object
 from tornado_imagegate.urlpolicy import base_url
-
-if TYPE_CHECKING:
-    from tornado_imagegate.generation import Generation, ImageService
-    from tornado_imagegate.openai_api import ImageRequest
 
 logger = logging.getLogger(__name__)
 
@@ -61,25 +63,40 @@ class RequestIdMixin:
 
 
 class BaseHandler(RequestIdMixin, RequestHandler):
-    """Every route: request ids, CORS, OPTIONS preflight, errors as the OpenAI envelope."""
+    """Every route: request ids, CORS, OPTIONS preflight, errors as the OpenAI envelope.
+
+    The route table gives every route the settings (``config``) and the ``lifecycle``; a
+    route's own services reach its ``initialize()``.
+    """
 
     _counted = False
 
-    @property
-    def config(self) -> Settings:
-        """The gateway's validated settings."""
-        return self.application.settings["imagegate"]
+    def __init__(
+        self,
+        application: Application,
+        request: HTTPServerRequest,
+        *,
+        config: Settings,
+        lifecycle: Lifecycle,
+        **route_services: Any,
+    ) -> None:
+        """Keep what every route is given, then let Tornado pass the rest to ``initialize()``."""
+        # Kept before Tornado's constructor runs: it sets the default headers (CORS reads the
+        # settings) before it calls initialize().
+        self.config = config
+        self.lifecycle = lifecycle
+        super().__init__(application, request, **route_services)
 
     def prepare(self) -> None:
         """Count the request as in flight, for a graceful shutdown."""
         self._counted = True
-        self.application.settings["lifecycle"].begin()
+        self.lifecycle.begin()
 
     def on_finish(self) -> None:
         """The request is no longer in flight."""
         if self._counted:
             self._counted = False
-            self.application.settings["lifecycle"].end()
+            self.lifecycle.end()
 
     def on_connection_close(self) -> None:
         """The client left: its request is no longer in flight, even if it never finishes
@@ -215,38 +232,6 @@ class JsonApiHandler(ApiHandler):
         if self._received > MAX_REQUEST_BYTES:
             raise errors.request_too_large(MAX_REQUEST_BYTES)
         return decode_json_object(b"".join(self._chunks))
-
-
-class GenerationHandler(JsonApiHandler):
-    """A route that generates images: its work is abandoned when its client leaves."""
-
-    def initialize(self, service: ImageService) -> None:
-        """Take the generation service from the route table."""
-        self.service = service
-        self.work: asyncio.Future[Generation] | None = None
-
-    def on_connection_close(self) -> None:
-        """The client left: stop the work only it was waiting for."""
-        super().on_connection_close()
-        if self.work is not None and not self.work.done():
-            logger.info("client went away; abandoning its generation")
-            self.work.cancel()
-
-    def start_generation(
-        self, request: ImageRequest, on_thinking: Callable[[str], None] | None = None
-    ) -> asyncio.Future[Generation]:
-        """Run the generation as a task the connection's close can cancel."""
-        self.work = asyncio.ensure_future(
-            self.service.generate(request, self.request_base_url(), on_thinking)
-        )
-        return self.work
-
-    async def generated(self, request: ImageRequest) -> Generation | None:
-        """The generation's outcome, or None when the client left before it was made."""
-        try:
-            return await self.start_generation(request)
-        except asyncio.CancelledError:
-            return None
 
 
 class StaticHandler(BaseHandler, StaticFileHandler):

@@ -9,10 +9,13 @@ from typing import Any
 
 from tornado.iostream import StreamClosedError
 
-from tornado_imagegate import openai_api, tasks
+from tornado_imagegate import housekeeping, openai_api
 from tornado_imagegate.errors import GatewayError, from_status
-from tornado_imagegate.handlers.base import GenerationHandler, JsonApiHandler
-from tornado_imagegate.openai_api import SSE_KEEPALIVE, ImageRequest, sse_event
+from tornado_imagegate.generation import ImageService
+from tornado_imagegate.handlers.base import JsonApiHandler
+from tornado_imagegate.handlers.generation import GenerationHandler
+from tornado_imagegate.metrics import Metrics
+from tornado_imagegate.openai_api import SSE_KEEPALIVE, ChatBody, ImageRequest, sse_event
 
 logger = logging.getLogger(__name__)
 
@@ -20,17 +23,21 @@ logger = logging.getLogger(__name__)
 class ChatCompletionsHandler(GenerationHandler):
     """Answers a chat completion whose content is a markdown image of the gateway's own link."""
 
+    def initialize(self, service: ImageService, metrics: Metrics) -> None:
+        """Take the generation service and the metrics (open streams) from the route table."""
+        super().initialize(service)
+        self.metrics = metrics
+
     async def post(self) -> None:
         """Validate, then answer a task with text or generate; as JSON or as a stream."""
-        body = self.json_body()
-        model = self.service.chat_model(body)
+        chat = self.service.read_chat(self.json_body())
         # Before the prompt is validated: a task prompt may hold a whole chat history.
-        if self.config.answer_task_requests and tasks.is_task_request(body):
-            await self.answer_text(model, body, tasks.task_reply(body))
+        if self.config.answer_task_requests and housekeeping.is_task_request(chat):
+            await self.answer_text(chat, housekeeping.task_reply(chat))
             return
-        request = self.service.chat_request(body)
+        request = self.service.chat_request(chat)
         if request.stream:
-            await self.stream(request, body)
+            await self.stream(request, chat)
             return
         generation = await self.generated(request)
         if generation is None:
@@ -39,21 +46,21 @@ class ChatCompletionsHandler(GenerationHandler):
             openai_api.chat_completion(request.model, generation.markdown(), request.prompt)
         )
 
-    async def answer_text(self, model: str, body: dict[str, Any], text: str) -> None:
+    async def answer_text(self, chat: ChatBody, text: str) -> None:
         """A short text answer (to a client's housekeeping task): no image, no upstream call."""
-        asked = tasks.task_text(body)
-        if body.get("stream") is not True:
-            self.write_json(openai_api.chat_completion(model, text, asked))
+        asked = housekeeping.task_text(chat)
+        if chat.fields.get("stream") is not True:
+            self.write_json(openai_api.chat_completion(chat.model, text, asked))
             return
-        stream = _Stream(self, model, openai_api.include_usage(body))
+        stream = _Stream(self, chat.model, openai_api.include_usage(chat.fields))
         await stream.start()
         await stream.content(text, asked)
         self.finish()
 
-    async def stream(self, request: ImageRequest, body: dict[str, Any]) -> None:
+    async def stream(self, request: ImageRequest, chat: ChatBody) -> None:
         """Server-Sent Events: the role chunk at once, keep-alives while working, then content."""
-        stream = _Stream(self, request.model, openai_api.include_usage(body))
-        streams_open = self.application.settings["metrics"].streams_open
+        stream = _Stream(self, request.model, openai_api.include_usage(chat.fields))
+        streams_open = self.metrics.streams_open
         streams_open.inc()
         try:
             await self.stream_generation(stream, request)

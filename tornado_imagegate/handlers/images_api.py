@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 
 from tornado_imagegate import openai_api
-from tornado_imagegate.handlers.base import GenerationHandler
+from tornado_imagegate.handlers.generation import GenerationHandler
 
 
 class ImagesGenerationsHandler(GenerationHandler):

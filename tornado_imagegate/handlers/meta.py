@@ -7,7 +7,7 @@ import time
 from tornado_imagegate import errors, openai_api, openapi
 from tornado_imagegate.config import DEMO_MODEL, is_loopback_host
 from tornado_imagegate.handlers.base import ApiHandler, BaseHandler
-from tornado_imagegate.metrics import CONTENT_TYPE
+from tornado_imagegate.metrics import CONTENT_TYPE, Metrics
 
 
 class WelcomeHandler(BaseHandler):
@@ -38,8 +38,7 @@ class ReadyHandler(BaseHandler):
 
     def get(self) -> None:
         """Answer ready, or 503 during a shutdown."""
-        lifecycle = self.application.settings["lifecycle"]
-        if lifecycle.shutting_down:
+        if self.lifecycle.shutting_down:
             self.write_json({"status": "shutting_down"}, status=503)
             return
         self.write_json({"status": "ready", "models": len(self.config.model_ids)})
@@ -56,6 +55,10 @@ class OpenApiHandler(BaseHandler):
 class MetricsHandler(BaseHandler):
     """``GET /metrics``: Prometheus text format; loopback only unless METRICS_ACCESS says so."""
 
+    def initialize(self, metrics: Metrics) -> None:
+        """Take the metrics from the route table."""
+        self.metrics = metrics
+
     def get(self) -> None:
         """Render the metrics, if this client may see them."""
         access = self.config.metrics_access
@@ -66,7 +69,7 @@ class MetricsHandler(BaseHandler):
                 403, "forbidden", "Metrics are served to loopback clients only (METRICS_ACCESS)."
             )
         self.set_header("Content-Type", CONTENT_TYPE)
-        self.finish(self.application.settings["metrics"].render())
+        self.finish(self.metrics.render())
 
     def from_loopback(self) -> bool:
         """A loopback peer, and no proxy in between (a local proxy would forward anyone)."""

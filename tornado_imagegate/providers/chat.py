@@ -33,7 +33,7 @@ class ChatImagesApi:
     """``POST {model, messages: [user prompt], stream: false}`` -> an image in the answer."""
 
     def fit_size(self, model: str, width: int, height: int) -> tuple[int, int]:
-        """The size is not sent (as in seed 000); its ratio goes into the prompt instead."""
+        """The size is not sent (nor was it by the Flux gateway): its ratio goes into the prompt."""
         return width, height
 
     def images_per_call(self, model: str) -> int:

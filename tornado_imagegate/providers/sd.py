@@ -1,4 +1,4 @@
-"""The Z-Image / SD API of seed 004 (``SD_*``, kind ``sd``): ``success`` and ``data.image_url``."""
+"""The Z-Image / SD API (``SD_*``, kind ``sd``): answers ``success`` and ``data.image_url``."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ class SdApi:
         return 1
 
     def build(self, call: ProviderCall) -> HTTPRequest:
-        """Seed 004's request body, exactly."""
+        """The request body the Z-Image gateway sends, field for field."""
         body: dict = {
             "prompt": call.prompt,
             "width": call.size[0],

@@ -14,7 +14,7 @@ from tornado_imagegate.providers import (
 )
 from tornado_imagegate.sizing import RATIOS_1024, nearest_size
 
-INFERENCE_STEPS = 50  # what seed 000 sent
+INFERENCE_STEPS = 50  # as the Flux gateway this ports sent
 MAX_BATCH = 4  # SiliconFlow's batch_size limit
 SIZES = tuple(dict.fromkeys(RATIOS_1024.values()))
 
@@ -23,7 +23,7 @@ class SiliconFlowApi:
     """``POST {model, prompt, image_size, num_inference_steps, seed, ...}`` -> ``images[].url``."""
 
     def fit_size(self, model: str, width: int, height: int) -> tuple[int, int]:
-        """The seed's sizes are the ones SiliconFlow's FLUX models accept: the nearest of them."""
+        """The nearest of the sizes SiliconFlow's FLUX models accept (the 1024 ratio table's)."""
         return nearest_size(SIZES, width, height)
 
     def images_per_call(self, model: str) -> int:

@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
 
-from tornado_imagegate.errors import GatewayError
-from tornado_imagegate.openai_api import message_text
+from tornado_imagegate.openai_api import ChatBody
 
 TITLE_WORDS = 5
 TITLE_CHARS = 40
@@ -48,39 +46,21 @@ _TASK_PATTERNS = [
 _HISTORY_USER = re.compile(r"^\s*USER:\s*(.+)$", re.MULTILINE)
 
 
-def is_task_request(body: dict[str, Any]) -> bool:
+def is_task_request(chat: ChatBody) -> bool:
     """Whether a chat request is a client's housekeeping task rather than a picture to make."""
-    messages = body.get("messages")
-    if not isinstance(messages, list):
-        return False
-    texts = []
-    for message in messages:
-        if isinstance(message, dict) and message.get("role") == "system":
-            texts.append(_text(message))
-    users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
-    if users:
-        texts.append(_text(users[-1]))
+    texts = [*chat.texts("system"), chat.last_user_text()]
     return any(pattern.search(text) for text in texts for pattern in _TASK_PATTERNS)
 
 
-def _text(message: dict[str, Any]) -> str:
-    try:
-        return message_text(message.get("content"))
-    except GatewayError:  # a malformed message is simply not a task
-        return ""
-
-
-def task_text(body: dict[str, Any]) -> str:
+def task_text(chat: ChatBody) -> str:
     """The text of the task: the last user message."""
-    users = [m for m in body.get("messages", []) if isinstance(m, dict) and m.get("role") == "user"]
-    return _text(users[-1]) if users else ""
+    return chat.last_user_text()
 
 
-def task_reply(body: dict[str, Any]) -> str:
+def task_reply(chat: ChatBody) -> str:
     """A short, honest answer to a task request, in the form the client asked for."""
-    messages = [m for m in body.get("messages", []) if isinstance(m, dict)]
-    task = task_text(body)
-    title = _title(messages, task)
+    task = task_text(chat)
+    title = _title(chat, task)
     lowered = task.lower()
     if task.lstrip().startswith("###") or "json" in lowered:
         if "tag" in lowered:
@@ -95,18 +75,16 @@ def task_reply(body: dict[str, Any]) -> str:
     return title
 
 
-def _title(messages: list[dict[str, Any]], task: str) -> str:
+def _title(chat: ChatBody, task: str) -> str:
     """A few words of the first thing the person asked for."""
     first = ""
     history = _HISTORY_USER.search(task)
     if history:
         first = history.group(1)
     else:
-        for message in messages:
-            if message.get("role") == "user":
-                text = _text(message)
-                if text and not any(p.search(text) for p in _TASK_PATTERNS):
-                    first = text
-                    break
+        for text in chat.texts("user"):
+            if text and not any(p.search(text) for p in _TASK_PATTERNS):
+                first = text
+                break
     words = re.sub(r"[^\w\s'-]", " ", first).split()
     return " ".join(words[:TITLE_WORDS])[:TITLE_CHARS].strip() or "Image generation"

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import chat_body, json_of, post_chat, register_secret, with_env
+from conftest import assert_error, chat_body, json_of, post_chat, register_secret, with_env
 
-from tornado_imagegate.tasks import is_task_request, task_reply
+from tornado_imagegate.housekeeping import is_task_request, task_reply
+from tornado_imagegate.openai_api import read_chat
 
 SD_KEY = "sd-task-key-3131"
 register_secret(SD_KEY)
@@ -52,6 +53,11 @@ CHERRY_TITLE_ZH = (
 )
 
 
+def chat(messages: list[dict[str, str]]):
+    """A chat request of these messages, read as the gateway reads one."""
+    return read_chat({"model": "Z-Image", "messages": messages})
+
+
 def conversation(task: str) -> list[dict[str, str]]:
     return [
         {"role": "user", "content": "a red fox sleeping in the snow, 16:9"},
@@ -77,7 +83,7 @@ def conversation(task: str) -> list[dict[str, str]]:
     ],
 )
 def test_client_task_prompts_are_recognised(task):
-    assert is_task_request({"messages": conversation(task)})
+    assert is_task_request(chat(conversation(task)))
 
 
 @pytest.mark.parametrize(
@@ -94,27 +100,23 @@ def test_client_task_prompts_are_recognised(task):
     ],
 )
 def test_real_prompts_are_not_tasks(prompt):
-    assert not is_task_request({"messages": conversation(prompt)})
+    assert not is_task_request(chat(conversation(prompt)))
 
 
 def test_a_system_message_task_is_recognised():
-    body = {
-        "messages": [
-            {"role": "system", "content": "Generate a concise title for the chat."},
-            {"role": "user", "content": "a fox"},
-        ]
-    }
-    assert is_task_request(body)
+    messages = [
+        {"role": "system", "content": "Generate a concise title for the chat."},
+        {"role": "user", "content": "a fox"},
+    ]
+    assert is_task_request(chat(messages))
 
 
 def test_replies_take_the_form_the_client_asked_for():
-    title = json.loads(task_reply({"messages": conversation(OPEN_WEBUI_TITLE)}))
+    title = json.loads(task_reply(chat(conversation(OPEN_WEBUI_TITLE))))
     assert title == {"title": "a red fox sleeping in"}
-    assert json.loads(task_reply({"messages": conversation(OPEN_WEBUI_TAGS)}))["tags"]
-    assert json.loads(task_reply({"messages": conversation(OPEN_WEBUI_FOLLOW_UPS)})) == {
-        "follow_ups": []
-    }
-    assert task_reply({"messages": conversation(NEXTCHAT_TITLE)}) == "a red fox sleeping in"
+    assert json.loads(task_reply(chat(conversation(OPEN_WEBUI_TAGS))))["tags"]
+    assert json.loads(task_reply(chat(conversation(OPEN_WEBUI_FOLLOW_UPS)))) == {"follow_ups": []}
+    assert task_reply(chat(conversation(NEXTCHAT_TITLE))) == "a red fox sleeping in"
 
 
 @pytest.fixture
@@ -181,4 +183,25 @@ async def test_a_task_holding_a_long_chat_history_is_still_answered(http_client,
     assert json.loads(json_of(response)["choices"][0]["message"]["content"]) == {
         "title": "picture number 0"
     }
+    assert sd.requests == []
+
+
+@pytest.mark.gen_test
+async def test_a_task_for_a_model_that_is_not_configured_is_still_a_404(http_client, base_url, sd):
+    body = {"model": "no-such-model", "messages": conversation(NEXTCHAT_TITLE)}
+    assert_error(await post_chat(http_client, base_url, body), 404, "model_not_found")
+
+
+@pytest.mark.gen_test
+async def test_a_task_is_answered_whatever_its_other_messages_hold(http_client, base_url, sd):
+    messages = [
+        "not a message",
+        {"role": "assistant", "content": {"not": "readable"}},
+        *conversation(OPEN_WEBUI_TITLE),
+    ]
+    body = {"model": "Z-Image", "messages": messages}
+    response = await post_chat(http_client, base_url, body)
+    assert response.code == 200, response.body
+    content = json_of(response)["choices"][0]["message"]["content"]
+    assert json.loads(content) == {"title": "a red fox sleeping in"}
     assert sd.requests == []

@@ -1,0 +1,45 @@
+"""The base of routes that generate images: the work is abandoned when its client leaves."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from tornado_imagegate.generation import Generation, ImageService
+from tornado_imagegate.handlers.base import JsonApiHandler
+from tornado_imagegate.openai_api import ImageRequest
+
+logger = logging.getLogger(__name__)
+
+
+class GenerationHandler(JsonApiHandler):
+    """A route that generates images: its work is abandoned when its client leaves."""
+
+    def initialize(self, service: ImageService) -> None:
+        """Take the generation service from the route table."""
+        self.service = service
+        self.work: asyncio.Future[Generation] | None = None
+
+    def on_connection_close(self) -> None:
+        """The client left: stop the work only it was waiting for."""
+        super().on_connection_close()
+        if self.work is not None and not self.work.done():
+            logger.info("client went away; abandoning its generation")
+            self.work.cancel()
+
+    def start_generation(
+        self, request: ImageRequest, on_thinking: Callable[[str], None] | None = None
+    ) -> asyncio.Future[Generation]:
+        """Run the generation as a task the connection's close can cancel."""
+        self.work = asyncio.ensure_future(
+            self.service.generate(request, self.request_base_url(), on_thinking)
+        )
+        return self.work
+
+    async def generated(self, request: ImageRequest) -> Generation | None:
+        """The generation's outcome, or None when the client left before it was made."""
+        try:
+            return await self.start_generation(request)
+        except asyncio.CancelledError:
+            return None
