@@ -24,13 +24,7 @@ from tornado.web import Application
 
 from tornado_imagegate import __version__
 from tornado_imagegate.app import make_app
-from tornado_imagegate.config import (
-    ConfigError,
-    Settings,
-    load_settings,
-    read_credentials,
-    read_env_file,
-)
+from tornado_imagegate.config import ConfigError, Settings, load_settings
 from tornado_imagegate.lifecycle import Lifecycle
 from tornado_imagegate.listener import (
     GatewayHTTPServer,
@@ -42,6 +36,7 @@ from tornado_imagegate.logsafe import configure_logging, hide_secrets
 from tornado_imagegate.providers import decode
 from tornado_imagegate.report import problems_report, settings_report
 from tornado_imagegate.sdnotify import Notifier
+from tornado_imagegate.sources import read_credentials, read_env_file
 from tornado_imagegate.upstream import GatewayCurlClient
 
 logger = logging.getLogger(__name__)
