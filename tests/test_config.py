@@ -7,17 +7,15 @@ import re
 import pytest
 
 from tornado_imagegate.config import (
-    DEFAULT_SD_API_BASE,
-    DEFAULT_SD_MODEL,
     DEMO_MODEL,
     ConfigError,
     Settings,
     is_loopback_host,
     load_settings,
-    redact_url,
-    split_list,
 )
+from tornado_imagegate.options import DEFAULT_SD_API_BASE, DEFAULT_SD_MODEL
 from tornado_imagegate.report import problems_report
+from tornado_imagegate.values import redact_url, split_list
 
 FLUX = {
     "FLUX_GEN_MODEL": "black-forest-labs/FLUX.1-schnell",
@@ -27,10 +25,10 @@ FLUX = {
 
 
 def group_env(n: int | str, model: str, kind: str | None = None) -> dict[str, str]:
-    """A complete IMAGE_GEN_*_n group."""
+    """A complete IMAGE_GEN_*_n group, its API_BASE a base URL (right for every kind)."""
     env = {
         f"IMAGE_GEN_MODEL_{n}": model,
-        f"IMAGE_GEN_API_BASE_{n}": f"https://img{n}.example.com/v1/chat/completions",
+        f"IMAGE_GEN_API_BASE_{n}": f"https://img{n}.example.com/v1",
         f"IMAGE_GEN_API_KEY_{n}": f"sk-group-{n}",
     }
     if kind is not None:

@@ -1,0 +1,425 @@
+"""Every variable the gateway reads, declared once: the option table and the provider groups.
+
+The table drives loading and validation (config.py), the ``--check-config`` report, ``--help``'s
+list of variables, the helpers that clear the gateway's variables in tests and benches, and the
+test that README.rst documents each one. A new setting is one entry here and one field of
+``config.Settings`` (``setting(NAME)``), plus its README entry and the code that uses it.
+"""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from dataclasses import dataclass, field
+from typing import Any
+
+from tornado_imagegate import values
+from tornado_imagegate.values import ValueType
+
+DEMO_MODEL = "imagegate-demo"
+DEFAULT_SD_API_BASE = "https://sd.exacg.cc/api/v1/generate_image"
+DEFAULT_SD_MODEL = "Z-Image"
+GROUP_KINDS = ("chat", "openai-images", "siliconflow", "sd")
+# The path each kind calls below a provider's base URL ("": the URL is the endpoint as given).
+ENDPOINT_PATHS = {
+    "chat": "/chat/completions",
+    "openai-images": "/images/generations",
+    "siliconflow": "/images/generations",
+    "sd": "",
+}
+LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+
+SECTIONS = {
+    "listen": "listening and serving",
+    "clients": "client access",
+    "optimiser": "prompt optimisation",
+    "providers": "image providers",
+    "images": "image links, store and fetches",
+    "upstream": "upstream calls and keys",
+    "logging": "logging",
+}
+
+
+@dataclass(frozen=True)
+class Option:
+    """One variable: its type and default, a one-line help, its group, aliases and flag.
+
+    ``default_text`` is how --help, README and the report name a default that is computed or
+    empty ("from each request"). An alias is read when the name itself is not set; with
+    ``join_aliases`` the name's and its aliases' lists are joined instead.
+    """
+
+    name: str
+    type: ValueType
+    default: Any
+    help: str
+    section: str
+    aliases: tuple[str, ...] = ()
+    join_aliases: bool = False
+    flag: str = ""
+    default_text: str = ""
+
+    @property
+    def secret(self) -> bool:
+        """Whether the value is, or may carry, a secret: never echoed, never shown."""
+        return self.type.secret
+
+    def show(self, value: Any) -> str:
+        """The value as the report prints it (never a secret)."""
+        if value == self.default and self.default_text:
+            return self.default_text
+        return self.type.show(value)
+
+
+OPTIONS: tuple[Option, ...] = (
+    # listen
+    Option(
+        "IMAGEGATE_HOST", values.HOST, "127.0.0.1", "address to listen on", "listen", flag="--host"
+    ),
+    Option("IMAGEGATE_PORT", values.PORT, 8080, "port to listen on", "listen", flag="--port"),
+    Option(
+        "MAX_CLIENT_CONNECTIONS",
+        values.COUNT,
+        0,
+        "open client connections at once",
+        "listen",
+        default_text="from the descriptor limit",
+    ),
+    Option("SSE_KEEPALIVE_SECONDS", values.SECONDS, 10.0, "keep-alive of streams", "listen"),
+    Option(
+        "SHUTDOWN_GRACE_SECONDS",
+        values.SECONDS,
+        30.0,
+        "time requests in flight get to finish after SIGTERM",
+        "listen",
+    ),
+    Option(
+        "EVENT_LOOP",
+        values.one_of("uvloop", "asyncio"),
+        "uvloop",
+        "event loop",
+        "listen",
+    ),
+    Option(
+        "METRICS_ACCESS",
+        values.one_of("loopback", "public", "off"),
+        "loopback",
+        "who may read /metrics",
+        "listen",
+    ),
+    # clients
+    Option(
+        "AUTHORIZED_API_KEY",
+        values.KEYS,
+        (),
+        "client keys",
+        "clients",
+        aliases=("GATEWAY_API_KEY",),
+        join_aliases=True,
+        default_text="none: one is generated at start-up (loopback only)",
+    ),
+    Option("CORS_ALLOW_ORIGINS", values.NAMES, ("*",), "origins allowed from a browser", "clients"),
+    Option(
+        "ANSWER_TASK_REQUESTS",
+        values.BOOLEAN,
+        True,
+        "answer clients' housekeeping requests with text",
+        "clients",
+    ),
+    # optimiser
+    Option(
+        "OPENAI_API_BASE",
+        values.CHAT_BASE,
+        "",
+        "the optimiser LLM's base URL",
+        "optimiser",
+        aliases=("ENHANCE_OPENAI_API_BASE",),
+        default_text="none",
+    ),
+    Option(
+        "OPENAI_API_KEY",
+        values.KEYS,
+        (),
+        "the optimiser LLM's keys",
+        "optimiser",
+        aliases=("ENHANCE_OPENAI_API_KEY",),
+    ),
+    Option(
+        "OPENAI_MODEL",
+        values.TEXT,
+        "",
+        "optimiser model (plain)",
+        "optimiser",
+        aliases=("ENHANCE_OPENAI_MODEL",),
+        default_text="none",
+    ),
+    Option(
+        "OPENAI_MODEL_REASONING",
+        values.TEXT,
+        "",
+        "optimiser model (thinking)",
+        "optimiser",
+        default_text="none",
+    ),
+    Option("LLM_TIMEOUT", values.SECONDS, 30.0, "prompt optimisation deadline", "optimiser"),
+    Option(
+        "STREAM_REASONING",
+        values.BOOLEAN,
+        True,
+        "stream a thinking optimiser's reasoning",
+        "optimiser",
+    ),
+    # providers
+    Option("IMAGE_GEN_TIMEOUT", values.SECONDS, 180.0, "image generation deadline", "providers"),
+    Option(
+        "IMAGES_DEFAULT_MODEL",
+        values.TEXT,
+        "",
+        "model of Images API requests naming none of ours",
+        "providers",
+        default_text="the first model",
+    ),
+    Option("SD_STEPS", values.COUNT, 8, "steps of SD requests", "providers"),
+    Option("SD_MODEL_INDEX", values.INDEX, 5, "model_index of SD requests", "providers"),
+    # images
+    Option(
+        "PUBLIC_BASE_URL",
+        values.PUBLIC_URL,
+        "",
+        "absolute base of image links",
+        "images",
+        default_text="from each request",
+    ),
+    Option(
+        "IMAGE_PROXY_SECRET",
+        values.SECRET,
+        "",
+        "key that signs image links",
+        "images",
+        default_text="derived from the configured keys",
+    ),
+    Option(
+        "IMAGE_CACHE_MAX_BYTES",
+        values.BYTES,
+        256 * 1024**2,
+        "memory bound of the image store",
+        "images",
+    ),
+    Option(
+        "IMAGE_CACHE_DIR",
+        values.TEXT,
+        "",
+        "disk tier of the image store",
+        "images",
+        default_text="none: memory only",
+    ),
+    Option(
+        "IMAGE_CACHE_DIR_MAX_BYTES",
+        values.BYTES,
+        2 * 1024**3,
+        "bound of the disk tier",
+        "images",
+    ),
+    Option(
+        "IMAGE_MAX_BYTES", values.BYTES, 32 * 1024**2, "largest image the gateway fetches", "images"
+    ),
+    Option(
+        "IMAGE_PROXY_ALLOW_PRIVATE_NETWORKS",
+        values.BOOLEAN,
+        False,
+        "let image fetches reach private addresses",
+        "images",
+    ),
+    Option("IMAGE_FETCH_TIMEOUT", values.SECONDS, 30.0, "deadline of an image download", "images"),
+    Option(
+        "IMAGE_FETCH_PROXY",
+        values.FETCH_PROXY,
+        "",
+        "proxy for image fetches",
+        "images",
+        default_text="none",
+    ),
+    # upstream
+    Option("UPSTREAM_MAX_CLIENTS", values.COUNT, 1024, "concurrent upstream requests", "upstream"),
+    Option(
+        "UPSTREAM_PROXY",
+        values.PROXY,
+        "",
+        "proxy for provider and optimiser calls",
+        "upstream",
+        default_text="none",
+    ),
+    Option(
+        "KEY_ALLOWED_FAILS",
+        values.COUNT,
+        3,
+        "transient failures a minute before a key rests",
+        "upstream",
+    ),
+    Option(
+        "KEY_MAX_COOLDOWN_SECONDS",
+        values.SECONDS,
+        300.0,
+        "longest rest a Retry-After can impose",
+        "upstream",
+    ),
+    # logging
+    Option(
+        "LOG_LEVEL",
+        values.one_of(*LOG_LEVELS, synonyms={"warn": "WARNING"}),
+        "INFO",
+        "log level",
+        "logging",
+    ),
+)
+
+OPTION: dict[str, Option] = {option.name: option for option in OPTIONS}
+
+
+def setting(name: str) -> Any:
+    """A ``Settings`` field bound to option ``name``: its default, and no repr when secret."""
+    option = OPTION[name]
+    return field(default=option.default, repr=not option.secret, metadata={"option": option})
+
+
+# --- provider groups: families of variables, declared per field ---
+
+
+@dataclass(frozen=True)
+class GroupField:
+    """One variable of a provider group; no default means the group needs it."""
+
+    suffix: str
+    type: ValueType
+    help: str
+    default: str | None = None
+
+
+@dataclass(frozen=True)
+class GroupFamily:
+    """Provider groups named alike: ``FLUX_GEN_*``, ``IMAGE_GEN_*``, ``IMAGE_GEN_*_n``, ``SD_*``.
+
+    ``kind`` is the kind of every group of the family; empty, the ``KIND`` field says it.
+    A numbered family has one group per number ``n`` found in the environment.
+    """
+
+    prefix: str
+    help: str
+    fields: tuple[GroupField, ...]
+    kind: str = ""
+    numbered: bool = False
+
+    def variable(self, suffix: str, number: str = "") -> str:
+        """The variable of a field (``IMAGE_GEN_API_KEY_2``; ``IMAGE_GEN_API_KEY_n`` for "n")."""
+        return f"{self.prefix}_{suffix}" + (f"_{number}" if self.numbered else "")
+
+    def group_name(self, number: str = "") -> str:
+        """The group's name in messages and the report (``IMAGE_GEN_2``)."""
+        return f"{self.prefix}_{number}" if self.numbered else self.prefix
+
+    @property
+    def pattern(self) -> re.Pattern[str]:
+        """Matches this family's variables; group 1 is the field, group 2 the number if any."""
+        suffixes = "|".join(f.suffix for f in self.fields)
+        number = "_([0-9]+)" if self.numbered else ""
+        return re.compile(rf"^{self.prefix}_({suffixes}){number}$")
+
+
+_MODEL = GroupField("MODEL", values.NAMES, "model ids")
+_API_BASE = GroupField("API_BASE", values.ENDPOINT, "the provider's base URL or full endpoint")
+_API_KEY = GroupField("API_KEY", values.KEYS, "keys")
+_KIND = GroupField(
+    "KIND",
+    values.one_of(*GROUP_KINDS),
+    "what the endpoint speaks: " + ", ".join(GROUP_KINDS),
+    "chat",
+)
+_IMAGE_GEN_FIELDS = (_MODEL, _API_BASE, _API_KEY, _KIND)
+
+# In the order /v1/models lists their models.
+FAMILIES: tuple[GroupFamily, ...] = (
+    GroupFamily(
+        "FLUX_GEN",
+        "a SiliconFlow-type provider: model, base and key together",
+        (_MODEL, _API_BASE, _API_KEY),
+        kind="siliconflow",
+    ),
+    GroupFamily(
+        "IMAGE_GEN", "a direct-image provider: model, base and key together", _IMAGE_GEN_FIELDS
+    ),
+    GroupFamily(
+        "IMAGE_GEN",
+        "the n-th direct-image provider, n = 1, 2, ...: model, base and key together",
+        _IMAGE_GEN_FIELDS,
+        numbered=True,
+    ),
+    GroupFamily(
+        "SD",
+        "the Z-Image / SD-type provider, on when its key is set",
+        (
+            _API_KEY,
+            GroupField("API_BASE", values.ENDPOINT, "endpoint", DEFAULT_SD_API_BASE),
+            GroupField("MODEL", values.NAMES, "model ids", DEFAULT_SD_MODEL),
+        ),
+        kind="sd",
+    ),
+)
+
+
+def option_names() -> list[str]:
+    """Every option's name and aliases, in table order."""
+    return [name for option in OPTIONS for name in (option.name, *option.aliases)]
+
+
+def group_variables(number: str = "n") -> list[str]:
+    """Every provider-group variable; a numbered family's with ``number`` as its suffix."""
+    return [family.variable(f.suffix, number) for family in FAMILIES for f in family.fields]
+
+
+def is_gateway_variable(name: str) -> bool:
+    """Whether the gateway reads the variable ``name`` (an option, alias or group field)."""
+    return name in _PLAIN_NAMES or any(family.pattern.match(name) for family in _NUMBERED)
+
+
+_PLAIN_NAMES = frozenset(option_names()) | {
+    family.variable(f.suffix) for family in FAMILIES if not family.numbered for f in family.fields
+}
+_NUMBERED = tuple(family for family in FAMILIES if family.numbered)
+
+
+def variables_help() -> str:
+    """The list of variables for ``--help``, by group, each with its help and default."""
+    lines = ["environment variables (flags win; README.rst, 'Configuration reference', says more):"]
+    for section, title in SECTIONS.items():
+        lines.append(f"  {title}:")
+        for option in OPTIONS:
+            if option.section == section:
+                lines.append(_help_line(option.name, _option_help(option)))
+        if section == "providers":
+            for family in FAMILIES:
+                lines.append(f"    {family.variable('*', 'n')}: {family.help}")
+                for group_field in family.fields:
+                    text = group_field.help
+                    if group_field.default:
+                        text += f" (default {group_field.default})"
+                    name = family.variable(group_field.suffix, "n")
+                    lines.append(_help_line(name, text))
+    return "\n".join(lines)
+
+
+def _option_help(option: Option) -> str:
+    default = option.default_text or option.type.show(option.default)
+    text = f"{option.help}: {option.type.accepts}"
+    if default:
+        text += f"; default {default}"
+    if option.flag:
+        text += f"; flag {option.flag}"
+    if option.aliases:
+        text += f"; also read as {', '.join(option.aliases)}"
+    return text
+
+
+def _help_line(name: str, text: str) -> str:
+    return textwrap.fill(
+        text, width=100, initial_indent=f"    {name:<36} ", subsequent_indent=" " * 41
+    )
