@@ -267,14 +267,13 @@ def redact_url(url: str) -> str:
 
 
 def show_bytes(value: int) -> str:
-    """A size in the largest binary unit that divides it (``256 MiB``), else in bytes too."""
-    for unit, size in _BYTE_UNITS:
-        if value >= size and value % size == 0:
-            return f"{value // size} {unit}"
-    for unit, size in _BYTE_UNITS:
-        if value >= size:
-            return f"{value / size:.1f} {unit} ({value} bytes)"
-    return f"{value} bytes"
+    """A size in the largest binary unit it fills (``256 MiB``), with the bytes when rounded."""
+    unit, size = next(((unit, size) for unit, size in _BYTE_UNITS if value >= size), ("", 1))
+    if not unit:
+        return f"{value} byte{'' if value == 1 else 's'}"
+    shown = f"{value / size:.1f}".removesuffix(".0")
+    exact = float(shown) * size == value
+    return f"{shown} {unit}" + ("" if exact else f" ({value} bytes)")
 
 
 def show_seconds(value: float) -> str:
