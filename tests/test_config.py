@@ -9,6 +9,7 @@ import pytest
 from tornado_imagegate.config import (
     DEMO_MODEL,
     ConfigError,
+    ProviderGroup,
     Settings,
     is_loopback_host,
     load_settings,
@@ -351,12 +352,14 @@ IMAGE_GEN = {
 def test_unnumbered_image_gen_group_loads_as_its_own_group() -> None:
     settings = load_settings({**IMAGE_GEN, **group_env(1, "m1"), **FLUX})
     assert [g.name for g in settings.groups] == ["FLUX_GEN", "IMAGE_GEN", "IMAGE_GEN_1", "demo"]
-    group = settings.groups[1]
-    assert group.kind == "chat"
-    assert group.models == ("direct-model",)
-    assert group.keys == ("sk-direct-1",)
-    assert group.endpoint == "https://direct.example.com/v1/chat/completions"
-    assert group.model_variable == "IMAGE_GEN_MODEL"
+    assert settings.groups[1] == ProviderGroup(
+        name="IMAGE_GEN",
+        kind="chat",
+        models=("direct-model",),
+        endpoint="https://direct.example.com/v1/chat/completions",
+        keys=("sk-direct-1",),
+        model_variable="IMAGE_GEN_MODEL",
+    )
 
 
 def test_unnumbered_image_gen_group_takes_a_kind() -> None:

@@ -8,13 +8,32 @@ test that README.rst documents each one. A new setting is one entry here and one
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import textwrap
 from dataclasses import dataclass, field
 from typing import Any
 
 from tornado_imagegate import values
-from tornado_imagegate.values import ValueType
+from tornado_imagegate.values import (
+    BOOLEAN,
+    BYTES,
+    CHAT_BASE,
+    COUNT,
+    FETCH_PROXY,
+    HOST,
+    INDEX,
+    KEYS,
+    NAMES,
+    PORT,
+    PROXY,
+    PUBLIC_URL,
+    SECONDS,
+    SECRET,
+    TEXT,
+    ValueType,
+    one_of,
+)
 
 DEMO_MODEL = "imagegate-demo"
 DEFAULT_SD_API_BASE = "https://sd.exacg.cc/api/v1/generate_image"
@@ -44,20 +63,21 @@ SECTIONS = {
 class Option:
     """One variable: its type and default, a one-line help, its group, aliases and flag.
 
-    ``default_text`` is how --help, README and the report name a default that is computed or
-    empty ("from each request"). An alias is read when the name itself is not set; with
-    ``join_aliases`` the name's and its aliases' lists are joined instead.
+    ``default_text`` is how --help and the report name a default that is computed, or that is
+    empty and means more than "none" ("from each request"). An alias is read when the name
+    itself is not set; with ``join_aliases`` the name's and its aliases' lists are joined instead.
+    ``section`` is the group the option is listed under (set by the table).
     """
 
     name: str
     type: ValueType
     default: Any
     help: str
-    section: str
     aliases: tuple[str, ...] = ()
     join_aliases: bool = False
     flag: str = ""
     default_text: str = ""
+    section: str = ""
 
     @property
     def secret(self) -> bool:
@@ -68,208 +88,126 @@ class Option:
         """The value as the report prints it (never a secret)."""
         if value == self.default and self.default_text:
             return self.default_text
-        return self.type.show(value)
+        return self.type.show(value) if value not in ("", ()) else "none"
+
+
+def _section(name: str, *options: Option) -> tuple[Option, ...]:
+    return tuple(dataclasses.replace(option, section=name) for option in options)
 
 
 OPTIONS: tuple[Option, ...] = (
-    # listen
-    Option(
-        "IMAGEGATE_HOST", values.HOST, "127.0.0.1", "address to listen on", "listen", flag="--host"
-    ),
-    Option("IMAGEGATE_PORT", values.PORT, 8080, "port to listen on", "listen", flag="--port"),
-    Option(
-        "MAX_CLIENT_CONNECTIONS",
-        values.COUNT,
-        0,
-        "open client connections at once",
+    *_section(
         "listen",
-        default_text="from the descriptor limit",
+        Option("IMAGEGATE_HOST", HOST, "127.0.0.1", "address to listen on", flag="--host"),
+        Option("IMAGEGATE_PORT", PORT, 8080, "port to listen on", flag="--port"),
+        Option(
+            "MAX_CLIENT_CONNECTIONS",
+            COUNT,
+            0,
+            "open client connections at once",
+            default_text="from the descriptor limit",
+        ),
+        Option("SSE_KEEPALIVE_SECONDS", SECONDS, 10.0, "keep-alive interval of streams"),
+        Option(
+            "SHUTDOWN_GRACE_SECONDS", SECONDS, 30.0, "grace for requests in flight after SIGTERM"
+        ),
+        Option("EVENT_LOOP", one_of("uvloop", "asyncio"), "uvloop", "event loop"),
+        Option(
+            "METRICS_ACCESS",
+            one_of("loopback", "public", "off"),
+            "loopback",
+            "who may read /metrics",
+        ),
     ),
-    Option("SSE_KEEPALIVE_SECONDS", values.SECONDS, 10.0, "keep-alive of streams", "listen"),
-    Option(
-        "SHUTDOWN_GRACE_SECONDS",
-        values.SECONDS,
-        30.0,
-        "time requests in flight get to finish after SIGTERM",
-        "listen",
-    ),
-    Option(
-        "EVENT_LOOP",
-        values.one_of("uvloop", "asyncio"),
-        "uvloop",
-        "event loop",
-        "listen",
-    ),
-    Option(
-        "METRICS_ACCESS",
-        values.one_of("loopback", "public", "off"),
-        "loopback",
-        "who may read /metrics",
-        "listen",
-    ),
-    # clients
-    Option(
-        "AUTHORIZED_API_KEY",
-        values.KEYS,
-        (),
-        "client keys",
+    *_section(
         "clients",
-        aliases=("GATEWAY_API_KEY",),
-        join_aliases=True,
-        default_text="none: one is generated at start-up (loopback only)",
+        Option(
+            "AUTHORIZED_API_KEY",
+            KEYS,
+            (),
+            "client keys",
+            aliases=("GATEWAY_API_KEY",),
+            join_aliases=True,
+            default_text="none: one is generated at start-up (loopback only)",
+        ),
+        Option("CORS_ALLOW_ORIGINS", NAMES, ("*",), "origins allowed from a browser"),
+        Option("ANSWER_TASK_REQUESTS", BOOLEAN, True, "answer housekeeping requests with text"),
     ),
-    Option("CORS_ALLOW_ORIGINS", values.NAMES, ("*",), "origins allowed from a browser", "clients"),
-    Option(
-        "ANSWER_TASK_REQUESTS",
-        values.BOOLEAN,
-        True,
-        "answer clients' housekeeping requests with text",
-        "clients",
-    ),
-    # optimiser
-    Option(
-        "OPENAI_API_BASE",
-        values.CHAT_BASE,
-        "",
-        "the optimiser LLM's base URL",
+    *_section(
         "optimiser",
-        aliases=("ENHANCE_OPENAI_API_BASE",),
-        default_text="none",
+        Option(
+            "OPENAI_API_BASE",
+            CHAT_BASE,
+            "",
+            "the optimiser LLM's base URL",
+            aliases=("ENHANCE_OPENAI_API_BASE",),
+        ),
+        Option(
+            "OPENAI_API_KEY", KEYS, (), "the optimiser's keys", aliases=("ENHANCE_OPENAI_API_KEY",)
+        ),
+        Option(
+            "OPENAI_MODEL",
+            TEXT,
+            "",
+            "optimiser model, a plain one",
+            aliases=("ENHANCE_OPENAI_MODEL",),
+        ),
+        Option("OPENAI_MODEL_REASONING", TEXT, "", "optimiser model, a thinking one"),
+        Option("LLM_TIMEOUT", SECONDS, 30.0, "prompt optimisation deadline"),
+        Option("STREAM_REASONING", BOOLEAN, True, "stream a thinking optimiser's reasoning"),
     ),
-    Option(
-        "OPENAI_API_KEY",
-        values.KEYS,
-        (),
-        "the optimiser LLM's keys",
-        "optimiser",
-        aliases=("ENHANCE_OPENAI_API_KEY",),
-    ),
-    Option(
-        "OPENAI_MODEL",
-        values.TEXT,
-        "",
-        "optimiser model (plain)",
-        "optimiser",
-        aliases=("ENHANCE_OPENAI_MODEL",),
-        default_text="none",
-    ),
-    Option(
-        "OPENAI_MODEL_REASONING",
-        values.TEXT,
-        "",
-        "optimiser model (thinking)",
-        "optimiser",
-        default_text="none",
-    ),
-    Option("LLM_TIMEOUT", values.SECONDS, 30.0, "prompt optimisation deadline", "optimiser"),
-    Option(
-        "STREAM_REASONING",
-        values.BOOLEAN,
-        True,
-        "stream a thinking optimiser's reasoning",
-        "optimiser",
-    ),
-    # providers
-    Option("IMAGE_GEN_TIMEOUT", values.SECONDS, 180.0, "image generation deadline", "providers"),
-    Option(
-        "IMAGES_DEFAULT_MODEL",
-        values.TEXT,
-        "",
-        "model of Images API requests naming none of ours",
+    *_section(
         "providers",
-        default_text="the first model",
+        Option("IMAGE_GEN_TIMEOUT", SECONDS, 180.0, "image generation deadline"),
+        Option(
+            "IMAGES_DEFAULT_MODEL",
+            TEXT,
+            "",
+            "model of Images API requests naming none of ours",
+            default_text="the first model",
+        ),
+        Option("SD_STEPS", COUNT, 8, "steps of SD requests"),
+        Option("SD_MODEL_INDEX", INDEX, 5, "model_index of SD requests"),
     ),
-    Option("SD_STEPS", values.COUNT, 8, "steps of SD requests", "providers"),
-    Option("SD_MODEL_INDEX", values.INDEX, 5, "model_index of SD requests", "providers"),
-    # images
-    Option(
-        "PUBLIC_BASE_URL",
-        values.PUBLIC_URL,
-        "",
-        "absolute base of image links",
+    *_section(
         "images",
-        default_text="from each request",
+        Option(
+            "PUBLIC_BASE_URL",
+            PUBLIC_URL,
+            "",
+            "absolute base of image links",
+            default_text="from each request",
+        ),
+        Option(
+            "IMAGE_PROXY_SECRET",
+            SECRET,
+            "",
+            "key that signs image links",
+            default_text="derived from the configured keys",
+        ),
+        Option("IMAGE_CACHE_MAX_BYTES", BYTES, 256 * 1024**2, "memory bound of the image store"),
+        Option("IMAGE_CACHE_DIR", TEXT, "", "disk tier of the image store (a directory)"),
+        Option("IMAGE_CACHE_DIR_MAX_BYTES", BYTES, 2 * 1024**3, "bound of the disk tier"),
+        Option("IMAGE_MAX_BYTES", BYTES, 32 * 1024**2, "largest image the gateway fetches"),
+        Option(
+            "IMAGE_PROXY_ALLOW_PRIVATE_NETWORKS",
+            BOOLEAN,
+            False,
+            "let image fetches reach private addresses",
+        ),
+        Option("IMAGE_FETCH_TIMEOUT", SECONDS, 30.0, "deadline of an image download"),
+        Option("IMAGE_FETCH_PROXY", FETCH_PROXY, "", "proxy for image fetches"),
     ),
-    Option(
-        "IMAGE_PROXY_SECRET",
-        values.SECRET,
-        "",
-        "key that signs image links",
-        "images",
-        default_text="derived from the configured keys",
-    ),
-    Option(
-        "IMAGE_CACHE_MAX_BYTES",
-        values.BYTES,
-        256 * 1024**2,
-        "memory bound of the image store",
-        "images",
-    ),
-    Option(
-        "IMAGE_CACHE_DIR",
-        values.TEXT,
-        "",
-        "disk tier of the image store",
-        "images",
-        default_text="none: memory only",
-    ),
-    Option(
-        "IMAGE_CACHE_DIR_MAX_BYTES",
-        values.BYTES,
-        2 * 1024**3,
-        "bound of the disk tier",
-        "images",
-    ),
-    Option(
-        "IMAGE_MAX_BYTES", values.BYTES, 32 * 1024**2, "largest image the gateway fetches", "images"
-    ),
-    Option(
-        "IMAGE_PROXY_ALLOW_PRIVATE_NETWORKS",
-        values.BOOLEAN,
-        False,
-        "let image fetches reach private addresses",
-        "images",
-    ),
-    Option("IMAGE_FETCH_TIMEOUT", values.SECONDS, 30.0, "deadline of an image download", "images"),
-    Option(
-        "IMAGE_FETCH_PROXY",
-        values.FETCH_PROXY,
-        "",
-        "proxy for image fetches",
-        "images",
-        default_text="none",
-    ),
-    # upstream
-    Option("UPSTREAM_MAX_CLIENTS", values.COUNT, 1024, "concurrent upstream requests", "upstream"),
-    Option(
-        "UPSTREAM_PROXY",
-        values.PROXY,
-        "",
-        "proxy for provider and optimiser calls",
+    *_section(
         "upstream",
-        default_text="none",
+        Option("UPSTREAM_MAX_CLIENTS", COUNT, 1024, "concurrent upstream requests"),
+        Option("UPSTREAM_PROXY", PROXY, "", "proxy for provider and optimiser calls"),
+        Option("KEY_ALLOWED_FAILS", COUNT, 3, "transient failures a minute before a key rests"),
+        Option("KEY_MAX_COOLDOWN_SECONDS", SECONDS, 300.0, "longest rest a Retry-After imposes"),
     ),
-    Option(
-        "KEY_ALLOWED_FAILS",
-        values.COUNT,
-        3,
-        "transient failures a minute before a key rests",
-        "upstream",
-    ),
-    Option(
-        "KEY_MAX_COOLDOWN_SECONDS",
-        values.SECONDS,
-        300.0,
-        "longest rest a Retry-After can impose",
-        "upstream",
-    ),
-    # logging
-    Option(
-        "LOG_LEVEL",
-        values.one_of(*LOG_LEVELS, synonyms={"warn": "WARNING"}),
-        "INFO",
-        "log level",
+    *_section(
         "logging",
+        Option("LOG_LEVEL", one_of(*LOG_LEVELS, synonyms={"warn": "WARNING"}), "INFO", "log level"),
     ),
 )
 
@@ -408,10 +346,8 @@ def variables_help() -> str:
 
 
 def _option_help(option: Option) -> str:
-    default = option.default_text or option.type.show(option.default)
-    text = f"{option.help}: {option.type.accepts}"
-    if default:
-        text += f"; default {default}"
+    default = option.show(option.default)
+    text = f"{option.help}: {option.type.accepts}; default {default}"
     if option.flag:
         text += f"; flag {option.flag}"
     if option.aliases:

@@ -6,7 +6,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 import pycurl
 
@@ -160,14 +160,20 @@ def _or(words: tuple[str, ...]) -> str:
 def http_url(text: str) -> str:
     """An absolute http:// or https:// URL with a valid port."""
     url = text.strip()
+    parts = _split_url(url, "must be an absolute http:// or https:// URL with a valid port")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an absolute http:// or https:// URL")
+    return url
+
+
+def _split_url(url: str, bad_port: str) -> SplitResult:
+    """The parts of a URL; a port that is not a number up to 65535 is the problem ``bad_port``."""
     parts = urlsplit(url)
     try:
         parts.port  # noqa: B018 (reading it validates the port)
     except ValueError:
-        raise ValueError("must be an absolute http:// or https:// URL with a valid port") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("must be an absolute http:// or https:// URL")
-    return url
+        raise ValueError(bad_port) from None
+    return parts
 
 
 def plain_base_url(text: str) -> str:
@@ -217,11 +223,7 @@ def upstream_proxy(text: str) -> str:
     value = text.strip()
     if value.lower() == "env":
         return "env"
-    parts = urlsplit(value)
-    try:
-        parts.port  # noqa: B018 (reading it validates the port)
-    except ValueError:
-        raise ValueError("must be env or a proxy URL with a valid port") from None
+    parts = _split_url(value, "must be env or a proxy URL with a valid port")
     if parts.scheme not in ("http", "https", "socks5", "socks5h") or not parts.hostname:
         raise ValueError("must be env or a proxy URL: http://, https://, socks5:// or socks5h://")
     return value
@@ -230,11 +232,7 @@ def upstream_proxy(text: str) -> str:
 def image_fetch_proxy(text: str) -> str:
     """An http:// proxy (host and port) that tunnels, so each fetch is pinned to its address."""
     value = text.strip()
-    parts = urlsplit(value)
-    try:
-        parts.port  # noqa: B018 (reading it validates the port)
-    except ValueError:
-        raise ValueError("must be an http:// proxy URL with a valid port") from None
+    parts = _split_url(value, "must be an http:// proxy URL with a valid port")
     if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/"):
         # Only an HTTP proxy that tunnels (CONNECT) lets the gateway pin the checked address.
         raise ValueError("must be an http:// proxy URL (host and port, no path)")
