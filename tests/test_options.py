@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tornado_imagegate import values
 from tornado_imagegate.config import ConfigError, OptimiserSettings, Settings, load_settings
 from tornado_imagegate.options import (
     FAMILIES,
@@ -130,7 +131,7 @@ def test_a_secret_option_is_never_shown(option: Option) -> None:
     secret = "SECRET-9f3a"
     if isinstance(option.default, tuple):
         samples: list[object] = [(secret,), ("other", secret)]
-    elif option.type.accepts == "text":
+    elif option.type is values.SECRET:
         samples = [secret]
     else:  # a URL: the secret rides in its user-info or query
         samples = [

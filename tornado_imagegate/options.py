@@ -12,14 +12,15 @@ import dataclasses
 import re
 import textwrap
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
-from tornado_imagegate import values
 from tornado_imagegate.values import (
     BOOLEAN,
     BYTES,
     CHAT_BASE,
     COUNT,
+    ENDPOINT,
     FETCH_PROXY,
     HOST,
     INDEX,
@@ -255,7 +256,7 @@ class GroupFamily:
         """The group's name in messages and the report (``IMAGE_GEN_2``)."""
         return f"{self.prefix}_{number}" if self.numbered else self.prefix
 
-    @property
+    @cached_property
     def pattern(self) -> re.Pattern[str]:
         """Matches this family's variables; group 1 is the field, group 2 the number if any."""
         suffixes = "|".join(f.suffix for f in self.fields)
@@ -263,12 +264,12 @@ class GroupFamily:
         return re.compile(rf"^{self.prefix}_({suffixes}){number}$")
 
 
-_MODEL = GroupField("MODEL", values.NAMES, "model ids")
-_API_BASE = GroupField("API_BASE", values.ENDPOINT, "the provider's base URL or full endpoint")
-_API_KEY = GroupField("API_KEY", values.KEYS, "keys")
+_MODEL = GroupField("MODEL", NAMES, "model ids")
+_API_BASE = GroupField("API_BASE", ENDPOINT, "the provider's base URL or full endpoint")
+_API_KEY = GroupField("API_KEY", KEYS, "keys")
 _KIND = GroupField(
     "KIND",
-    values.one_of(*GROUP_KINDS),
+    one_of(*GROUP_KINDS),
     "what the endpoint speaks: " + ", ".join(GROUP_KINDS),
     "chat",
 )
@@ -296,8 +297,8 @@ FAMILIES: tuple[GroupFamily, ...] = (
         "the Z-Image / SD-type provider, on when its key is set",
         (
             _API_KEY,
-            GroupField("API_BASE", values.ENDPOINT, "endpoint", DEFAULT_SD_API_BASE),
-            GroupField("MODEL", values.NAMES, "model ids", DEFAULT_SD_MODEL),
+            GroupField("API_BASE", ENDPOINT, "endpoint", DEFAULT_SD_API_BASE),
+            GroupField("MODEL", NAMES, "model ids", DEFAULT_SD_MODEL),
         ),
         kind="sd",
     ),
@@ -309,20 +310,26 @@ def option_names() -> list[str]:
     return [name for option in OPTIONS for name in (option.name, *option.aliases)]
 
 
+def fixed_names() -> list[str]:
+    """Every variable without a number: options, aliases and the unnumbered groups' fields."""
+    unnumbered = [family for family in FAMILIES if not family.numbered]
+    return option_names() + [
+        family.variable(f.suffix) for family in unnumbered for f in family.fields
+    ]
+
+
 def group_variables(number: str = "n") -> list[str]:
     """Every provider-group variable; a numbered family's with ``number`` as its suffix."""
     return [family.variable(f.suffix, number) for family in FAMILIES for f in family.fields]
 
 
+_FIXED_NAMES = frozenset(fixed_names())
+_NUMBERED = tuple(family for family in FAMILIES if family.numbered)
+
+
 def is_gateway_variable(name: str) -> bool:
     """Whether the gateway reads the variable ``name`` (an option, alias or group field)."""
-    return name in _PLAIN_NAMES or any(family.pattern.match(name) for family in _NUMBERED)
-
-
-_PLAIN_NAMES = frozenset(option_names()) | {
-    family.variable(f.suffix) for family in FAMILIES if not family.numbered for f in family.fields
-}
-_NUMBERED = tuple(family for family in FAMILIES if family.numbered)
+    return name in _FIXED_NAMES or any(family.pattern.match(name) for family in _NUMBERED)
 
 
 def variables_help() -> str:

@@ -18,23 +18,11 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from tornado_imagegate.options import FAMILIES, is_gateway_variable, option_names
+from tornado_imagegate.options import FAMILIES, fixed_names, is_gateway_variable
 
 OWN_PREFIXES = ("IMAGEGATE_", "FLUX_GEN_", "IMAGE_GEN_")
 _TRAILING_NUMBER = re.compile(r"^(.*?)_?([0-9]+)$")
-_PLAIN = tuple(
-    dict.fromkeys(
-        [
-            *option_names(),
-            *(
-                family.variable(f.suffix)
-                for family in FAMILIES
-                if not family.numbered
-                for f in family.fields
-            ),
-        ]
-    )
-)
+_FIXED = tuple(fixed_names())
 # A numbered family's variables without their number: IMAGE_GEN_MODEL for IMAGE_GEN_MODEL_n.
 _NUMBERED_STEMS = tuple(
     f"{family.prefix}_{f.suffix}" for family in FAMILIES if family.numbered for f in family.fields
@@ -47,7 +35,7 @@ def closest_variable(name: str) -> str | None:
         return None
     upper = name.upper()
     # (distance, preference, suggestion): the whole name first, then a numbered group's name.
-    found = [(d, 0, real) for real in _PLAIN if (d := _distance(upper, real)) is not None]
+    found = [(d, 0, real) for real in _FIXED if (d := _distance(upper, real)) is not None]
     numbered = _TRAILING_NUMBER.match(upper)
     if numbered:
         stem, number = numbered.groups()
@@ -56,7 +44,7 @@ def closest_variable(name: str) -> str | None:
             for real in _NUMBERED_STEMS
             if (d := _distance(stem, real)) is not None
         ]
-        found += [(d, 2, real) for real in _PLAIN if (d := _distance(stem, real)) is not None]
+        found += [(d, 2, real) for real in _FIXED if (d := _distance(stem, real)) is not None]
     return min(found)[2] if found else None
 
 

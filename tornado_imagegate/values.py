@@ -30,6 +30,7 @@ API_PATHS = (
     "/audio/translations",
 )
 _BYTE_UNITS = (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024))
+CHAT_COMPLETIONS = "/chat/completions"
 
 
 @dataclass(frozen=True)
@@ -198,11 +199,8 @@ def endpoint_url(url: str, path: str) -> str:
         return url
     named = next((api for api in API_PATHS if trimmed.endswith(api)), None)
     if named is not None:
-        wanted = f"the base URL (such as https://host/v1) or its {path} endpoint" if path else ""
-        raise ValueError(
-            f"ends with {named}, the endpoint of another API"
-            + (f"; give {wanted}" if wanted else "")
-        )
+        advice = f"; give the base URL (such as https://host/v1) or its {path} endpoint"
+        raise ValueError(f"ends with {named}, the endpoint of another API{advice if path else ''}")
     if not path:
         return url
     return urlunsplit(parts._replace(path=trimmed + path))
@@ -213,9 +211,6 @@ def chat_base_url(text: str) -> str:
     url = plain_base_url(text)
     endpoint = endpoint_url(url, CHAT_COMPLETIONS)
     return endpoint[: -len(CHAT_COMPLETIONS)]
-
-
-CHAT_COMPLETIONS = "/chat/completions"
 
 
 def upstream_proxy(text: str) -> str:
