@@ -65,14 +65,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """The command line; each flag can also come from its environment variable."""
     parser = argparse.ArgumentParser(
         prog="imagegate",
-        description="OpenAI-compatible image-generation gateway. With no configuration it runs "
+        description="OpenAI-compatible image-generation gateway. With no configuration it runs\n"
         "the built-in offline demo provider on 127.0.0.1:8080.",
         epilog=variables_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     for option in FLAG_OPTIONS:
         parser.add_argument(
-            option.flag, help=f"{option.help} ({option.name}, default {option.default})"
+            option.flag,
+            dest=option.name,
+            metavar=option.flag.lstrip("-").upper(),
+            help=f"{option.help} ({option.name}, default {option.show(option.default)})",
         )
     parser.add_argument(
         "--env-file",
@@ -100,9 +103,9 @@ def build_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Sett
     merged.update(read_credentials(environ.get("CREDENTIALS_DIRECTORY", "")))
     merged.update(environ)
     flags = {
-        option.name: value
+        option.name: getattr(args, option.name)
         for option in FLAG_OPTIONS
-        if (value := getattr(args, option.flag.lstrip("-").replace("-", "_"))) is not None
+        if getattr(args, option.name) is not None
     }
     return load_settings(merged, flags=flags, strict=args.check_config)
 
