@@ -264,6 +264,14 @@ def test_image_gen_kind_rejects_others_naming_the_variable(value: str) -> None:
             "https://p.example/api/v1/generate_image",
         ),
         ("sd", "https://p.example/gen", "https://p.example/gen"),
+        ("sd", "https://p.example/v1", "https://p.example/v1"),
+        ("chat", "https://p.example/api/generate", "https://p.example/api/generate"),
+        ("chat", "https://p.example/openai", "https://p.example/openai/chat/completions"),
+        (
+            "openai-images",
+            "https://p.example/api/v3",
+            "https://p.example/api/v3/images/generations",
+        ),
         (
             "openai-images",
             "https://p.example/v1?api-version=2024",
@@ -279,6 +287,12 @@ def test_api_base_may_be_the_base_or_the_endpoint(kind: str, given: str, endpoin
 def test_flux_gen_api_base_may_be_the_base() -> None:
     group = load_settings({**FLUX, "FLUX_GEN_API_BASE": "https://api.siliconflow.cn/v1"}).groups[0]
     assert group.endpoint == "https://api.siliconflow.cn/v1/images/generations"
+
+
+def test_an_endpoint_of_another_shape_is_called_as_written() -> None:
+    """The Flux gateway's own example endpoint keeps working."""
+    url = "https://api.flux.example.com/v1/images/generate"
+    assert load_settings({**FLUX, "FLUX_GEN_API_BASE": url}).groups[0].endpoint == url
 
 
 @pytest.mark.parametrize(
@@ -458,7 +472,7 @@ def test_optimiser_plain_model() -> None:
     assert optimiser.model == "gpt-4o-mini"
     assert optimiser.reasoning is False
     assert optimiser.keys == ("sk-llm-1", "sk-llm-2")
-    assert optimiser.api_base == "https://llm.example.com/v1"
+    assert optimiser.endpoint == "https://llm.example.com/v1/chat/completions"
 
 
 def test_optimiser_reasoning_model() -> None:
@@ -484,18 +498,30 @@ def test_optimiser_base_with_query_is_refused_without_echo() -> None:
 
 
 @pytest.mark.parametrize(
-    "base",
+    ("given", "endpoint"),
     [
-        "https://llm.example.com/v1",
-        "https://llm.example.com/v1/",
-        "https://llm.example.com/v1/chat/completions",
-        "https://llm.example.com/v1/chat/completions/",
+        ("https://llm.example.com/v1", "https://llm.example.com/v1/chat/completions"),
+        ("https://llm.example.com/v1/", "https://llm.example.com/v1/chat/completions"),
+        ("https://llm.example.com", "https://llm.example.com/chat/completions"),
+        ("https://llm.example.com/api/v3", "https://llm.example.com/api/v3/chat/completions"),
+        (
+            "https://llm.example.com/v1beta/openai",
+            "https://llm.example.com/v1beta/openai/chat/completions",
+        ),
+        (
+            "https://llm.example.com/v1/chat/completions",
+            "https://llm.example.com/v1/chat/completions",
+        ),
+        (
+            "https://llm.example.com/v1/chat/completions/",
+            "https://llm.example.com/v1/chat/completions",
+        ),
+        ("https://llm.example.com/llm/complete", "https://llm.example.com/llm/complete"),
     ],
 )
-def test_optimiser_base_may_be_the_base_or_the_endpoint(base: str) -> None:
-    optimiser = load_settings({**OPTIMISER, "OPENAI_API_BASE": base, "OPENAI_MODEL": "m"}).optimiser
-    assert optimiser.api_base == "https://llm.example.com/v1"
-    assert optimiser.endpoint == "https://llm.example.com/v1/chat/completions"
+def test_optimiser_base_may_be_the_base_or_the_endpoint(given: str, endpoint: str) -> None:
+    env = {**OPTIMISER, "OPENAI_API_BASE": given, "OPENAI_MODEL": "m"}
+    assert load_settings(env).optimiser.endpoint == endpoint
 
 
 @pytest.mark.parametrize("path", ["/v1/images/generations", "/v1/embeddings", "/v1/completions"])

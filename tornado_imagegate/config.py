@@ -63,7 +63,7 @@ class ProviderGroup:
 class OptimiserSettings:
     """The OpenAI-compatible LLM that rewrites prompts; no ``model`` means optimisation is off."""
 
-    api_base: str = setting("OPENAI_API_BASE")
+    endpoint: str = ""  # its chat-completions endpoint, from OPENAI_API_BASE
     keys: tuple[str, ...] = setting("OPENAI_API_KEY")
     model: str = ""
     reasoning: bool = False
@@ -72,11 +72,6 @@ class OptimiserSettings:
     def enabled(self) -> bool:
         """Whether prompts are sent to the LLM before generation."""
         return bool(self.model)
-
-    @property
-    def endpoint(self) -> str:
-        """The chat-completions endpoint that is called."""
-        return self.api_base + values.CHAT_COMPLETIONS
 
 
 @dataclass(frozen=True)
@@ -290,7 +285,7 @@ def _read_group(reader: _Reader, family: GroupFamily, number: str) -> ProviderGr
 
 
 def _endpoint(reader: _Reader, variable: str, url: str | None, kind: str) -> str:
-    """The endpoint a group of ``kind`` calls, from its base URL or full endpoint."""
+    """The endpoint a ``kind`` of API is called at, from a base URL or the endpoint itself."""
     if not url:
         return ""
     try:
@@ -334,12 +329,12 @@ def _read_optimiser(reader: _Reader) -> OptimiserSettings:
         return OptimiserSettings()
     variable = plain_variable if plain else reasoning_option.name
     base_option, key_option = OPTION["OPENAI_API_BASE"], OPTION["OPENAI_API_KEY"]
-    api_base = reader.option(base_option)
+    endpoint = _endpoint(reader, reader.source(base_option), reader.option(base_option), "chat")
     keys = reader.option(key_option)
     for option in (base_option, key_option):
         if not reader.raw(reader.source(option)):
             reader.problems.append(f"{option.name}: missing; {variable} is set and needs it")
-    return OptimiserSettings(api_base=api_base, keys=keys, model=model, reasoning=bool(reasoning))
+    return OptimiserSettings(endpoint=endpoint, keys=keys, model=model, reasoning=bool(reasoning))
 
 
 # --- the whole configuration ---

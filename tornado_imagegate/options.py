@@ -16,9 +16,9 @@ from functools import cached_property
 from typing import Any
 
 from tornado_imagegate.values import (
+    API_URL,
     BOOLEAN,
     BYTES,
-    CHAT_BASE,
     COUNT,
     ENDPOINT,
     FETCH_PROXY,
@@ -40,7 +40,8 @@ DEMO_MODEL = "imagegate-demo"
 DEFAULT_SD_API_BASE = "https://sd.exacg.cc/api/v1/generate_image"
 DEFAULT_SD_MODEL = "Z-Image"
 GROUP_KINDS = ("chat", "openai-images", "siliconflow", "sd")
-# The path each kind calls below a provider's base URL ("": the URL is the endpoint as given).
+# The path each kind calls below a provider's base URL ("": the URL is the endpoint as given);
+# the prompt optimiser calls the chat kind's.
 ENDPOINT_PATHS = {
     "chat": "/chat/completions",
     "openai-images": "/images/generations",
@@ -138,9 +139,9 @@ OPTIONS: tuple[Option, ...] = (
         "optimiser",
         Option(
             "OPENAI_API_BASE",
-            CHAT_BASE,
+            API_URL,
             "",
-            "the optimiser LLM's base URL",
+            "the optimiser LLM's base URL or endpoint",
             aliases=("ENHANCE_OPENAI_API_BASE",),
         ),
         Option(

@@ -30,7 +30,8 @@ API_PATHS = (
     "/audio/translations",
 )
 _BYTE_UNITS = (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024))
-CHAT_COMPLETIONS = "/chat/completions"
+# The path of a base URL: empty, or ending with an API version or with /openai.
+_BASE_PATH = re.compile(r"^$|/(?:v[0-9]+[a-z0-9]*|openai)$")
 
 
 @dataclass(frozen=True)
@@ -187,11 +188,12 @@ def plain_base_url(text: str) -> str:
 
 
 def endpoint_url(url: str, path: str) -> str:
-    """The endpoint ``path`` of a URL given as the provider's base URL or as that endpoint.
+    """The endpoint to call for a URL given as the provider's base URL or as the endpoint itself.
 
-    ``https://host/v1`` and ``https://host/v1/images/generations`` both give the latter for
-    ``/images/generations``; a URL ending with another API's path is refused. With no ``path``
-    (a provider with its own API) the URL is the endpoint as given.
+    With ``path`` (``/images/generations``), a URL whose path is empty or ends with a version
+    (``/v1``, ``/v1beta``, ``/api/v3``) or with ``/openai`` is a base: ``path`` is appended.
+    Any other URL is the endpoint as given, so that an endpoint of any shape can be written out
+    in full. A URL ending with the endpoint of another API is refused.
     """
     parts = urlsplit(url)
     trimmed = parts.path.rstrip("/")
@@ -201,16 +203,9 @@ def endpoint_url(url: str, path: str) -> str:
     if named is not None:
         advice = f"; give the base URL (such as https://host/v1) or its {path} endpoint"
         raise ValueError(f"ends with {named}, the endpoint of another API{advice if path else ''}")
-    if not path:
-        return url
-    return urlunsplit(parts._replace(path=trimmed + path))
-
-
-def chat_base_url(text: str) -> str:
-    """An OpenAI-compatible base URL, given as the base or as its ``/chat/completions`` endpoint."""
-    url = plain_base_url(text)
-    endpoint = endpoint_url(url, CHAT_COMPLETIONS)
-    return endpoint[: -len(CHAT_COMPLETIONS)]
+    if path and _BASE_PATH.search(trimmed):
+        return urlunsplit(parts._replace(path=trimmed + path))
+    return url
 
 
 def upstream_proxy(text: str) -> str:
@@ -320,9 +315,7 @@ KEYS = ValueType(keys, "comma-separated keys", show_keys, secret=True)
 SECRET = ValueType(text_value, "text", show_set, secret=True)
 PUBLIC_URL = ValueType(plain_base_url, "an absolute http(s) URL", redact_url, secret=True)
 ENDPOINT = ValueType(http_url, "the provider's base URL or its full endpoint", redact_url, True)
-CHAT_BASE = ValueType(
-    chat_base_url, "a base URL or its /chat/completions endpoint", redact_url, True
-)
+API_URL = ValueType(plain_base_url, "a base URL or full endpoint, no query", redact_url, True)
 PROXY = ValueType(upstream_proxy, "env, or an http(s) or socks5(h) proxy URL", show_proxy, True)
 FETCH_PROXY = ValueType(image_fetch_proxy, "an http://host:port proxy", show_proxy, True)
 
