@@ -24,8 +24,6 @@ from tornado_imagegate.options import (
 )
 from tornado_imagegate.typos import near_misses
 
-__all__ = ["DEMO_MODEL", "ConfigError", "Settings", "is_loopback_host", "load_settings"]
-
 
 class ConfigError(Exception):
     """The configuration is invalid; ``problems`` lists every problem, each naming its variable."""
@@ -175,15 +173,15 @@ class _Reader:
         flag = self.flags.get(name)
         return f"{flag} ({name})" if flag else name
 
-    def parse(self, name: str, kind: values.ValueType, default: Any, text: str = "") -> Any:
+    def parse(self, name: str, value_type: values.ValueType, default: Any, text: str = "") -> Any:
         """A variable parsed (``text`` stands in when it is unset); a bad value is a problem."""
         text = self.raw(name) or text
         if not text:
             return default
         try:
-            return kind.parse(text)
+            return value_type.parse(text)
         except ValueError as exc:
-            shown = "" if kind.secret else f" (got {_describe(text)})"
+            shown = "" if value_type.secret else f" (got {_describe(text)})"
             self.problems.append(f"{self.label(name)}: {exc}{shown}")
             self.invalid.add(name)
             return default
