@@ -38,6 +38,8 @@ import time
 
 from tornado.httpclient import AsyncHTTPClient
 
+from tornado_imagegate.typos import without_gateway_variables
+
 CLIENT_KEY = "bench-big-answer-key"
 POLL_INTERVAL = 0.010
 
@@ -195,7 +197,7 @@ def main() -> int:
         if not ready or ready[0] != "ready":
             raise SystemExit("the fake provider did not start")
         print(f"mode: {mode}; provider answer: {int(ready[1]) / 1e6:.1f} MB of JSON")
-        env = dict(os.environ)
+        env = without_gateway_variables(os.environ)
         env.update(
             {
                 "AUTHORIZED_API_KEY": CLIENT_KEY,
@@ -204,7 +206,6 @@ def main() -> int:
                 "IMAGE_GEN_API_KEY_1": "bench-provider-key",
                 "IMAGE_GEN_KIND_1": "openai-images",
                 "IMAGE_CACHE_MAX_BYTES": str(512 * 1024 * 1024),
-                "IMAGEGATE_DATA_DIR": "",
                 "LOG_LEVEL": "WARNING",
             }
         )

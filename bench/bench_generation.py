@@ -90,6 +90,7 @@ from tornado.web import Application, RequestHandler
 
 from tornado_imagegate.demo_render import render_png
 from tornado_imagegate.prompt import NON_REASONING_SYSTEM_PROMPT
+from tornado_imagegate.typos import without_gateway_variables
 
 HOST = "127.0.0.1"
 API_KEY = "bench-key"
@@ -119,29 +120,6 @@ SLOW_CONNECT = 0.9  # a connect this slow had its SYN dropped and retried (first
 LISTENING = re.compile(r"listening on (\S+):(\d+)\s*$")
 MARKDOWN_IMAGE = re.compile(r"!\[[^\]]*\]\((https?://[^)\s]+)\)")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# Variables the gateway reads: removed from the inherited environment, so only ours apply.
-GATEWAY_VARIABLE_PREFIXES = (
-    "IMAGEGATE_",
-    "AUTHORIZED_API_KEY",
-    "GATEWAY_API_KEY",
-    "CORS_",
-    "FLUX_GEN_",
-    "IMAGE_",
-    "SD_",
-    "OPENAI_",
-    "LLM_TIMEOUT",
-    "UPSTREAM_",
-    "MAX_CLIENT_CONNECTIONS",
-    "KEY_",
-    "SSE_",
-    "LOG_LEVEL",
-    "PUBLIC_BASE_URL",
-    "STREAM_REASONING",
-    "ANSWER_TASK_REQUESTS",
-    "METRICS_ACCESS",
-    "SHUTDOWN_GRACE_SECONDS",
-    "EVENT_LOOP",
-)
 
 
 # --- the fakes (the --serve-fakes process) ------------------------------------------------
@@ -408,11 +386,8 @@ def finish_child(child: Child | None) -> None:
 
 def gateway_env(fakes: Child, log_level: str, upstream_max_clients: int | None) -> dict[str, str]:
     """The gateway's configuration: the inherited environment without its variables, plus ours."""
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(GATEWAY_VARIABLE_PREFIXES)
-    }
+    # Only ours apply: what the gateway reads (or would report as a near miss) is not inherited.
+    env = without_gateway_variables(os.environ)
     env.update(
         {
             "AUTHORIZED_API_KEY": API_KEY,

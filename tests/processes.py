@@ -15,36 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from tornado_imagegate.typos import without_gateway_variables
+
 logger = logging.getLogger(__name__)
 
 COMMAND = [sys.executable, "-m", "tornado_imagegate"]
 STOP_DEADLINE = 10.0
-
-GATEWAY_NAMES = {
-    "AUTHORIZED_API_KEY",
-    "GATEWAY_API_KEY",
-    "PUBLIC_BASE_URL",
-    "LLM_TIMEOUT",
-    "UPSTREAM_MAX_CLIENTS",
-    "CORS_ALLOW_ORIGINS",
-    "SSE_KEEPALIVE_SECONDS",
-    "LOG_LEVEL",
-    "STREAM_REASONING",
-    "ANSWER_TASK_REQUESTS",
-    "METRICS_ACCESS",
-    "SHUTDOWN_GRACE_SECONDS",
-    "EVENT_LOOP",
-    "UPSTREAM_PROXY",
-    "MAX_CLIENT_CONNECTIONS",
-    "KEY_ALLOWED_FAILS",
-    "KEY_MAX_COOLDOWN_SECONDS",
-}
-GATEWAY_PREFIXES = ("OPENAI_", "FLUX_GEN_", "IMAGE_GEN_", "SD_", "IMAGEGATE_", "IMAGE_")
-
-
-def _is_gateway_variable(name: str) -> bool:
-    return name in GATEWAY_NAMES or name.startswith(GATEWAY_PREFIXES)
-
 
 # Not the checkout: `python -m` puts the working directory first on sys.path, and the command
 # under test must be the installed package.
@@ -52,8 +28,8 @@ NEUTRAL_CWD = Path(__file__).resolve().parent
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """This process's environment without any variable the gateway reads, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not _is_gateway_variable(k)}
+    """This process's environment without the gateway's variables or near misses, and ``extra``."""
+    env = without_gateway_variables(os.environ)
     env.update(extra)
     return env
 

@@ -21,6 +21,7 @@ import pytest
 from processes import COMMAND, NEUTRAL_CWD, STOP_DEADLINE, Gateway, clean_env
 
 from tornado_imagegate import __version__
+from tornado_imagegate.options import OPTIONS, group_variables, option_names
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +105,13 @@ def test_help() -> None:
     assert "--port" in result.stdout
 
 
+def test_help_lists_every_variable() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for name in [*option_names(), *group_variables("n")]:
+        assert re.search(rf"(^|\s){name}(\s|$)", result.stdout, re.MULTILINE), name
+
+
 def test_unknown_flag_is_a_usage_error() -> None:
     result = run_cli("--no-such-flag")
     assert result.returncode == 2
@@ -146,6 +154,43 @@ def test_check_config_full_valid_config() -> None:
     assert "gpt-4o-mini" in out
     assert "2 client keys" in out
     assert_no_secret(result.stdout, result.stderr)
+
+
+def test_check_config_reports_every_setting_sizes_in_units_and_endpoints() -> None:
+    env = {
+        **FULL_CONFIG,
+        "FLUX_GEN_API_BASE": "https://api.siliconflow.cn/v1",
+        "OPENAI_API_BASE": "https://llm.example.com/v1/chat/completions",
+        "IMAGE_CACHE_MAX_BYTES": str(3 * 1024 * 1024 // 2),
+        "IMAGE_MAX_BYTES": "1000000",
+    }
+    result = run_cli("--check-config", env=clean_env(**env))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    shown = ("IMAGEGATE_HOST", "IMAGEGATE_PORT", "AUTHORIZED_API_KEY")
+    for option in OPTIONS:
+        if not option.name.startswith("OPENAI_") and option.name not in shown:
+            assert f"({option.name})" in out, option.name
+    assert "memory bound of the image store: 1.5 MiB (IMAGE_CACHE_MAX_BYTES)" in out
+    assert "largest image the gateway fetches: 976.6 KiB (1000000 bytes) (IMAGE_MAX_BYTES)" in out
+    assert "bound of the disk tier: 2 GiB (IMAGE_CACHE_DIR_MAX_BYTES)" in out
+    flux_line = next(line for line in out.splitlines() if line.strip().startswith("FLUX_GEN:"))
+    assert "https://api.siliconflow.cn/v1/images/generations," in flux_line
+    assert "at https://llm.example.com/v1/chat/completions, 1 key" in out
+    assert "warning" not in out
+    assert_no_secret(result.stdout, result.stderr)
+
+
+def test_check_config_says_which_of_a_name_and_its_alias_wins() -> None:
+    env = {**FULL_CONFIG, "ENHANCE_OPENAI_MODEL": "another-model"}
+    result = run_cli("--check-config", env=clean_env(**env))
+    assert result.returncode == 0, result.stderr
+    assert "model gpt-4o-mini at" in result.stdout
+    assert result.stdout.splitlines()[-2:] == [
+        "1 warning:",
+        "  - ENHANCE_OPENAI_MODEL and OPENAI_MODEL are both set, to different values: "
+        "OPENAI_MODEL is used",
+    ]
 
 
 BROKEN_CONFIGS = {
@@ -206,6 +251,23 @@ def test_bad_port_flag_exits_2() -> None:
     result = run_cli("--check-config", "--port", "abc")
     assert result.returncode == EXIT_CONFIG
     assert "PORT" in result.stderr
+
+
+def test_bad_port_flag_names_the_flag() -> None:
+    result = run_cli("--check-config", "--port", "80.5", env=clean_env(IMAGEGATE_PORT="9000"))
+    assert result.returncode == EXIT_CONFIG
+    assert "  - --port (IMAGEGATE_PORT): must be a whole number in decimal digits (got '80.5')" in (
+        result.stderr.splitlines()
+    )
+
+
+def test_bad_port_variable_names_the_variable_alone() -> None:
+    result = run_cli("--check-config", env=clean_env(IMAGEGATE_PORT="1e3"))
+    assert result.returncode == EXIT_CONFIG
+    assert "  - IMAGEGATE_PORT: must be a whole number in decimal digits (got '1e3')" in (
+        result.stderr.splitlines()
+    )
+    assert "--port" not in result.stderr
 
 
 def test_port_flag_wins_over_environment() -> None:

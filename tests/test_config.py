@@ -3,23 +3,20 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
 from tornado_imagegate.config import (
-    DEFAULT_SD_API_BASE,
-    DEFAULT_SD_MODEL,
     DEMO_MODEL,
     ConfigError,
+    ProviderGroup,
     Settings,
     is_loopback_host,
     load_settings,
-    read_env_file,
-    redact_url,
-    split_list,
 )
+from tornado_imagegate.options import DEFAULT_SD_API_BASE, DEFAULT_SD_MODEL
 from tornado_imagegate.report import problems_report
+from tornado_imagegate.values import redact_url, split_list
 
 FLUX = {
     "FLUX_GEN_MODEL": "black-forest-labs/FLUX.1-schnell",
@@ -29,10 +26,10 @@ FLUX = {
 
 
 def group_env(n: int | str, model: str, kind: str | None = None) -> dict[str, str]:
-    """A complete IMAGE_GEN_*_n group."""
+    """A complete IMAGE_GEN_*_n group, its API_BASE a base URL (right for every kind)."""
     env = {
         f"IMAGE_GEN_MODEL_{n}": model,
-        f"IMAGE_GEN_API_BASE_{n}": f"https://img{n}.example.com/v1/chat/completions",
+        f"IMAGE_GEN_API_BASE_{n}": f"https://img{n}.example.com/v1",
         f"IMAGE_GEN_API_KEY_{n}": f"sk-group-{n}",
     }
     if kind is not None:
@@ -244,6 +241,77 @@ def test_image_gen_kind_rejects_others_naming_the_variable(value: str) -> None:
     assert problem.startswith("IMAGE_GEN_KIND_7")
 
 
+# --- base URL or full endpoint ---
+
+
+@pytest.mark.parametrize(
+    ("kind", "given", "endpoint"),
+    [
+        ("chat", "https://p.io/v1", "https://p.io/v1/chat/completions"),
+        ("chat", "https://p.io/v1/", "https://p.io/v1/chat/completions"),
+        ("chat", "https://p.io/v1/chat/completions", "https://p.io/v1/chat/completions"),
+        ("openai-images", "https://p.io/v1", "https://p.io/v1/images/generations"),
+        (
+            "openai-images",
+            "https://p.io/v1/images/generations/",
+            "https://p.io/v1/images/generations/",
+        ),
+        ("siliconflow", "https://p.io/v1", "https://p.io/v1/images/generations"),
+        ("siliconflow", "https://p.io", "https://p.io/images/generations"),
+        ("sd", "https://p.io/api/v1/generate_image", "https://p.io/api/v1/generate_image"),
+        ("sd", "https://p.io/gen", "https://p.io/gen"),
+        ("sd", "https://p.io/v1", "https://p.io/v1"),
+        ("chat", "https://p.io/api/generate", "https://p.io/api/generate"),
+        ("chat", "https://p.io/openai", "https://p.io/openai/chat/completions"),
+        ("openai-images", "https://p.io/api/v3", "https://p.io/api/v3/images/generations"),
+        (
+            "openai-images",
+            "https://p.io/v1?api-version=2024",
+            "https://p.io/v1/images/generations?api-version=2024",
+        ),
+    ],
+)
+def test_api_base_may_be_the_base_or_the_endpoint(kind: str, given: str, endpoint: str) -> None:
+    env = {**group_env(1, "m", kind=kind), "IMAGE_GEN_API_BASE_1": given}
+    assert load_settings(env).groups[0].endpoint == endpoint
+
+
+def test_flux_gen_api_base_may_be_the_base() -> None:
+    group = load_settings({**FLUX, "FLUX_GEN_API_BASE": "https://api.siliconflow.cn/v1"}).groups[0]
+    assert group.endpoint == "https://api.siliconflow.cn/v1/images/generations"
+
+
+def test_an_endpoint_of_another_shape_is_called_as_written() -> None:
+    """The Flux gateway's own example endpoint keeps working."""
+    url = "https://api.flux.example.com/v1/images/generate"
+    assert load_settings({**FLUX, "FLUX_GEN_API_BASE": url}).groups[0].endpoint == url
+
+
+@pytest.mark.parametrize(
+    ("kind", "path"),
+    [
+        ("chat", "/v1/images/generations"),
+        ("chat", "/v1/embeddings"),
+        ("openai-images", "/v1/chat/completions"),
+        ("siliconflow", "/v1/chat/completions"),
+        ("siliconflow", "/v1/images/edits"),
+        ("sd", "/v1/chat/completions"),
+    ],
+)
+def test_api_base_naming_another_api_is_refused(kind: str, path: str) -> None:
+    url = f"https://user:SECRET123@p.example{path}?key=SECRET123"
+    problem = one_problem({**group_env(2, "m", kind=kind), "IMAGE_GEN_API_BASE_2": url})
+    assert problem.startswith("IMAGE_GEN_API_BASE_2: ends with /")
+    assert f"(kind {kind})" in problem
+    assert "SECRET123" not in problem
+
+
+def test_flux_gen_pointed_at_chat_is_refused() -> None:
+    env = {**FLUX, "FLUX_GEN_API_BASE": "https://api.siliconflow.cn/v1/chat/completions"}
+    problem = one_problem(env)
+    assert problem.startswith("FLUX_GEN_API_BASE: ends with /chat/completions")
+
+
 # --- SD group ---
 
 
@@ -276,6 +344,42 @@ def test_sd_model_and_base_override() -> None:
 )
 def test_sd_settings_without_key_name_sd_api_key(env: dict[str, str]) -> None:
     assert one_problem(env).startswith("SD_API_KEY")
+
+
+# --- the unnumbered IMAGE_GEN group ---
+
+IMAGE_GEN = {
+    "IMAGE_GEN_MODEL": "direct-model",
+    "IMAGE_GEN_API_BASE": "https://direct.example.com/v1",
+    "IMAGE_GEN_API_KEY": "sk-direct-1",
+}
+
+
+def test_unnumbered_image_gen_group_loads_as_its_own_group() -> None:
+    settings = load_settings({**IMAGE_GEN, **group_env(1, "m1"), **FLUX})
+    assert [g.name for g in settings.groups] == ["FLUX_GEN", "IMAGE_GEN", "IMAGE_GEN_1", "demo"]
+    assert settings.groups[1] == ProviderGroup(
+        name="IMAGE_GEN",
+        kind="chat",
+        models=("direct-model",),
+        endpoint="https://direct.example.com/v1/chat/completions",
+        keys=("sk-direct-1",),
+        model_variable="IMAGE_GEN_MODEL",
+    )
+
+
+def test_unnumbered_image_gen_group_takes_a_kind() -> None:
+    group = load_settings({**IMAGE_GEN, "IMAGE_GEN_KIND": "openai-images"}).groups[0]
+    assert group.kind == "openai-images"
+    assert group.endpoint == "https://direct.example.com/v1/images/generations"
+
+
+@pytest.mark.parametrize("missing", ["IMAGE_GEN_MODEL", "IMAGE_GEN_API_BASE", "IMAGE_GEN_API_KEY"])
+def test_partial_unnumbered_image_gen_group_names_what_is_missing(missing: str) -> None:
+    env = {name: value for name, value in IMAGE_GEN.items() if name != missing}
+    problem = one_problem(env)
+    assert problem.startswith(f"{missing}: missing; group IMAGE_GEN needs ")
+    assert "sk-direct-1" not in problem
 
 
 # --- model order and uniqueness ---
@@ -360,7 +464,7 @@ def test_optimiser_plain_model() -> None:
     assert optimiser.model == "gpt-4o-mini"
     assert optimiser.reasoning is False
     assert optimiser.keys == ("sk-llm-1", "sk-llm-2")
-    assert optimiser.api_base == "https://llm.example.com/v1"
+    assert optimiser.endpoint == "https://llm.example.com/v1/chat/completions"
 
 
 def test_optimiser_reasoning_model() -> None:
@@ -383,6 +487,90 @@ def test_optimiser_base_with_query_is_refused_without_echo() -> None:
     problem = one_problem(env)
     assert problem.startswith("OPENAI_API_BASE")
     assert "QSECRET" not in problem
+
+
+@pytest.mark.parametrize(
+    ("given", "endpoint"),
+    [
+        ("https://llm.example.com/v1", "https://llm.example.com/v1/chat/completions"),
+        ("https://llm.example.com/v1/", "https://llm.example.com/v1/chat/completions"),
+        ("https://llm.example.com", "https://llm.example.com/chat/completions"),
+        ("https://llm.example.com/api/v3", "https://llm.example.com/api/v3/chat/completions"),
+        (
+            "https://llm.example.com/v1beta/openai",
+            "https://llm.example.com/v1beta/openai/chat/completions",
+        ),
+        (
+            "https://llm.example.com/v1/chat/completions",
+            "https://llm.example.com/v1/chat/completions",
+        ),
+        (
+            "https://llm.example.com/v1/chat/completions/",
+            "https://llm.example.com/v1/chat/completions",
+        ),
+        ("https://llm.example.com/llm/complete", "https://llm.example.com/llm/complete"),
+    ],
+)
+def test_optimiser_base_may_be_the_base_or_the_endpoint(given: str, endpoint: str) -> None:
+    env = {**OPTIMISER, "OPENAI_API_BASE": given, "OPENAI_MODEL": "m"}
+    assert load_settings(env).optimiser.endpoint == endpoint
+
+
+@pytest.mark.parametrize("path", ["/v1/images/generations", "/v1/embeddings", "/v1/completions"])
+def test_optimiser_base_naming_another_api_is_refused(path: str) -> None:
+    env = {**OPTIMISER, "OPENAI_MODEL": "m", "OPENAI_API_BASE": f"https://llm.example.com{path}"}
+    problem = one_problem(env)
+    assert problem.startswith("OPENAI_API_BASE: ends with /")
+    assert "/chat/completions" in problem
+
+
+# --- aliases ---
+
+ENHANCE = {
+    "ENHANCE_OPENAI_API_BASE": "https://enhance.example.com/v1",
+    "ENHANCE_OPENAI_API_KEY": "sk-enhance-1",
+    "ENHANCE_OPENAI_MODEL": "enhance-model",
+}
+
+
+def test_enhance_aliases_configure_the_optimiser() -> None:
+    settings = load_settings(ENHANCE)
+    assert settings.optimiser.model == "enhance-model"
+    assert settings.optimiser.reasoning is False
+    assert settings.optimiser.keys == ("sk-enhance-1",)
+    assert settings.optimiser.endpoint == "https://enhance.example.com/v1/chat/completions"
+    assert settings.warnings == ()
+
+
+def test_a_name_and_its_alias_set_alike_need_no_word() -> None:
+    settings = load_settings({**ENHANCE, "OPENAI_MODEL": "enhance-model"})
+    assert settings.warnings == ()
+
+
+def test_the_name_wins_over_its_alias_with_a_warning_naming_both() -> None:
+    env = {**ENHANCE, "OPENAI_MODEL": "plain-model", "OPENAI_API_KEY": "sk-plain-1"}
+    settings = load_settings(env)
+    assert settings.optimiser.model == "plain-model"
+    assert settings.optimiser.keys == ("sk-plain-1",)
+    assert settings.optimiser.endpoint == "https://enhance.example.com/v1/chat/completions"
+    assert settings.warnings == (
+        "ENHANCE_OPENAI_MODEL and OPENAI_MODEL are both set, to different values: "
+        "OPENAI_MODEL is used",
+        "ENHANCE_OPENAI_API_KEY and OPENAI_API_KEY are both set, to different values: "
+        "OPENAI_API_KEY is used",
+    )
+    assert "sk-" not in " ".join(settings.warnings)
+
+
+def test_a_problem_names_the_alias_that_was_set() -> None:
+    problem = one_problem({**ENHANCE, "OPENAI_MODEL_REASONING": "thinker"})
+    assert problem.startswith("ENHANCE_OPENAI_MODEL, OPENAI_MODEL_REASONING: set one of them")
+
+
+def test_a_bad_key_in_an_alias_is_named_by_the_alias() -> None:
+    problem = one_problem({**ENHANCE, "ENHANCE_OPENAI_API_KEY": "sk bad"})
+    assert problem.startswith("ENHANCE_OPENAI_API_KEY: key #1 ")
+    assert "sk bad" not in problem
 
 
 # --- numbers ---
@@ -471,6 +659,44 @@ def test_every_problem_is_reported_at_once() -> None:
     ):
         assert any(name in p for p in problems), (name, problems)
     assert len(problems) >= 8
+
+
+@pytest.mark.parametrize("value", ["1e9", "0x10", "1_000", "inf", "nan", "1,000", "１２", "10MiB"])
+@pytest.mark.parametrize("name", ["IMAGE_CACHE_MAX_BYTES", "IMAGEGATE_PORT", "SD_MODEL_INDEX"])
+def test_a_whole_number_must_be_plain_decimal_digits(name: str, value: str) -> None:
+    assert one_problem({name: value}) == (
+        f"{name}: must be a whole number in decimal digits (got {value!r})"
+    )
+
+
+@pytest.mark.parametrize("value", ["1e3", "0x10", "1_0", "inf", "-inf", "nan", "2,5", "30s"])
+def test_seconds_must_be_plain_decimal_digits(value: str) -> None:
+    assert one_problem({"LLM_TIMEOUT": value}).startswith(
+        "LLM_TIMEOUT: must be a number in decimal digits"
+    )
+
+
+@pytest.mark.parametrize(("value", "expected"), [(" 42 ", 42), ("+42", 42), ("042", 42)])
+def test_plain_whole_numbers_are_read(value: str, expected: int) -> None:
+    assert load_settings({"SD_STEPS": value}).sd_steps == expected
+
+
+@pytest.mark.parametrize(("value", "expected"), [("2.5", 2.5), ("3.", 3.0), (".5", 0.5)])
+def test_plain_decimals_are_read(value: str, expected: float) -> None:
+    assert load_settings({"LLM_TIMEOUT": value}).llm_timeout == expected
+
+
+def test_a_value_from_a_flag_is_named_by_the_flag() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({"IMAGEGATE_PORT": "9000"}, flags={"IMAGEGATE_PORT": "99999"})
+    assert info.value.problems == [
+        "--port (IMAGEGATE_PORT): must be a port number from 0 to 65535 (got '99999')"
+    ]
+
+
+def test_a_flag_wins_over_the_environment() -> None:
+    settings = load_settings({"IMAGEGATE_PORT": "abc"}, flags={"IMAGEGATE_PORT": "9000"})
+    assert settings.port == 9000
 
 
 # --- booleans, log level ---
@@ -716,98 +942,6 @@ def test_config_error_with_keys_in_wrong_places_has_no_secret() -> None:
         load_settings(env)
     text = " ".join(info.value.problems) + repr(info.value.groups)
     assert "SECRET" not in text
-
-
-# --- read_env_file ---
-
-
-def test_read_env_file_syntax(tmp_path: Path) -> None:
-    path = tmp_path / "gateway.env"
-    path.write_text(
-        "# a comment\n"
-        "; another comment\n"
-        "\n"
-        "   \n"
-        "PLAIN=value\n"
-        "  SPACED  =  spaced value  \n"
-        'DOUBLE="double quoted # not a comment"\n'
-        'ESCAPED="say \\"hi\\""\n'
-        "SINGLE='single $quoted'\n"
-        "EMPTY=\n"
-        "WITH_EQUALS=a=b=c\n"
-        "   # indented comment\n",
-        encoding="utf-8",
-    )
-    assert read_env_file(str(path)) == {
-        "PLAIN": "value",
-        "SPACED": "spaced value",
-        "DOUBLE": "double quoted # not a comment",
-        "ESCAPED": 'say "hi"',
-        "SINGLE": "single $quoted",
-        "EMPTY": "",
-        "WITH_EQUALS": "a=b=c",
-    }
-
-
-def test_read_env_file_later_line_wins(tmp_path: Path) -> None:
-    path = tmp_path / "gateway.env"
-    path.write_text("A=1\nA=2\n", encoding="utf-8")
-    assert read_env_file(str(path)) == {"A": "2"}
-
-
-@pytest.mark.parametrize(
-    ("content", "line"),
-    [
-        ("A=1\njust some words\n", 2),
-        ("A=1\n\n# c\n=value\n", 4),
-        ("1BAD=x\n", 1),
-        ("A=1\nB=2\nBAD NAME=3\n", 3),
-    ],
-)
-def test_read_env_file_malformed_line(tmp_path: Path, content: str, line: int) -> None:
-    path = tmp_path / "broken.env"
-    path.write_text(content, encoding="utf-8")
-    with pytest.raises(ConfigError) as info:
-        read_env_file(str(path))
-    assert len(info.value.problems) == 1
-    problem = info.value.problems[0]
-    assert str(path) in problem
-    assert f"line {line}" in problem
-    assert "--env-file" in problem
-
-
-def test_read_env_file_reports_every_malformed_line(tmp_path: Path) -> None:
-    path = tmp_path / "broken.env"
-    path.write_text("bad one\nA=1\nbad two\n", encoding="utf-8")
-    with pytest.raises(ConfigError) as info:
-        read_env_file(str(path))
-    assert len(info.value.problems) == 2
-    assert "line 1" in info.value.problems[0]
-    assert "line 3" in info.value.problems[1]
-
-
-def test_read_env_file_malformed_line_does_not_echo_its_content(tmp_path: Path) -> None:
-    path = tmp_path / "broken.env"
-    path.write_text("OPENAI_API_KEY sk-SECRET-typo\n", encoding="utf-8")
-    with pytest.raises(ConfigError) as info:
-        read_env_file(str(path))
-    assert "sk-SECRET-typo" not in str(info.value)
-
-
-def test_read_env_file_missing_file(tmp_path: Path) -> None:
-    path = tmp_path / "missing.env"
-    with pytest.raises(ConfigError) as info:
-        read_env_file(str(path))
-    assert "--env-file" in str(info.value)
-    assert str(path) in str(info.value)
-
-
-def test_read_env_file_not_utf8(tmp_path: Path) -> None:
-    path = tmp_path / "latin1.env"
-    path.write_bytes(b"A=caf\xe9\n")
-    with pytest.raises(ConfigError) as info:
-        read_env_file(str(path))
-    assert "--env-file" in str(info.value)
 
 
 # --- helpers ---

@@ -33,7 +33,6 @@ from tornado.iostream import IOStream
 from tornado.netutil import bind_sockets
 from tornado.web import Application, RequestHandler
 
-from tornado_imagegate.config import read_credentials
 from tornado_imagegate.sdnotify import Notifier
 from tornado_imagegate.server import (
     GC_YOUNG_THRESHOLD,
@@ -42,6 +41,7 @@ from tornado_imagegate.server import (
     parse_args,
     settle_garbage_collector,
 )
+from tornado_imagegate.sources import read_credentials
 
 UNIT = Path(__file__).resolve().parent.parent / "systemd" / "imagegate.service"
 SD_KEY = "sd-service-key-9191"

@@ -105,7 +105,7 @@ class PromptOptimiser:
         self.timeout = timeout
         self.metrics = metrics
         self.keys = KeyPool(settings.keys, policy=policy, on_rest=self._rested)
-        self.endpoint = f"{settings.api_base}/chat/completions"
+        self.endpoint = settings.endpoint
 
     def _rested(self, index: int, reason: str) -> None:
         logger.warning("optimiser key #%d rests (%s)", index + 1, reason)

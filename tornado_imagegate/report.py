@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 from tornado_imagegate import __version__
-from tornado_imagegate.config import ProviderGroup, Settings, redact_url
+from tornado_imagegate.config import ProviderGroup, Settings
+from tornado_imagegate.options import OPTIONS, SECTIONS
 from tornado_imagegate.provider_kinds import provider_kind
+from tornado_imagegate.values import redact_url
+
+# Shown in the summary at the top, so not again among the settings.
+_SUMMARISED = ("IMAGEGATE_HOST", "IMAGEGATE_PORT", "AUTHORIZED_API_KEY")
 
 
 def _plural(count: int, word: str) -> str:
@@ -27,22 +34,13 @@ def describe_groups(groups: tuple[ProviderGroup, ...]) -> list[str]:
     return lines
 
 
-def proxy_line(proxy: str) -> str:
-    """A proxy setting for the report: none, the environment's, or its URL without user-info."""
-    if not proxy:
-        return "none"
-    if proxy == "env":
-        return "from the environment (http_proxy, https_proxy, all_proxy, no_proxy)"
-    return redact_url(proxy)
-
-
 def settings_report(settings: Settings) -> str:
-    """The report of a valid configuration."""
+    """The report of a valid configuration: a summary, then every setting by group."""
     optimiser = settings.optimiser
     if optimiser.enabled:
         mode = "reasoning" if optimiser.reasoning else "non-reasoning"
         optimiser_line = (
-            f"on, {mode} model {optimiser.model} at {redact_url(optimiser.api_base)}, "
+            f"on, {mode} model {optimiser.model} at {redact_url(optimiser.endpoint)}, "
             f"{_plural(len(optimiser.keys), 'key')}"
         )
     else:
@@ -51,44 +49,51 @@ def settings_report(settings: Settings) -> str:
         keys_line = f"{_plural(len(settings.client_keys), 'client key')} configured"
     else:
         keys_line = "none configured: one is generated at start-up (loopback only)"
-    cache_disk = settings.image_cache_dir or "off (memory only)"
     lines = [
         f"tornado-imagegate {__version__}: configuration is valid",
         f"listen: {settings.host}:{settings.port}",
         f"client keys: {keys_line}",
-        f"public base URL: {settings.public_base_url or '(from each request)'}",
         f"prompt optimiser: {optimiser_line}",
         "providers:",
         *describe_groups(settings.groups),
-        f"image cache: {settings.image_cache_max_bytes} bytes in memory, disk tier: {cache_disk}",
-        f"image proxy secret: {'set' if settings.image_proxy_secret else 'derived'}",
-        f"private networks for image fetches: "
-        f"{'allowed' if settings.image_proxy_allow_private_networks else 'refused'}",
-        f"timeouts: LLM {settings.llm_timeout:g}s, generation {settings.image_gen_timeout:g}s, "
-        f"image fetch {settings.image_fetch_timeout:g}s",
-        f"upstream connections: {settings.upstream_max_clients}",
-        f"outbound proxy for provider and optimiser calls: {proxy_line(settings.upstream_proxy)}",
-        f"proxy for image fetches: {proxy_line(settings.image_fetch_proxy)}",
-        "client connections: at most "
-        + (
-            str(settings.max_client_connections)
-            if settings.max_client_connections
-            else "as many as the descriptor limit allows"
-        ),
-        f"key cooldowns: after {settings.key_allowed_fails} transient failures a minute; "
-        f"Retry-After capped at {settings.key_max_cooldown_seconds:g}s",
-        f"event loop: {settings.event_loop}",
-        f"CORS origins: {', '.join(settings.cors_allow_origins)}",
-        f"log level: {settings.log_level}",
+        "settings:",
+        *describe_settings(settings),
     ]
-    return "\n".join(lines)
+    return "\n".join(lines + _warning_lines(settings.warnings))
 
 
-def problems_report(problems: list[str], groups: tuple[ProviderGroup, ...]) -> str:
+def describe_settings(settings: Settings) -> list[str]:
+    """Each setting of the option table, by group: what it is, its value and its variable."""
+    bound = {
+        each.metadata["option"].name: getattr(settings, each.name)
+        for each in fields(settings)
+        if "option" in each.metadata
+    }
+    lines = []
+    for section, title in SECTIONS.items():
+        shown = [
+            f"    {option.help}: {option.show(bound[option.name])} ({option.name})"
+            for option in OPTIONS
+            if option.section == section and option.name in bound and option.name not in _SUMMARISED
+        ]
+        if shown:
+            lines += [f"  {title}:", *shown]
+    return lines
+
+
+def problems_report(
+    problems: list[str], groups: tuple[ProviderGroup, ...], warnings: tuple[str, ...] = ()
+) -> str:
     """The report of an invalid configuration: what could be read, then every problem."""
     lines = [f"tornado-imagegate {__version__}: configuration is NOT valid"]
     if groups:
         lines += ["providers read so far:", *describe_groups(groups)]
     lines.append(f"{_plural(len(problems), 'problem')}:")
     lines += [f"  - {problem}" for problem in problems]
-    return "\n".join(lines)
+    return "\n".join(lines + _warning_lines(warnings))
+
+
+def _warning_lines(warnings: tuple[str, ...]) -> list[str]:
+    if not warnings:
+        return []
+    return [f"{_plural(len(warnings), 'warning')}:", *(f"  - {warning}" for warning in warnings)]

@@ -24,13 +24,7 @@ from tornado.web import Application
 
 from tornado_imagegate import __version__
 from tornado_imagegate.app import GatewayApplication, make_app
-from tornado_imagegate.config import (
-    ConfigError,
-    Settings,
-    load_settings,
-    read_credentials,
-    read_env_file,
-)
+from tornado_imagegate.config import ConfigError, Settings, load_settings
 from tornado_imagegate.curl_client import GatewayCurlClient
 from tornado_imagegate.lifecycle import Lifecycle
 from tornado_imagegate.listener import (
@@ -40,9 +34,11 @@ from tornado_imagegate.listener import (
     raise_descriptor_limit,
 )
 from tornado_imagegate.logsafe import configure_logging, hide_secrets
+from tornado_imagegate.options import OPTIONS, variables_help
 from tornado_imagegate.providers import decode
 from tornado_imagegate.report import problems_report, settings_report
 from tornado_imagegate.sdnotify import Notifier
+from tornado_imagegate.sources import read_credentials, read_env_file
 
 logger = logging.getLogger(__name__)
 
@@ -62,17 +58,25 @@ MAX_HEADER_BYTES = 64 * 1024
 MAX_UPSTREAM_BODY_BYTES = 64 * 1024 * 1024
 GC_YOUNG_THRESHOLD = 10_000
 LISTEN_ERRNOS = (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES)
+FLAG_OPTIONS = tuple(option for option in OPTIONS if option.flag)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """The command line; each flag can also come from its environment variable."""
     parser = argparse.ArgumentParser(
         prog="imagegate",
-        description="OpenAI-compatible image-generation gateway. With no configuration it runs "
+        description="OpenAI-compatible image-generation gateway. With no configuration it runs\n"
         "the built-in offline demo provider on 127.0.0.1:8080.",
+        epilog=variables_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--host", help="address to listen on (IMAGEGATE_HOST, default 127.0.0.1)")
-    parser.add_argument("--port", help="port to listen on (IMAGEGATE_PORT, default 8080)")
+    for option in FLAG_OPTIONS:
+        parser.add_argument(
+            option.flag,
+            dest=option.name,
+            metavar=option.flag.lstrip("-").upper(),
+            help=f"{option.help} ({option.name}, default {option.show(option.default)})",
+        )
     parser.add_argument(
         "--env-file",
         metavar="PATH",
@@ -88,17 +92,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def build_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
-    """Merge the env file, systemd credentials, the environment and the flags, then validate."""
+    """Merge the env file, systemd credentials, the environment and the flags, then validate.
+
+    With ``--check-config`` a variable that looks like the gateway's but is not one is a problem;
+    otherwise it is a warning, logged at start-up.
+    """
     merged: dict[str, str] = {}
     if args.env_file:
         merged.update(read_env_file(args.env_file))
     merged.update(read_credentials(environ.get("CREDENTIALS_DIRECTORY", "")))
     merged.update(environ)
-    if args.host is not None:
-        merged["IMAGEGATE_HOST"] = args.host
-    if args.port is not None:
-        merged["IMAGEGATE_PORT"] = args.port
-    return load_settings(merged)
+    flags = {
+        option.name: getattr(args, option.name)
+        for option in FLAG_OPTIONS
+        if getattr(args, option.name) is not None
+    }
+    return load_settings(merged, flags=flags, strict=args.check_config)
 
 
 def with_generated_key(settings: Settings) -> Settings:
@@ -263,12 +272,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = build_settings(args, os.environ)
     except ConfigError as exc:
-        print(problems_report(exc.problems, exc.groups), file=sys.stderr)
+        print(problems_report(exc.problems, exc.groups, exc.warnings), file=sys.stderr)
         return EXIT_CONFIG
     if args.check_config:
         print(settings_report(settings))
         return 0
     configure_logging(settings.log_level)
+    for warning in settings.warnings:
+        logger.warning("configuration: %s", warning)
     raise_descriptor_limit()
     settings = with_generated_key(settings)
     hide_secrets(settings.secrets())
