@@ -213,6 +213,12 @@ def settle_garbage_collector() -> None:
 async def serve(settings: Settings, notifier: Notifier | None = None) -> None:
     """Listen, tell systemd, run until SIGTERM or SIGINT, then shut down gracefully."""
     notifier = notifier or Notifier()
+    # Before anything can announce that the gateway listens: a SIGTERM sent by whoever heard
+    # it must always find the graceful shutdown in place.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
     configure_http_client(settings)
     app = make_app(settings)
     server = make_http_server(app)
@@ -234,10 +240,6 @@ async def serve(settings: Settings, notifier: Notifier | None = None) -> None:
         watchdog = PeriodicCallback(notifier.watchdog, notifier.watchdog_seconds * 1000 / 2)
         watchdog.start()
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
     await stop.wait()
     await shut_down(server, app.services.lifecycle, settings.shutdown_grace_seconds, notifier)
     if watchdog is not None:
