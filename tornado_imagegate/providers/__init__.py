@@ -94,6 +94,14 @@ def json_answer(response: HTTPResponse) -> Any:
         raise ProviderAnswerError("the answer is not JSON") from None
 
 
+def json_object_answer(response: HTTPResponse) -> dict[str, Any]:
+    """The decoded JSON object of an answer; ProviderAnswerError when it is not one."""
+    answer = json_answer(response)
+    if not isinstance(answer, dict):
+        raise ProviderAnswerError("the answer is not a JSON object")
+    return answer
+
+
 _DATA_URI = re.compile(r"data:(image/[a-z0-9.+-]+);base64,([A-Za-z0-9+/=\s]+)", re.IGNORECASE)
 
 

@@ -8,7 +8,7 @@ from tornado_imagegate.providers import (
     ProviderAnswerError,
     ProviderCall,
     ProviderImage,
-    json_answer,
+    json_object_answer,
     json_request,
 )
 
@@ -49,9 +49,7 @@ class SdApi:
 
     def parse(self, response: HTTPResponse) -> list[ProviderImage]:
         """Success needs ``"success": true`` and ``data.image_url``."""
-        answer = json_answer(response)
-        if not isinstance(answer, dict):
-            raise ProviderAnswerError("the answer is not a JSON object")
+        answer = json_object_answer(response)
         data = answer.get("data")
         url = data.get("image_url") if isinstance(data, dict) else None
         if answer.get("success") is not True or not isinstance(url, str) or not url:

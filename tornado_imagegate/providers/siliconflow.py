@@ -9,7 +9,7 @@ from tornado_imagegate.providers import (
     ProviderCall,
     ProviderImage,
     images_from_data_list,
-    json_answer,
+    json_object_answer,
     json_request,
 )
 from tornado_imagegate.sizing import RATIOS_1024, nearest_size
@@ -49,9 +49,7 @@ class SiliconFlowApi:
 
     def parse(self, response: HTTPResponse) -> list[ProviderImage]:
         """``images[].url`` (SiliconFlow), or ``data[].url`` / ``data[].b64_json`` (compatibles)."""
-        answer = json_answer(response)
-        if not isinstance(answer, dict):
-            raise ProviderAnswerError("the answer is not a JSON object")
+        answer = json_object_answer(response)
         images = images_from_data_list(answer.get("images")) or images_from_data_list(
             answer.get("data")
         )
