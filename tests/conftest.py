@@ -7,8 +7,7 @@ import logging
 from typing import Any
 
 import pytest
-from fake_providers import FakeSD
-from fakes import FakeOrigin
+from fakes import FakeOrigin, FakeSD
 from tornado.httpclient import HTTPResponse
 
 from tornado_imagegate.app import make_app

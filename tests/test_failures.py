@@ -17,8 +17,7 @@ from conftest import (
     register_secret,
     with_env,
 )
-from fake_providers import Answer, FakeChatImages, FakeLLM, FakeSD
-from fakes import FakeOrigin, png_bytes, png_of_length
+from fakes import Answer, FakeChatImages, FakeLLM, FakeOrigin, FakeSD, png_bytes, png_of_length
 from pngcheck import png_info
 
 SD_KEY = "sd-failures-key-4141"

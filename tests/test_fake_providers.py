@@ -10,17 +10,18 @@ import time
 from typing import Any
 
 import pytest
-from fake_providers import (
+from fakes import (
     DEFAULT_OPTIMISED_PROMPT,
     Answer,
     FakeChatImages,
     FakeLLM,
     FakeOpenAIImages,
+    FakeOrigin,
     FakeSD,
     FakeSiliconFlow,
     FakeUpstream,
+    png_bytes,
 )
-from fakes import FakeOrigin, png_bytes
 from pngcheck import png_info
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPResponse
 
