@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import socket
 from typing import Any
 
 import pytest
@@ -27,6 +29,9 @@ def register_secret(*values: str) -> None:
     SECRETS.update(v for v in values if v)
 
 
+WAIT_DEADLINE = 10.0
+
+
 class _LogWatch(logging.Handler):
     """Keeps every formatted log line of the whole run, at DEBUG."""
 
@@ -34,9 +39,41 @@ class _LogWatch(logging.Handler):
         super().__init__(level=logging.DEBUG)
         self.lines: list[str] = []
         self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
 
     def emit(self, record: logging.LogRecord) -> None:
+        # Called under the handler's lock, from whichever thread logs.
         self.lines.append(self.format(record))
+        waiters, self._waiters = self._waiters, []
+        for loop, waiter in waiters:
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(_wake, waiter)
+
+    async def wait_for(
+        self, text: str, since: int, count: int = 1, within: float = WAIT_DEADLINE
+    ) -> list[str]:
+        """Wait until ``count`` lines from ``since`` on hold ``text``; return those lines.
+
+        For what the gateway does with no event to wait on but a log line.
+        """
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(within):
+                while True:
+                    with self.lock:  # type: ignore[union-attr]
+                        found = [line for line in self.lines[since:] if text in line]
+                        if len(found) >= count:
+                            return found
+                        waiter = loop.create_future()
+                        self._waiters.append((loop, waiter))
+                    await waiter
+        except TimeoutError:
+            pytest.fail(f"{count} log line(s) with {text!r} expected within {within} s")
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 LOG_WATCH = _LogWatch()
@@ -57,6 +94,47 @@ def no_secret_in_any_log():
     yield
     leaks = [(secret, line) for line in LOG_WATCH.lines for secret in SECRETS if secret in line]
     assert not leaks, f"secrets found in the log: {leaks[:5]}"
+
+
+class Calls:
+    """Counts the calls of one method of a live object, so that a test can wait for them.
+
+    For servers and services with no event of their own: the method runs as before.
+    """
+
+    def __init__(self, target: Any, name: str) -> None:
+        self.count = 0
+        self._changed = asyncio.Event()
+        original = getattr(target, name)
+
+        def observed(*args: Any, **kwargs: Any) -> Any:
+            result = original(*args, **kwargs)
+            self.count += 1
+            self._changed.set()
+            return result
+
+        setattr(target, name, observed)
+
+    async def reach(self, count: int = 1, within: float = WAIT_DEADLINE) -> None:
+        """Wait until the method has been called ``count`` times in all."""
+        try:
+            async with asyncio.timeout(within):
+                while self.count < count:
+                    self._changed.clear()
+                    await self._changed.wait()
+        except TimeoutError:
+            pytest.fail(f"{count} call(s) expected within {within} s, saw {self.count}")
+
+
+@pytest.fixture
+def notify_socket(tmp_path):
+    """A datagram socket where systemd would listen for a service's notifications."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    path = str(tmp_path / "notify.sock")
+    sock.bind(path)
+    sock.settimeout(30.0)
+    yield sock, path
+    sock.close()
 
 
 @pytest.fixture
