@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import json
 import logging
 import socket
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -29,16 +31,20 @@ def register_secret(*values: str) -> None:
     SECRETS.update(v for v in values if v)
 
 
+BETWEEN_TESTS = "(outside any test)"
 WAIT_DEADLINE = 10.0
 
 
 class _LogWatch(logging.Handler):
-    """Keeps every formatted log line of the whole run, at DEBUG."""
+    """Keeps every formatted log line of the whole run, at DEBUG, and which test logged it."""
 
     def __init__(self) -> None:
         super().__init__(level=logging.DEBUG)
         self.lines: list[str] = []
         self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        # (index of a line, node id): the test that logged the lines from there on.
+        self._starts: list[int] = [0]
+        self._tests: list[str] = [BETWEEN_TESTS]
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -48,6 +54,32 @@ class _LogWatch(logging.Handler):
         for loop, waiter in waiters:
             if not loop.is_closed():
                 loop.call_soon_threadsafe(_wake, waiter)
+
+    def begin(self, test: str) -> None:
+        """Lines from now on belong to ``test`` (a node id, or BETWEEN_TESTS)."""
+        with self.lock:  # type: ignore[union-attr]
+            self._starts.append(len(self.lines))
+            self._tests.append(test)
+
+    def test_of(self, index: int) -> str:
+        """The test that logged line ``index``."""
+        return self._tests[bisect.bisect_right(self._starts, index) - 1]
+
+    def start_of(self, test: str) -> int:
+        """The index of the first line ``test`` logged (in its latest run), if it ran."""
+        if test not in self._tests:
+            return len(self.lines)
+        position = len(self._tests) - 1 - self._tests[::-1].index(test)
+        return self._starts[position]
+
+    def leaks(self, since: int = 0) -> list[str]:
+        """Every line from ``since`` on holding a registered secret, named by its test."""
+        return [
+            f"{self.test_of(index)}: {secret!r} in {line!r}"
+            for index, line in enumerate(self.lines[since:], since)
+            for secret in SECRETS
+            if secret in line
+        ]
 
     async def wait_for(
         self, text: str, since: int, count: int = 1, within: float = WAIT_DEADLINE
@@ -88,12 +120,29 @@ def pytest_configure(config: pytest.Config) -> None:
     configure_http_client(load_settings({}))
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Lines logged from here until the test's teardown ends are the test's."""
+    LOG_WATCH.begin(item.nodeid)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """After a test's teardown: fail the test if a line it logged holds a secret."""
+    yield
+    leaks = LOG_WATCH.leaks(since=LOG_WATCH.start_of(item.nodeid))
+    LOG_WATCH.begin(BETWEEN_TESTS)
+    if leaks:
+        pytest.fail(f"secrets in log lines this test wrote: {leaks[:5]}", pytrace=False)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def no_secret_in_any_log():
-    """After the last test: no secret handed to the gateway appears in any log line."""
+    """After the last test: no secret handed to the gateway appears in any log line, including
+    a secret registered by a later test than the one that logged it."""
     yield
-    leaks = [(secret, line) for line in LOG_WATCH.lines for secret in SECRETS if secret in line]
-    assert not leaks, f"secrets found in the log: {leaks[:5]}"
+    leaks = LOG_WATCH.leaks()
+    assert not leaks, f"secrets in the log, each line named by the test that wrote it: {leaks[:5]}"
 
 
 class Calls:
