@@ -120,6 +120,19 @@ def pytest_configure(config: pytest.Config) -> None:
     configure_http_client(load_settings({}))
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Let a test's own gen_test timeout fire before pytest-timeout's, with its clearer error:
+    a test whose gen_test timeout is over half the default gets twice its gen_test timeout."""
+    default = float(config.getini("timeout"))
+    for item in items:
+        gen_test = item.get_closest_marker("gen_test")
+        if gen_test is None or item.get_closest_marker("timeout") is not None:
+            continue
+        own = float(gen_test.kwargs.get("timeout", config.getoption("async_test_timeout")))
+        if 2 * own > default:
+            item.add_marker(pytest.mark.timeout(2 * own))
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """Lines logged from here until the test's teardown ends are the test's."""
