@@ -1,12 +1,13 @@
 """Benchmark how long one 60 MB provider answer stalls the gateway's event loop.
 
-A fake OpenAI Images provider (this script re-run with ``--serve-fake``, its own process) answers
-every request with about 60 MB of JSON: two base64 images of ``--image-mib`` MiB each. The gateway
-(the real program, ``tornado_imagegate.server.main``, in a subprocess, ``LOG_LEVEL=WARNING``)
-asks it for two images (a chat completion with ``"n": 2``), decodes the answer and keeps the
-images. Meanwhile this script polls ``GET /health`` every 10 ms; the worst ``/health`` latency
-while the big answer is handled is the stall a user of the same gateway notices. Before the
-rounds, the same polling runs with no big answer, as a baseline.
+A fake OpenAI Images provider (``FakeOpenAIImages`` of tests/fakes, in this script re-run with
+``--serve-fake``, its own process) answers every request with about 60 MB of JSON: two base64
+images of ``--image-mib`` MiB each. The gateway (the real program,
+``tornado_imagegate.server.main``, in a subprocess, ``LOG_LEVEL=WARNING``) asks it for two images
+(a chat completion with ``"n": 2``), decodes the answer and keeps the images. Meanwhile this script
+polls ``GET /health`` every 10 ms; the worst ``/health`` latency while the big answer is handled is
+the stall a user of the same gateway notices. Before the rounds, the same polling runs with no big
+answer, as a baseline.
 
 Decoding modes of the gateway (``--mode``):
 
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import os
 import socket
@@ -35,8 +35,13 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from tornado.httpclient import AsyncHTTPClient
+
+# The fakes shared with the tests (tests/fakes, not installed with the gateway).
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent / "tests"))
+from fakes import Answer, FakeOpenAIImages, png_of_length
 
 from tornado_imagegate.typos import without_gateway_variables
 
@@ -67,29 +72,22 @@ def free_port() -> int:
 
 
 def big_answer(image_mib: int) -> bytes:
-    """An OpenAI Images answer holding two "PNG" images (a PNG signature, then random bytes)."""
-    data = []
-    for _ in range(2):
-        image = b"\x89PNG\r\n\x1a\n" + os.urandom(image_mib * 1024 * 1024)
-        data.append({"b64_json": base64.b64encode(image).decode("ascii")})
-    return json.dumps({"created": int(time.time()), "data": data}).encode()
+    """An OpenAI Images answer holding two "PNG" images (a PNG's first bytes, then noise)."""
+    images = [png_of_length(8 + image_mib * 1024 * 1024) for _ in range(2)]
+    return json.dumps(FakeOpenAIImages.b64_answer(*images).json).encode()
 
 
 def serve_fake(port: int, image_mib: int) -> None:
-    """The fake provider: every POST gets the same big answer."""
-    from tornado.ioloop import IOLoop
-    from tornado.web import Application, RequestHandler
+    """The fake provider: every request gets the same big answer, until the driver stops it."""
 
-    body = big_answer(image_mib)
+    async def serve() -> None:
+        fake = FakeOpenAIImages(port=port)
+        body = big_answer(image_mib)
+        fake.default = Answer(body=body, content_type="application/json")
+        print(f"ready {len(body)}", flush=True)
+        await asyncio.Event().wait()
 
-    class Images(RequestHandler):
-        def post(self) -> None:
-            self.set_header("Content-Type", "application/json")
-            self.finish(body)
-
-    Application([(r"/.*", Images)]).listen(port, "127.0.0.1")
-    print(f"ready {len(body)}", flush=True)
-    IOLoop.current().start()
+    asyncio.run(serve())
 
 
 async def wait_until_up(client: AsyncHTTPClient, url: str, within: float = 30.0) -> None:

@@ -21,11 +21,12 @@ It measures, and checks against the targets of the issue:
 
 Three kinds of processes, all on 127.0.0.1, started here and always stopped at the end:
 
-* the fakes (this script re-run with ``--serve-fakes``): one Tornado process with the
-  SiliconFlow-shaped provider at ``/v1/images/generations`` (instant) and
-  ``/slow/v1/images/generations`` (answers after ``--slow-delay`` seconds), its image host at
-  ``/img/<n>.png`` (a real PNG of about 9 KB from ``demo_render``), and an OpenAI-compatible LLM
-  at ``/v1/chat/completions`` answering a fixed completion at once;
+* the fakes (this script re-run with ``--serve-fakes``): one Tornado process running the fakes
+  the tests use (tests/fakes), each on a port of its own: a SiliconFlow provider
+  (``FakeSiliconFlow``, instant), a second one answering after ``--slow-delay`` seconds, their
+  image host (``FakeOrigin``, a real PNG of about 9 KB from ``demo_render``) and an
+  OpenAI-compatible LLM (``FakeLLM``) answering a fixed completion at once; the driver reads
+  their addresses and the slow provider's timeline over the process's stdin and stdout;
 * the gateway, the real program (``python -m tornado_imagegate --port 0``), configured through
   its environment only: ``FLUX_GEN_*`` (``flux-fast``), ``IMAGE_GEN_*_1`` (``flux-slow``, kind
   ``siliconflow``), ``OPENAI_*`` (the fake LLM), ``IMAGE_PROXY_ALLOW_PRIVATE_NETWORKS=true`` (the
@@ -59,7 +60,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import itertools
 import json
 import math
@@ -79,18 +79,27 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pycurl
 import tornado
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
-from tornado.httpserver import HTTPServer
-from tornado.netutil import bind_sockets
-from tornado.web import Application, RequestHandler
 
-from tornado_imagegate.demo_render import render_png
 from tornado_imagegate.prompt import NON_REASONING_SYSTEM_PROMPT
 from tornado_imagegate.typos import without_gateway_variables
+
+# The fakes shared with the tests (tests/fakes, not installed with the gateway).
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent / "tests"))
+from fakes import (
+    Answer,
+    FakeLLM,
+    FakeOrigin,
+    FakeSiliconFlow,
+    emit,
+    png_bytes,
+    serve_until_stdin_closes,
+)
 
 HOST = "127.0.0.1"
 API_KEY = "bench-key"
@@ -102,7 +111,7 @@ OPTIMISED_PROMPT = "a cat sitting on a sunny windowsill, watercolour illustratio
 FAST_KEYS = "k1,k2"
 SLOW_KEY = "k3"
 LLM_KEY = "k-llm"
-PNG_SIDE = 512  # render_png("bench", 1, 512, 512) is about 9 KB
+PNG_SIDE = 512  # png_bytes(512, seed=1, text="bench") is about 9 KB
 
 TARGET_ADDED_P50_MS = 2.0
 TARGET_BURST_WALL_S = 4.0
@@ -118,6 +127,7 @@ SHOWN_FAILURES = 5
 SLOW_CONNECT = 0.9  # a connect this slow had its SYN dropped and retried (first retry: 1 s)
 
 LISTENING = re.compile(r"listening on (\S+):(\d+)\s*$")
+ADDRESSES = re.compile(r"^\{.*\}\s*$")  # the fakes process's first line
 MARKDOWN_IMAGE = re.compile(r"!\[[^\]]*\]\((https?://[^)\s]+)\)")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -125,177 +135,52 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # --- the fakes (the --serve-fakes process) ------------------------------------------------
 
 
-@dataclass
-class SlowTimeline:
+def slow_timeline(slow: FakeSiliconFlow) -> dict[str, float]:
     """When the slow provider received its requests and answered them (``time.time()``)."""
-
-    count: int = 0
-    first_arrival: float = 0.0
-    last_arrival: float = 0.0
-    first_answer: float = 0.0
-    last_answer: float = 0.0
-
-    def arrived(self) -> None:
-        """Note a request's arrival."""
-        now = time.time()
-        self.count += 1
-        self.first_arrival = self.first_arrival or now
-        self.last_arrival = now
-
-    def answered(self) -> None:
-        """Note an answer's departure."""
-        now = time.time()
-        self.first_answer = self.first_answer or now
-        self.last_answer = now
-
-
-class FakeState:
-    """What the fake handlers share: the PNG, the image numbers, the prepared LLM answer."""
-
-    def __init__(self, png: bytes) -> None:
-        self.png = png
-        self.numbers = itertools.count(1)
-        self.base = ""
-        self.slow = SlowTimeline()
-        self.llm_answer = json.dumps(
-            {
-                "id": "chatcmpl-bench",
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": LLM_MODEL,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": OPTIMISED_PROMPT},
-                        "finish_reason": "stop",
-                    }
-                ],
-                "usage": {"prompt_tokens": 300, "completion_tokens": 14, "total_tokens": 314},
-            }
-        ).encode()
-
-
-class FakeHandler(RequestHandler):
-    """Common parts: the shared state, bearer keys required, JSON answers, no ETag hashing."""
-
-    def initialize(self, state: FakeState, delay: float = 0.0) -> None:
-        """Take the shared state and this route's answer delay."""
-        self.state = state
-        self.delay = delay
-
-    def compute_etag(self) -> None:
-        """No per-answer hashing: a real provider does not spend time on it either."""
-        return None
-
-    def authorized(self) -> bool:
-        """Whether the request carries a bearer key; answers 401 when it does not."""
-        scheme, _, token = self.request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            return True
-        self.answer_json(401, b'{"error": {"message": "missing key", "code": "invalid_api_key"}}')
-        return False
-
-    def answer_json(self, status: int, body: bytes) -> None:
-        """Finish with a JSON body."""
-        self.set_status(status)
-        self.set_header("Content-Type", "application/json")
-        self.finish(body)
-
-
-class FakeImagesHandler(FakeHandler):
-    """SiliconFlow's ``POST /v1/images/generations``: a fresh image URL per generation."""
-
-    async def post(self) -> None:
-        """Answer ``{"images": [{"url": ...}], "timings": ..., "seed": ...}``."""
-        if not self.authorized():
-            return
-        try:
-            body = json.loads(self.request.body)
-        except ValueError:
-            self.answer_json(400, b'{"message": "invalid JSON"}')
-            return
-        if self.delay:
-            self.state.slow.arrived()
-            await asyncio.sleep(self.delay)
-        count = body.get("batch_size", 1) if isinstance(body, dict) else 1
-        images = [
-            {"url": f"{self.state.base}/img/{next(self.state.numbers)}.png"} for _ in range(count)
-        ]
-        seed = body.get("seed", 0) if isinstance(body, dict) else 0
-        answer = {"images": images, "timings": {"inference": 0.01}, "seed": seed}
-        self.answer_json(200, json.dumps(answer).encode())
-        if self.delay:
-            self.state.slow.answered()
-
-
-class FakeStatsHandler(FakeHandler):
-    """The benchmark's own view of the slow provider: ``GET`` reads, ``DELETE`` resets."""
-
-    def get(self) -> None:
-        """The timeline as JSON."""
-        self.answer_json(200, json.dumps(dataclasses.asdict(self.state.slow)).encode())
-
-    def delete(self) -> None:
-        """Start a new timeline."""
-        self.state.slow = SlowTimeline()
-        self.set_status(204)
-        self.finish()
-
-
-class FakeImageHandler(FakeHandler):
-    """The provider's image host: ``GET /img/<n>.png`` is the benchmark PNG."""
-
-    def get(self, number: str) -> None:
-        """Send the PNG."""
-        self.set_header("Content-Type", "image/png")
-        self.finish(self.state.png)
-
-
-class FakeLlmHandler(FakeHandler):
-    """An OpenAI-compatible ``POST /v1/chat/completions`` answering a fixed completion."""
-
-    def post(self) -> None:
-        """Answer the prepared ``chat.completion`` at once."""
-        if self.authorized():
-            self.answer_json(200, self.state.llm_answer)
+    arrivals = [request.received_at for request in slow.requests]
+    answers = [request.answered_at for request in slow.requests if request.answered_at]
+    return {
+        "count": len(arrivals),
+        "first_arrival": min(arrivals, default=0.0),
+        "last_arrival": max(arrivals, default=0.0),
+        "first_answer": min(answers, default=0.0),
+        "last_answer": max(answers, default=0.0),
+    }
 
 
 async def serve_fakes(slow_delay: float) -> None:
-    """Run the fakes until this process's stdin closes (the driver ended or died)."""
-    state = FakeState(render_png("bench", 1, PNG_SIDE, PNG_SIDE))
-    fast = {"state": state}
-    slow = {"state": state, "delay": slow_delay}
-    app = Application(
-        [
-            (r"/v1/images/generations", FakeImagesHandler, fast),
-            (r"/slow/v1/images/generations", FakeImagesHandler, slow),
-            (r"/img/(\d+)\.png", FakeImageHandler, fast),
-            (r"/v1/chat/completions", FakeLlmHandler, fast),
-            (r"/bench/slow-timeline", FakeStatsHandler, fast),
-        ],
-        log_function=lambda handler: None,
+    """Run the fakes until this process's stdin closes (the driver ended or died).
+
+    The SiliconFlow provider answers at once, its slow twin after ``slow_delay`` seconds; both
+    put the benchmark PNG on the image host; the LLM answers a fixed completion. Each wants a
+    bearer key. The driver's commands: ``timeline`` (of the slow provider) and ``reset``.
+    """
+    png = png_bytes(PNG_SIDE, seed=1, text="bench")
+    images = FakeOrigin(HOST, backlog=FAKE_BACKLOG)
+    fast = FakeSiliconFlow(images, HOST, backlog=FAKE_BACKLOG)
+    slow = FakeSiliconFlow(images, HOST, backlog=FAKE_BACKLOG)
+    slow.default = Answer(json=slow.default.json, delay=slow_delay)
+    llm = FakeLLM(HOST, backlog=FAKE_BACKLOG)
+    llm.reply = OPTIMISED_PROMPT
+    for fake in (fast, slow, llm):
+        fake.require_key = True
+    for provider in (fast, slow):
+        provider.make_png = lambda number: png
+
+    def reset() -> dict[str, Any]:
+        slow.requests.clear()
+        return {}
+
+    emit(
+        {
+            "provider": fast.url("v1/images/generations"),
+            "slow_provider": slow.url("v1/images/generations"),
+            "llm": llm.base_url(),
+        }
     )
-    server = HTTPServer(app)
-    sockets = bind_sockets(0, HOST, backlog=FAKE_BACKLOG)
-    server.add_sockets(sockets)
-    port = sockets[0].getsockname()[1]
-    state.base = f"http://{HOST}:{port}"
-    print(f"fakes listening on {HOST}:{port}", flush=True)
-
-    loop = asyncio.get_running_loop()
-    closed = asyncio.Event()
-    stdin = sys.stdin.fileno()
-
-    def on_stdin() -> None:
-        if not os.read(stdin, 4096):
-            loop.remove_reader(stdin)
-            closed.set()
-
-    loop.add_reader(stdin, on_stdin)
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, closed.set)
-    await closed.wait()
-    server.stop()
+    await serve_until_stdin_closes(
+        {"timeline": lambda: slow_timeline(slow), "reset": reset}, stop_on_signals=True
+    )
 
 
 # --- child processes ----------------------------------------------------------------------
@@ -303,17 +188,34 @@ async def serve_fakes(slow_delay: float) -> None:
 
 @dataclass
 class Child:
-    """A started child process and the port it listens on."""
+    """A started child process and the line it announced itself with on stdout."""
 
     name: str
     proc: subprocess.Popen[bytes]
-    port: int
     log_path: str
+    ready_line: str = ""
 
     @property
     def url(self) -> str:
-        """Its origin."""
-        return f"http://{HOST}:{self.port}"
+        """The origin of a gateway (from its ``listening on HOST:PORT`` line)."""
+        match = LISTENING.search(self.ready_line)
+        assert match is not None, self.ready_line
+        return f"http://{HOST}:{match.group(2)}"
+
+    @property
+    def addresses(self) -> dict[str, str]:
+        """The base URLs a fakes process announced (provider, slow_provider, llm)."""
+        return json.loads(self.ready_line)
+
+    def ask(self, command: str) -> dict[str, Any]:
+        """Send a fakes process a command; its JSON answer."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(command.encode() + b"\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{self.name} did not answer {command!r}:\n{self.log_tail()}")
+        return json.loads(line)
 
     def log_tail(self, lines: int = 20) -> str:
         """The last lines it wrote to stderr."""
@@ -324,8 +226,14 @@ class Child:
             return ""
 
 
-def start_child(name: str, command: Sequence[str], env: dict[str, str], log_dir: str) -> Child:
-    """Start a server process and wait for its ``listening on HOST:PORT`` line on stdout."""
+def start_child(
+    name: str,
+    command: Sequence[str],
+    env: dict[str, str],
+    log_dir: str,
+    announcement: re.Pattern[str] = LISTENING,
+) -> Child:
+    """Start a server process and wait for the line on stdout that says it is ready."""
     log_path = os.path.join(log_dir, f"{name}.stderr")
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
@@ -344,10 +252,9 @@ def start_child(name: str, command: Sequence[str], env: dict[str, str], log_dir:
         if not line:
             break
         seen.append(line)
-        match = LISTENING.search(line)
-        if match:
-            return Child(name, proc, int(match.group(2)), log_path)
-    child = Child(name, proc, 0, log_path)
+        if announcement.search(line):
+            return Child(name, proc, log_path, line.strip())
+    child = Child(name, proc, log_path)
     stop_child(child)
     raise RuntimeError(
         f"{name} did not start (exit status {proc.returncode}); stdout: {''.join(seen)!r}; "
@@ -392,13 +299,13 @@ def gateway_env(fakes: Child, log_level: str, upstream_max_clients: int | None) 
         {
             "AUTHORIZED_API_KEY": API_KEY,
             "FLUX_GEN_MODEL": FAST_MODEL,
-            "FLUX_GEN_API_BASE": f"{fakes.url}/v1/images/generations",
+            "FLUX_GEN_API_BASE": fakes.addresses["provider"],
             "FLUX_GEN_API_KEY": FAST_KEYS,
             "IMAGE_GEN_MODEL_1": SLOW_MODEL,
             "IMAGE_GEN_KIND_1": "siliconflow",
-            "IMAGE_GEN_API_BASE_1": f"{fakes.url}/slow/v1/images/generations",
+            "IMAGE_GEN_API_BASE_1": fakes.addresses["slow_provider"],
             "IMAGE_GEN_API_KEY_1": SLOW_KEY,
-            "OPENAI_API_BASE": f"{fakes.url}/v1",
+            "OPENAI_API_BASE": fakes.addresses["llm"],
             "OPENAI_API_KEY": LLM_KEY,
             "OPENAI_MODEL": LLM_MODEL,
             "IMAGE_PROXY_ALLOW_PRIVATE_NETWORKS": "true",
@@ -437,7 +344,7 @@ def start_fakes(slow_delay: float, log_dir: str) -> Child:
         "--slow-delay",
         str(slow_delay),
     ]
-    return start_child("fakes", command, dict(os.environ), log_dir)
+    return start_child("fakes", command, dict(os.environ), log_dir, announcement=ADDRESSES)
 
 
 # --- /proc ----------------------------------------------------------------------------------
@@ -610,7 +517,7 @@ class Operations:
                     {"role": "user", "content": f"Input: {PROMPT}\nOutput:"},
                 ],
             }
-            url = f"{self.fakes.url}/v1/chat/completions"
+            url = f"{self.fakes.addresses['llm']}/chat/completions"
             response = await self.client.fetch(
                 json_request(url, LLM_KEY, llm_body), raise_error=False
             )
@@ -624,7 +531,7 @@ class Operations:
             "num_inference_steps": 50,
             "seed": random.randrange(2**31),
         }
-        url = f"{self.fakes.url}/v1/images/generations"
+        url = self.fakes.addresses["provider"]
         response = await self.client.fetch(
             json_request(url, "k1", provider_body), raise_error=False
         )
@@ -801,7 +708,6 @@ async def run_burst(gateway: Child, fakes: Child, count: int, verify_links: int)
     client = AsyncHTTPClient()
     result = BurstResult(count)
     requests = [gateway_request(gateway, SLOW_MODEL, enhance=False) for _ in range(count)]
-    timeline_url = f"{fakes.url}/bench/slow-timeline"
 
     async def one(request: HTTPRequest) -> tuple[HTTPResponse, float]:
         started = time.perf_counter()
@@ -809,12 +715,12 @@ async def run_burst(gateway: Child, fakes: Child, count: int, verify_links: int)
         return response, time.perf_counter() - started
 
     try:
-        await client.fetch(timeline_url, method="DELETE")
+        fakes.ask("reset")
         result.started_at = time.time()
         started = time.perf_counter()
         answers = await asyncio.gather(*[one(request) for request in requests])
         result.wall = time.perf_counter() - started
-        result.timeline = json.loads((await client.fetch(timeline_url)).body)
+        result.timeline = fakes.ask("timeline")
         for response, seconds in answers:
             result.connect_times.append(response.time_info.get("connect", 0.0))
             link, problem = check_completion(response)
@@ -1023,7 +929,7 @@ def print_header(args: argparse.Namespace, open_files: int) -> None:
     print(
         f"  gateway LOG_LEVEL={args.gateway_log_level}, "
         f"UPSTREAM_MAX_CLIENTS={args.upstream_max_clients or 'default'}, "
-        f"image {len(render_png('bench', 1, PNG_SIDE, PNG_SIDE))} bytes"
+        f"image {len(png_bytes(PNG_SIDE, seed=1, text='bench'))} bytes"
     )
 
 

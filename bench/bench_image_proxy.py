@@ -36,25 +36,27 @@ import re
 import select
 import shutil
 import statistics
-import struct
 import subprocess
 import sys
 import time
-import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import tornado
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
-from tornado.web import Application, RequestHandler
 
 from tornado_imagegate.app import make_app
 from tornado_imagegate.config import load_settings
 from tornado_imagegate.logsafe import configure_logging
 from tornado_imagegate.server import configure_http_client, event_loop_factory, make_http_server
+
+# The fakes and image bytes shared with the tests (tests/fakes, not installed with the gateway).
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent / "tests"))
+from fakes import bare_image_app, emit, noise_png_of_size, serve_until_stdin_closes
 
 HOST = "127.0.0.1"
 API_KEY = "bench-key"
@@ -69,84 +71,22 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 START_TIMEOUT = 30.0
 FILL_TIMEOUT = 300.0
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-PNG_WIDTH = 192
-PNG_ROW_BYTES = 1 + 3 * PNG_WIDTH  # filter byte + RGB pixels
-TEXT_KEYWORD = b"Comment\0"
-
 
 # --- the image: a real PNG of an exact size -----------------------------------------------
 
 
-def _png_chunk(tag: bytes, data: bytes) -> bytes:
-    crc = zlib.crc32(data, zlib.crc32(tag)) & 0xFFFFFFFF
-    return b"".join((struct.pack(">I", len(data)), tag, data, struct.pack(">I", crc)))
-
-
-def noise_png(size: int, rng: random.Random) -> bytes:
-    """An RGB PNG of exactly ``size`` bytes whose pixels are noise.
-
-    Noise does not compress, like a photograph, so the pixels fill the file; a ``tEXt`` chunk
-    pads it to the exact size.
-    """
-    height = max(1, (size - 256) // PNG_ROW_BYTES)
-    while True:
-        raw = bytearray(rng.randbytes(height * PNG_ROW_BYTES))
-        raw[::PNG_ROW_BYTES] = bytes(height)  # filter type 0 (None) before every row
-        head = PNG_SIGNATURE + _png_chunk(
-            b"IHDR", struct.pack(">IIBBBBB", PNG_WIDTH, height, 8, 2, 0, 0, 0)
-        )
-        idat = _png_chunk(b"IDAT", zlib.compress(bytes(raw), 0))
-        iend = _png_chunk(b"IEND", b"")
-        padding = size - len(head) - len(idat) - len(iend) - 12 - len(TEXT_KEYWORD)
-        if padding >= 0:
-            text = _png_chunk(b"tEXt", TEXT_KEYWORD + b"x" * padding)
-            return b"".join((head, text, idat, iend))
-        height -= 1
-
-
 def bench_image(size: int) -> bytes:
     """The benchmark's image: the same bytes in every process."""
-    return noise_png(size, random.Random(IMAGE_SEED))
+    return noise_png_of_size(size, random.Random(IMAGE_SEED))
 
 
 # --- server processes ---------------------------------------------------------------------
-
-
-def emit(message: dict[str, Any]) -> None:
-    """Send one JSON line to the driver."""
-    sys.stdout.write(json.dumps(message) + "\n")
-    sys.stdout.flush()
 
 
 def pin_to_cpu(cpu: int | None) -> None:
     """Run this process on one CPU only (when the driver asks for it)."""
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
-
-
-async def serve_until_stdin_closes(commands: dict[str, Callable[[], dict[str, Any]]]) -> None:
-    """Answer the driver's one-line commands; stop when the driver closes stdin (or dies)."""
-    loop = asyncio.get_running_loop()
-    closed = asyncio.Event()
-    pending = b""
-    fd = sys.stdin.fileno()
-
-    def on_readable() -> None:
-        nonlocal pending
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            loop.remove_reader(fd)
-            closed.set()
-            return
-        pending += chunk
-        while b"\n" in pending:
-            line, pending = pending.split(b"\n", 1)
-            command = commands.get(line.decode().strip())
-            emit(command() if command else {"error": f"unknown command {line!r}"})
-
-    loop.add_reader(fd, on_readable)
-    await closed.wait()
 
 
 def kept_link(kept: Any) -> str:
@@ -177,7 +117,7 @@ async def run_gateway(cache_bytes: int, image_bytes: int, access_log: bool) -> N
         started = time.perf_counter()
         stored = images = 0
         while stored < FILL_FACTOR * store.cache.max_bytes:
-            store.keep_bytes(noise_png(image_bytes, rng), base_url)
+            store.keep_bytes(noise_png_of_size(image_bytes, rng), base_url)
             stored += image_bytes
             images += 1
         return {
@@ -196,27 +136,10 @@ async def run_gateway(cache_bytes: int, image_bytes: int, access_log: bool) -> N
     server.stop()
 
 
-class BareImageHandler(RequestHandler):
-    """The floor: write the bytes from memory, nothing else."""
-
-    def initialize(self, data: bytes) -> None:
-        """Take the image bytes from the route table."""
-        self.data = data
-
-    def compute_etag(self) -> None:
-        """No per-request SHA-1 of the body (the gateway does not hash per request either)."""
-        return None
-
-    def get(self) -> None:
-        """Send the image."""
-        self.set_header("Content-Type", "image/png")
-        self.finish(self.data)
-
-
 async def run_bare(image_bytes: int, server_settings: str) -> None:
     """A plain Tornado handler serving the same bytes, on a default HTTPServer or on the
     gateway's (``make_http_server``: the same inbound limits and idle timeouts)."""
-    app = Application([(r"/image-proxy", BareImageHandler, {"data": bench_image(image_bytes)})])
+    app = bare_image_app(r"/image-proxy", bench_image(image_bytes))
     server = make_http_server(app) if server_settings == "gateway" else HTTPServer(app)
     sockets = bind_sockets(0, HOST)
     server.add_sockets(sockets)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import bisect
 import json
 import logging
+import socket
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from fake_providers import FakeSD
-from fakes import FakeOrigin
+from fakes import FakeOrigin, FakeSD
 from tornado.httpclient import HTTPResponse
 
 from tornado_imagegate.app import make_app
@@ -28,16 +31,81 @@ def register_secret(*values: str) -> None:
     SECRETS.update(v for v in values if v)
 
 
+BETWEEN_TESTS = "(outside any test)"
+WAIT_DEADLINE = 10.0
+
+
 class _LogWatch(logging.Handler):
-    """Keeps every formatted log line of the whole run, at DEBUG."""
+    """Keeps every formatted log line of the whole run, at DEBUG, and which test logged it."""
 
     def __init__(self) -> None:
         super().__init__(level=logging.DEBUG)
         self.lines: list[str] = []
         self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        # (index of a line, node id): the test that logged the lines from there on.
+        self._starts: list[int] = [0]
+        self._tests: list[str] = [BETWEEN_TESTS]
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
 
     def emit(self, record: logging.LogRecord) -> None:
+        # Called under the handler's lock, from whichever thread logs.
         self.lines.append(self.format(record))
+        waiters, self._waiters = self._waiters, []
+        for loop, waiter in waiters:
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(_wake, waiter)
+
+    def begin(self, test: str) -> None:
+        """Lines from now on belong to ``test`` (a node id, or BETWEEN_TESTS)."""
+        with self.lock:  # type: ignore[union-attr]
+            self._starts.append(len(self.lines))
+            self._tests.append(test)
+
+    def test_of(self, index: int) -> str:
+        """The test that logged line ``index``."""
+        return self._tests[bisect.bisect_right(self._starts, index) - 1]
+
+    def start_of(self, test: str) -> int:
+        """The index of the first line ``test`` logged (in its latest run), if it ran."""
+        if test not in self._tests:
+            return len(self.lines)
+        position = len(self._tests) - 1 - self._tests[::-1].index(test)
+        return self._starts[position]
+
+    def leaks(self, since: int = 0) -> list[str]:
+        """Every line from ``since`` on holding a registered secret, named by its test."""
+        return [
+            f"{self.test_of(index)}: {secret!r} in {line!r}"
+            for index, line in enumerate(self.lines[since:], since)
+            for secret in SECRETS
+            if secret in line
+        ]
+
+    async def wait_for(
+        self, text: str, since: int, count: int = 1, within: float = WAIT_DEADLINE
+    ) -> list[str]:
+        """Wait until ``count`` lines from ``since`` on hold ``text``; return those lines.
+
+        For what the gateway does with no event to wait on but a log line.
+        """
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(within):
+                while True:
+                    with self.lock:  # type: ignore[union-attr]
+                        found = [line for line in self.lines[since:] if text in line]
+                        if len(found) >= count:
+                            return found
+                        waiter = loop.create_future()
+                        self._waiters.append((loop, waiter))
+                    await waiter
+        except TimeoutError:
+            pytest.fail(f"{count} log line(s) with {text!r} expected within {within} s")
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 LOG_WATCH = _LogWatch()
@@ -52,12 +120,83 @@ def pytest_configure(config: pytest.Config) -> None:
     configure_http_client(load_settings({}))
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Let a test's own gen_test timeout fire before pytest-timeout's, with its clearer error:
+    a test whose gen_test timeout is over half the default gets twice its gen_test timeout."""
+    default = float(config.getini("timeout"))
+    for item in items:
+        gen_test = item.get_closest_marker("gen_test")
+        if gen_test is None or item.get_closest_marker("timeout") is not None:
+            continue
+        own = float(gen_test.kwargs.get("timeout", config.getoption("async_test_timeout")))
+        if 2 * own > default:
+            item.add_marker(pytest.mark.timeout(2 * own))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Lines logged from here until the test's teardown ends are the test's."""
+    LOG_WATCH.begin(item.nodeid)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """After a test's teardown: fail the test if a line it logged holds a secret."""
+    yield
+    leaks = LOG_WATCH.leaks(since=LOG_WATCH.start_of(item.nodeid))
+    LOG_WATCH.begin(BETWEEN_TESTS)
+    if leaks:
+        pytest.fail(f"secrets in log lines this test wrote: {leaks[:5]}", pytrace=False)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def no_secret_in_any_log():
-    """After the last test: no secret handed to the gateway appears in any log line."""
+    """After the last test: no secret handed to the gateway appears in any log line, including
+    a secret registered by a later test than the one that logged it."""
     yield
-    leaks = [(secret, line) for line in LOG_WATCH.lines for secret in SECRETS if secret in line]
-    assert not leaks, f"secrets found in the log: {leaks[:5]}"
+    leaks = LOG_WATCH.leaks()
+    assert not leaks, f"secrets in the log, each line named by the test that wrote it: {leaks[:5]}"
+
+
+class Calls:
+    """Counts the calls of one method of a live object, so that a test can wait for them.
+
+    For servers and services with no event of their own: the method runs as before.
+    """
+
+    def __init__(self, target: Any, name: str) -> None:
+        self.count = 0
+        self._changed = asyncio.Event()
+        original = getattr(target, name)
+
+        def observed(*args: Any, **kwargs: Any) -> Any:
+            result = original(*args, **kwargs)
+            self.count += 1
+            self._changed.set()
+            return result
+
+        setattr(target, name, observed)
+
+    async def reach(self, count: int = 1, within: float = WAIT_DEADLINE) -> None:
+        """Wait until the method has been called ``count`` times in all."""
+        try:
+            async with asyncio.timeout(within):
+                while self.count < count:
+                    self._changed.clear()
+                    await self._changed.wait()
+        except TimeoutError:
+            pytest.fail(f"{count} call(s) expected within {within} s, saw {self.count}")
+
+
+@pytest.fixture
+def notify_socket(tmp_path):
+    """A datagram socket where systemd would listen for a service's notifications."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    path = str(tmp_path / "notify.sock")
+    sock.bind(path)
+    sock.settimeout(30.0)
+    yield sock, path
+    sock.close()
 
 
 @pytest.fixture

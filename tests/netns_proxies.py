@@ -18,9 +18,7 @@ import sys
 import tempfile
 from urllib.parse import urlencode
 
-from fake_providers import FakeSD
-from fakes import FakeOrigin, png_bytes
-from recording_proxy import RecordingProxy
+from fakes import CountingListener, FakeOrigin, FakeSD, RecordingProxy, png_bytes
 from tornado.netutil import bind_sockets
 from tornado.simple_httpclient import SimpleAsyncHTTPClient
 from tornado.web import RequestHandler
@@ -78,50 +76,6 @@ def set_up_network() -> None:
     os.unlink(hosts.name)  # the mount keeps the file for as long as this namespace lives
 
 
-class Listener:
-    """A TCP listener on any address that counts the connections it accepts, reads what the
-    client sends first, and hangs up."""
-
-    def __init__(self, host: str) -> None:
-        self.host = host
-        self.accepted = 0
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.socket = bind_sockets(0, host, family=family)[0]
-        self.port = self.socket.getsockname()[1]
-        self.server: asyncio.Server | None = None
-
-    async def start(self) -> Listener:
-        """Start accepting connections."""
-
-        async def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            self.accepted += 1
-            try:
-                async with asyncio.timeout(5):
-                    await reader.read(65536)
-            finally:
-                writer.close()
-
-        self.server = await asyncio.start_server(accepted, sock=self.socket)
-        return self
-
-    async def reachable(self) -> bool:
-        """Whether this process can connect here at all (so a refusal is the filter's doing)."""
-        before = self.accepted
-        _reader, writer = await asyncio.open_connection(self.host, self.port)
-        writer.close()
-        for _ in range(100):
-            if self.accepted > before:
-                self.accepted = before
-                return True
-            await asyncio.sleep(0.01)
-        return False
-
-    def url(self, name: str | None = None) -> str:
-        """A URL of this listener, by ``name`` or by address."""
-        host = name or (f"[{self.host}]" if ":" in self.host else self.host)
-        return f"http://{host}:{self.port}/x.png"
-
-
 class Gateway:
     """The gateway, in this process, on 127.0.0.1; the test client is Tornado's simple one."""
 
@@ -165,11 +119,11 @@ class Gateway:
         self.client.close()
 
 
-async def private_listeners() -> dict[str, Listener]:
+async def private_listeners() -> dict[str, CountingListener]:
     """Listeners on every private address, each shown reachable before the gateway tries it."""
     listeners = {}
     for host in (PRIVATE, METADATA, TRANSLATED):
-        listener = await Listener(host).start()
+        listener = await CountingListener(host).start()
         check(await listener.reachable(), f"{host} is reachable from this namespace")
         listeners[host] = listener
     return listeners
@@ -262,7 +216,7 @@ async def scenario_image_fetch_proxy() -> None:
     # TLS through the tunnel names the real host: the listener speaks no TLS, so the handshake
     # fails, but the proxy has seen the ClientHello.
     proxy.requests.clear()
-    no_tls = await Listener(PUBLIC).start()
+    no_tls = await CountingListener(PUBLIC).start()
     status, _ = await gateway.image(f"https://images.test:{no_tls.port}/a.png")
     check(status == 502, f"https to a listener that speaks no TLS fails ({status})")
     tls_tunnel = f"CONNECT {PUBLIC}:{no_tls.port}"
@@ -270,7 +224,7 @@ async def scenario_image_fetch_proxy() -> None:
     check(proxy.server_names == ["images.test"], f"TLS SNI was images.test ({proxy.server_names})")
 
     proxy.requests.clear()
-    listener6 = await Listener(PUBLIC6).start()
+    listener6 = await CountingListener(PUBLIC6).start()
     await gateway.image(f"http://images6.test:{listener6.port}/a.png")
     tunnel6 = f"CONNECT [{PUBLIC6}]:{listener6.port}"
     check(proxy.requests == [tunnel6], f"an IPv6 host is tunnelled to as `{tunnel6}`")
@@ -283,7 +237,7 @@ async def scenario_image_fetch_proxy() -> None:
 async def scenario_translated() -> None:
     """An IPv4-translated address (::ffff:0:7f00:1, SIIT for 127.0.0.1) that really has a
     listener behind it is refused, directly and by name, with no connection made."""
-    listener = await Listener(TRANSLATED).start()
+    listener = await CountingListener(TRANSLATED).start()
     check(await listener.reachable(), f"{TRANSLATED} is reachable from this namespace")
     gateway = Gateway({})
     for url in (listener.url(), listener.url("translated.test")):

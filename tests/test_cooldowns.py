@@ -7,8 +7,15 @@ import re
 
 import pytest
 from conftest import assert_error, chat_body, json_of, post_chat, register_secret, with_env
-from fake_providers import Answer, FakeLLM, FakeOpenAIImages, FakeSiliconFlow
-from fakes import FakeOrigin, noise_png, png_of_length
+from fakes import (
+    Answer,
+    FakeLLM,
+    FakeOpenAIImages,
+    FakeOrigin,
+    FakeSiliconFlow,
+    noise_png,
+    png_of_length,
+)
 
 ONE_KEY = "cd-one-key-1111"
 TWO_KEYS = ("cd-two-key-a-2222", "cd-two-key-b-3333")

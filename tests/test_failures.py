@@ -17,8 +17,7 @@ from conftest import (
     register_secret,
     with_env,
 )
-from fake_providers import Answer, FakeChatImages, FakeLLM, FakeSD
-from fakes import FakeOrigin, png_bytes, png_of_length
+from fakes import Answer, FakeChatImages, FakeLLM, FakeOrigin, FakeSD, png_bytes, png_of_length
 from pngcheck import png_info
 
 SD_KEY = "sd-failures-key-4141"
@@ -68,37 +67,6 @@ def gateway_env(fakes, request):
     return env
 
 
-def held_image(origin: FakeOrigin, path: str, body: bytes) -> tuple[asyncio.Event, asyncio.Event]:
-    """Serve ``body`` at ``path`` in two halves, the second only once ``release`` is set.
-
-    Returns (``asked``, set when the first request arrives; ``release``).
-    """
-    asked, release = asyncio.Event(), asyncio.Event()
-
-    async def behaviour(handler) -> None:
-        asked.set()
-        handler.set_header("Content-Type", "image/png")
-        handler.set_header("Content-Length", str(len(body)))
-        handler.write(body[: len(body) // 2])
-        await handler.flush()
-        await release.wait()
-        handler.finish(body[len(body) // 2 :])
-
-    origin.routes[path] = behaviour
-    return asked, release
-
-
-def hanging(origin: FakeOrigin, path: str, release: asyncio.Event) -> None:
-    """``path`` sends nothing until ``release`` is set, then a PNG."""
-
-    async def behaviour(handler) -> None:
-        await release.wait()
-        handler.set_header("Content-Type", "image/png")
-        handler.finish(png_bytes())
-
-    origin.routes[path] = behaviour
-
-
 async def raw_chat(port: int, body: dict) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """Send a chat completion on a connection of its own, without reading the answer yet."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -122,15 +90,17 @@ async def test_clients_leaving_do_not_break_the_shared_download(
     http_client, base_url, http_port, fakes
 ):
     image = png_bytes(size=256, seed=7)
-    asked, release = held_image(fakes.images, "slow.png", image)
+    held = fakes.images.hold("slow.png", image, first=len(image) // 2, declare_length=True)
     fakes.sd.default = FakeSD.image_answer(fakes.images.url("slow.png"))
     clients = [await raw_chat(http_port, chat_body(model="Z-Image")) for _ in range(20)]
     await fakes.sd.wait_requests(20, within=10)
-    await asyncio.wait_for(asked.wait(), 10)
+    await asyncio.wait_for(held.asked.wait(), 10)
+    before = len(LOG_WATCH.lines)
     for _reader, writer in clients[::2]:  # half of them hang up mid-way
         writer.close()
-    await asyncio.sleep(0.2)  # the gateway notices them leave while the image is still held
-    release.set()
+    # The gateway notices them leave while the image is still held.
+    await LOG_WATCH.wait_for("abandoning its generation", since=before, count=10)
+    held.release.set()
     for reader, writer in clients[1::2]:
         answer = await asyncio.wait_for(reader.read(), 10)
         writer.close()
@@ -236,7 +206,7 @@ async def test_hanging_links_are_fetched_together_and_given_up_at_the_deadline(
 ):
     release = asyncio.Event()
     for number in range(6):
-        hanging(fakes.images, f"hang/{number}", release)
+        fakes.images.hold(f"hang/{number}", png_bytes(), release=release)
     links = " ".join(fakes.images.url(f"hang/{number}") for number in range(6))
     fakes.chat.script(FakeChatImages.content_answer(links))
     try:
@@ -260,8 +230,10 @@ async def test_an_optimiser_timeout_logs_no_error(http_client, base_url, fakes):
     before = len(LOG_WATCH.lines)
     response = await post_chat(http_client, base_url, chat_body(model="Z-Image"))
     assert response.code == 200, response.body
-    await fakes.llm.aclose()  # the held request ends: its late outcome must be dropped quietly
-    await asyncio.sleep(0.2)
+    # The gateway hangs up on the held request: its late outcome, read by then, must have been
+    # dropped quietly.
+    await asyncio.wait_for(fakes.llm.client_left.wait(), 10)
+    await fakes.llm.aclose()
     lines = LOG_WATCH.lines[before:]
     assert any("prompt optimisation failed (timeout)" in line for line in lines), lines
     # (Earlier tests' tasks may be collected meanwhile: asyncio's lines about them don't count.)
@@ -276,12 +248,11 @@ async def test_a_client_leaving_during_optimisation_logs_no_error(base_url, http
     _reader, writer = await raw_chat(http_port, chat_body(model="Z-Image"))
     await fakes.llm.wait_requests(1)
     writer.close()
-    async with asyncio.timeout(10):
-        # A log line has no event to wait on.
-        while not any("abandoning" in line for line in LOG_WATCH.lines[before:]):  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
-    await fakes.llm.aclose()  # the held request ends: its late outcome must be dropped quietly
-    await asyncio.sleep(0.2)
+    await LOG_WATCH.wait_for("abandoning", since=before)
+    # The gateway hangs up on the held request: its late outcome, read by then, must have been
+    # dropped quietly.
+    await asyncio.wait_for(fakes.llm.client_left.wait(), 10)
+    await fakes.llm.aclose()
     lines = LOG_WATCH.lines[before:]
     # (Earlier tests' tasks may be collected meanwhile: asyncio's lines about them don't count.)
     assert not [line for line in lines if line.startswith(("ERROR tornado", "ERROR tornado_"))]

@@ -1,4 +1,4 @@
-"""Self-test of tests/fake_providers.py: real shapes, scripting, per-key answers, delay, hang."""
+"""Self-test of tests/fakes: real shapes, scripting, per-key answers, delay, hang, gate, holds."""
 
 from __future__ import annotations
 
@@ -10,17 +10,18 @@ import time
 from typing import Any
 
 import pytest
-from fake_providers import (
+from fakes import (
     DEFAULT_OPTIMISED_PROMPT,
     Answer,
     FakeChatImages,
     FakeLLM,
     FakeOpenAIImages,
+    FakeOrigin,
     FakeSD,
     FakeSiliconFlow,
     FakeUpstream,
+    png_bytes,
 )
-from fakes import FakeOrigin, png_bytes
 from pngcheck import png_info
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPResponse
 
@@ -324,3 +325,68 @@ async def test_hang_times_the_client_out_and_close_drops_the_connection(client, 
     with pytest.raises(HTTPClientError) as dropped:
         await future
     assert dropped.value.code == 599 and time.monotonic() - started < 2
+
+
+@pytest.mark.gen_test
+async def test_a_fake_that_requires_a_key_answers_401_without_one(client, sf):
+    sf.require_key = True
+    refused = await post(client, sf.url("v1/images/generations"), SF_BODY, key=None)
+    assert refused.code == 401
+    assert json_of(refused)["code"] == 20015  # SiliconFlow's own error body
+    assert (await post(client, sf.url("v1/images/generations"), SF_BODY)).code == 200
+    first, second = sf.requests
+    assert first.answered_at is not None and first.received_at <= first.answered_at
+    assert second.received_at >= first.received_at
+
+
+@pytest.mark.gen_test
+async def test_a_held_gate_chooses_the_answer_when_it_opens(client, sd):
+    sd.gate.clear()
+    pending = asyncio.ensure_future(post(client, sd.url("api"), {"prompt": "a cat"}))
+    await sd.wait_requests(1)
+    assert not pending.done()
+    sd.script(FakeSD.failure_answer("overloaded", status=503))  # scripted after it arrived
+    sd.gate.set()
+    answer = await pending
+    assert answer.code == 503 and json_of(answer) == {"success": False, "error": "overloaded"}
+
+
+@pytest.mark.gen_test
+async def test_a_client_hanging_up_is_seen(sd):
+    sd.gate.clear()
+    _reader, writer = await asyncio.open_connection("127.0.0.1", sd.port)
+    writer.write(b"POST /api HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+    await sd.wait_requests(1)
+    assert not sd.client_left.is_set()
+    writer.close()  # drops the connection mid-request
+    await asyncio.wait_for(sd.client_left.wait(), 10)
+
+
+@pytest.mark.gen_test
+async def test_a_held_route_sends_its_first_bytes_then_the_rest_on_release(image_host):
+    body = png_bytes(48)
+    held = image_host.hold("h.png", body, first=10, declare_length=True)
+    received: list[bytes] = []
+    client = AsyncHTTPClient(force_instance=True)
+    try:
+        answer = client.fetch(image_host.url("h.png"), streaming_callback=received.append)
+        await held.asked.wait()
+        assert not answer.done()
+        held.release.set()
+        response = await answer
+    finally:
+        client.close()
+    assert response.headers["Content-Length"] == str(len(body))
+    assert b"".join(received) == body and image_host.hits["h.png"] == 1
+
+
+def test_noise_of_an_exact_size_is_a_real_png_the_same_from_the_same_seed():
+    import random
+
+    from fakes import noise_png_of_size
+
+    first = noise_png_of_size(102_400, random.Random(5))
+    assert len(first) == 102_400
+    assert png_info(first)["width"] == 192
+    assert noise_png_of_size(102_400, random.Random(5)) == first
+    assert noise_png_of_size(102_400, random.Random(6)) != first

@@ -395,17 +395,10 @@ async def test_type_is_read_from_the_bytes_not_copied_from_upstream(
 @pytest.mark.gen_test
 @with_env({**LAB, "IMAGE_FETCH_TIMEOUT": "1"})
 async def test_slow_origin_past_the_deadline_is_504(http_client, base_url, app, origin):
-    release = asyncio.Event()
-
-    async def slow(handler):
-        await release.wait()  # answers only after the gateway has given up
-        handler.set_header("Content-Type", "image/png")
-        handler.finish(png_bytes())
-
-    origin.routes["slow.png"] = slow
+    held = origin.hold("slow.png", png_bytes())  # answers only after the gateway has given up
     query = urlencode(store_of(app).signer.query_for_url(origin.url("slow.png")))
     response = await get(http_client, f"{base_url}/image-proxy?{query}")
-    release.set()
+    held.release.set()
     assert_error(response, 504, "upstream_timeout")
 
 
@@ -432,7 +425,7 @@ async def test_fifty_concurrent_requests_for_one_missing_image_make_one_fetch(
         for start in range(0, len(image), 8192):
             handler.write(image[start : start + 8192])
             await handler.flush()
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # a slow origin: the fifty requests arrive meanwhile
         handler.finish()
 
     origin.routes["one.png"] = slowish
@@ -451,17 +444,7 @@ async def test_client_leaving_mid_stream_harms_nobody_and_caches_nothing_partial
     http_client, base_url, app, origin, http_port
 ):
     image = noise_png(200, 200)
-    release = asyncio.Event()
-
-    async def dribble(handler):
-        handler.set_header("Content-Type", "image/png")
-        handler.write(image[:30000])
-        await handler.flush()
-        await release.wait()
-        handler.write(image[30000:])
-        handler.finish()
-
-    origin.routes["d.png"] = dribble
+    held = origin.hold("d.png", image, first=30000)
     query = urlencode(store_of(app).signer.query_for_url(origin.url("d.png")))
     stream = IOStream(socket.socket())
     await stream.connect(("127.0.0.1", http_port))
@@ -473,11 +456,9 @@ async def test_client_leaving_mid_stream_harms_nobody_and_caches_nothing_partial
 
     assert (await get(http_client, f"{base_url}/health")).code == 200
     assert len(store_of(app).cache) == 0  # nothing partial was stored
-    release.set()
-    for _ in range(100):
-        if len(store_of(app).cache):
-            break
-        await asyncio.sleep(0.02)
+    (download,) = store_of(app).fetcher.inflight.values()
+    held.release.set()
+    await asyncio.wait_for(download.done, 10)  # the download went on without its client
     response = await get(http_client, f"{base_url}/image-proxy?{query}")
     assert response.code == 200 and response.body == image
     assert origin.hits["d.png"] == 1

@@ -6,8 +6,7 @@ import base64
 
 import pytest
 from conftest import assert_error, call, json_of, register_secret, with_env
-from fake_providers import FakeLLM, FakeSiliconFlow
-from fakes import FakeOrigin
+from fakes import FakeLLM, FakeOrigin, FakeSiliconFlow
 from pngcheck import png_info
 
 SF_KEY = "sf-images-key-5151"

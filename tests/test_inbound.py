@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CLIENT_KEYS
+from conftest import CLIENT_KEYS, Calls
 from processes import Gateway, clean_env
 from tornado.iostream import IOStream, StreamClosedError
 from tornado.netutil import bind_sockets
 
 from tornado_imagegate.handlers.base import MAX_REQUEST_BYTES
-from tornado_imagegate.listener import default_connection_cap
+from tornado_imagegate.listener import GatewayHTTPServer, default_connection_cap
 from tornado_imagegate.server import (
     IDLE_CONNECTION_TIMEOUT,
     SERVER_MAX_BODY_BYTES,
@@ -89,15 +89,15 @@ def assert_framing_envelope(raw: bytes, status: int, code: str) -> None:
 
 @pytest.fixture
 def serve(io_loop, app):
-    """Start the gateway app on its own server with these options; return its port."""
+    """Start the gateway app on its own server with these options; return its port and it."""
     servers = []
 
-    def start(**options: Any) -> int:
+    def start(**options: Any) -> tuple[int, GatewayHTTPServer]:
         server = make_http_server(app, **options)
         sockets = bind_sockets(0, "127.0.0.1", family=socket.AF_INET)
         server.add_sockets(sockets)
         servers.append(server)
-        return sockets[0].getsockname()[1]
+        return sockets[0].getsockname()[1], server
 
     yield start
     for server in servers:
@@ -126,7 +126,7 @@ async def until_closed(stream: IOStream, deadline: float = DEADLINE) -> bytes:
 
 @pytest.mark.gen_test(timeout=60)
 async def test_a_silent_connection_is_closed_after_the_idle_timeout(serve):
-    port = serve(idle_timeout=0.5)
+    port, _ = serve(idle_timeout=0.5)
     # Generous for 0.5 s, and well short of the production timeout.
     deadline = IDLE_CONNECTION_TIMEOUT / 2
     silent = await connect(port)
@@ -139,15 +139,12 @@ async def test_a_silent_connection_is_closed_after_the_idle_timeout(serve):
 
 @pytest.mark.gen_test(timeout=60)
 async def test_at_the_cap_the_longest_idle_connection_makes_room(serve):
-    port = serve(max_connections=2)
+    port, server = serve(max_connections=2)
+    served = Calls(server, "handle_stream")
     oldest = await connect(port)
     newer = await connect(port)
-    for _ in range(100):  # until the server has started serving both (then they count as idle)
-        answer = await exchange(port, HEALTH)
-        if answer.startswith(b"HTTP/1.1 200"):
-            break
-        assert_envelope(answer, 503, "too_many_connections")
-        await asyncio.sleep(0.05)
+    await served.reach(2)  # the server serves both: they count as idle
+    answer = await exchange(port, HEALTH)
     assert answer.startswith(b"HTTP/1.1 200")
     assert await until_closed(oldest) == b""
     assert not newer.closed()
@@ -156,7 +153,8 @@ async def test_at_the_cap_the_longest_idle_connection_makes_room(serve):
 
 @pytest.mark.gen_test(timeout=60)
 async def test_at_the_cap_with_every_connection_busy_a_new_one_gets_503(serve):
-    port = serve(max_connections=2)
+    port, server = serve(max_connections=2)
+    closed = Calls(server, "on_close")
     busy = []
     for _ in range(2):
         stream = await connect(port)
@@ -167,11 +165,8 @@ async def test_at_the_cap_with_every_connection_busy_a_new_one_gets_503(serve):
     headers = assert_envelope(await exchange(port, HEALTH), 503, "too_many_connections")
     assert headers["retry-after"] == "1"
     busy[0].close()
-    for _ in range(100):  # the server notices the close on its next read
-        answer = await exchange(port, HEALTH)
-        if answer.startswith(b"HTTP/1.1 200"):
-            break
-        await asyncio.sleep(0.05)
+    await closed.reach(1)  # the server noticed the close on its next read
+    answer = await exchange(port, HEALTH)
     assert answer.startswith(b"HTTP/1.1 200")
     busy[1].close()
 
@@ -276,7 +271,11 @@ def start_gateway(tmp_path: Path, soft: int, hard: int, **env: str) -> tuple[Gat
 
 
 def get_health(port: int) -> int:
-    """GET /health on a new connection; its status (a refused or reset connection is retried)."""
+    """GET /health on a new connection; its status.
+
+    A refused or reset connection, or a 503, is retried as a client would, until the deadline:
+    the server recovers from running out of descriptors on a schedule of its own.
+    """
     deadline = time.monotonic() + DEADLINE
     while True:
         try:
@@ -294,15 +293,6 @@ def get_health(port: int) -> int:
         time.sleep(0.1)
 
 
-def wait_for_stderr(gateway: Gateway, pattern: str) -> list[re.Match[str]]:
-    """Every match of ``pattern`` in the gateway's stderr, once there is one."""
-    deadline = time.monotonic() + DEADLINE
-    while not (matches := list(re.finditer(pattern, gateway.stderr()))):
-        assert time.monotonic() < deadline, f"no {pattern!r} in stderr: {gateway.stderr()}"
-        time.sleep(0.1)
-    return matches
-
-
 def assert_quiet(stderr: str) -> None:
     """No traceback, and a log that stays short."""
     assert "Traceback" not in stderr, stderr[:3000]
@@ -314,7 +304,7 @@ def test_the_soft_descriptor_limit_is_raised_to_the_hard_limit(tmp_path):
     try:
         limits = Path(f"/proc/{gateway.process.pid}/limits").read_text()
         assert re.search(r"^Max open files\s+4096\s+4096\s", limits, re.MULTILINE), limits
-        wait_for_stderr(gateway, r"descriptor limit raised from 256 to 4096")
+        gateway.wait_for_stderr(r"descriptor limit raised from 256 to 4096")
     finally:
         gateway.close()
 
@@ -323,13 +313,13 @@ def test_an_idle_flood_over_the_descriptor_limit_leaves_health_answering(tmp_pat
     gateway, port = start_gateway(tmp_path, 256, 256)
     flood: list[socket.socket] = []
     try:
-        wait_for_stderr(gateway, r"accepting up to 96 client connections \(descriptor limit 256\)")
+        gateway.wait_for_stderr(r"accepting up to 96 client connections \(descriptor limit 256\)")
         for _ in range(400):
             flood.append(socket.create_connection(("127.0.0.1", port), timeout=DEADLINE))
         assert get_health(port) == 200
         gateway.process.send_signal(signal.SIGTERM)  # stopping reports what is still uncounted
         assert gateway.process.wait(timeout=DEADLINE) == 0
-        closed = wait_for_stderr(gateway, r"closed (\d+) more idle connection\(s\)")
+        closed = gateway.wait_for_stderr(r"closed (\d+) more idle connection\(s\)")
         assert sum(int(match.group(1)) for match in closed) >= 400 - 96
         assert "refus" not in gateway.stderr()  # idle ones made room: nobody was turned away
         assert_quiet(gateway.stderr())
@@ -349,7 +339,7 @@ def test_accept_errors_pause_the_accept_loop_and_it_recovers(tmp_path):
             sock = socket.create_connection(("127.0.0.1", port), timeout=DEADLINE)
             sock.sendall(BUSY)
             busy.append(sock)
-        wait_for_stderr(gateway, r"cannot accept connections: Too many open files \(EMFILE\)")
+        gateway.wait_for_stderr(r"cannot accept connections: Too many open files \(EMFILE\)")
         time.sleep(2)  # out of descriptors for a while: a spinning loop fails 100,000s of times
         for sock in busy:
             sock.close()
@@ -357,7 +347,7 @@ def test_accept_errors_pause_the_accept_loop_and_it_recovers(tmp_path):
         assert get_health(port) == 200
         gateway.process.send_signal(signal.SIGTERM)  # stopping reports what is still uncounted
         assert gateway.process.wait(timeout=DEADLINE) == 0
-        failed = wait_for_stderr(gateway, r"(\d+) more accept\(s\) failed")
+        failed = gateway.wait_for_stderr(r"(\d+) more accept\(s\) failed")
         assert 0 < sum(int(match.group(1)) for match in failed) < 200
         assert "MAX_CLIENT_CONNECTIONS=1000 is more than" in gateway.stderr()
         assert_quiet(gateway.stderr())

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
+import signal
 import socket
-import time
 from urllib.parse import urlencode
 
 import pytest
-from conftest import CLIENT_KEYS, LOG_WATCH, PROXY_SECRET, register_secret
+from conftest import CLIENT_KEYS, LOG_WATCH, PROXY_SECRET, chat_body, register_secret
 from processes import Gateway, clean_env
 
 from tornado_imagegate.images.links import LinkSigner, derive_secret
@@ -21,6 +23,9 @@ LINK_SECRET = "logtest-link-secret-3c2b1a09"
 PROXY_PASSWORD = "proxy-pass-77e1d2c3"
 SECRETS = (CLIENT_KEY, PROVIDER_KEY, LLM_KEY, LINK_SECRET, PROXY_PASSWORD)
 register_secret(*SECRETS)
+SD_KEY = "sd-logtest-key-9191"
+register_secret(SD_KEY)
+DEADLINE = 30.0
 
 
 def raw_exchange(port: int, request: bytes) -> bytes:
@@ -82,7 +87,7 @@ def test_malformed_requests_and_failing_links_leave_no_secret_in_the_log(gateway
     refused = f"GET /image-proxy?{link_query} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     answers.append(raw_exchange(port, refused.encode()))
     assert answers[-1].startswith(b"HTTP/1.1 502"), answers[-1][:200]
-    time.sleep(0.3)  # the last log lines reach stderr
+    process.wait_for_stderr(r"502 GET /image-proxy")  # the last request's log line
     log = process.stderr()
     assert "Malformed HTTP" in log or "bad_request" in log or "400" in log, log[-2000:]
     for secret in (*SECRETS, signature, link_query):
@@ -108,6 +113,42 @@ async def test_an_uncaught_error_on_a_signed_link_logs_the_path_only(http_client
     lines = LOG_WATCH.lines[before:]
     assert any("Uncaught exception GET /image-proxy (127.0.0.1)" in line for line in lines), lines
     assert not [line for line in lines if "s=" in line or "u=" in line]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_debug_log_of_real_traffic_holds_no_secret(io_loop, tmp_path, http_client, sd):
+    loop = asyncio.get_running_loop()
+    env = clean_env(
+        LOG_LEVEL="DEBUG",
+        AUTHORIZED_API_KEY=CLIENT_KEYS[1],
+        SD_API_KEY=SD_KEY,
+        SD_API_BASE=sd.url("gen"),
+        IMAGE_PROXY_ALLOW_PRIVATE_NETWORKS="true",
+    )
+    gateway = Gateway(["--port", "0"], env, tmp_path / "stderr.log")
+    try:
+        base = await loop.run_in_executor(None, gateway.wait_listening)
+        headers = {"Authorization": f"Bearer {CLIENT_KEYS[1]}"}
+        answer = await http_client.fetch(
+            base + "/v1/chat/completions",
+            method="POST",
+            headers=headers,
+            body=json.dumps(chat_body("a lamp", model="Z-Image")),
+        )
+        content = json.loads(answer.body)["choices"][0]["message"]["content"]
+        link = content.split("(", 1)[1].rstrip(")")
+        await http_client.fetch(link)
+        await http_client.fetch(base + f"/v1/models?key={CLIENT_KEYS[1]}", raise_error=False)
+        gateway.process.send_signal(signal.SIGTERM)
+        await loop.run_in_executor(None, gateway.process.wait, DEADLINE)
+        log = gateway.stderr()
+        assert " DEBUG " in log  # the log really was at DEBUG
+        assert "200 POST /v1/chat/completions" in log
+        query = link.split("?", 1)[1]
+        for secret in (CLIENT_KEYS[1], SD_KEY, query, *query.split("&")):
+            assert secret not in log
+    finally:
+        gateway.close()
 
 
 def test_the_filter_hides_secrets_in_messages_arguments_and_tracebacks():

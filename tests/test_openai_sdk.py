@@ -8,7 +8,7 @@ import re
 import openai
 import pytest
 from conftest import CLIENT_KEYS, register_secret
-from fake_providers import Answer, FakeSD
+from fakes import Answer, FakeSD
 from pngcheck import png_info
 
 SD_KEYS = ("sd-sdk-key-one-7171", "sd-sdk-key-two-8181")

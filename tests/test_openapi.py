@@ -154,11 +154,10 @@ def test_an_invalid_document_is_refused(served):
 
 def new_stderr(gateway: Gateway) -> str:
     """What the gateway wrote to stderr since the last look."""
-    with open(gateway.stderr_path, encoding="utf-8", errors="replace") as stderr:
-        stderr.seek(getattr(gateway, "stderr_seen", 0))
-        text = stderr.read()
-        gateway.stderr_seen = stderr.tell()  # type: ignore[attr-defined]
-    return text
+    text = gateway.stderr()
+    seen = getattr(gateway, "stderr_seen", 0)
+    gateway.stderr_seen = len(text)  # type: ignore[attr-defined]
+    return text[seen:]
 
 
 def next_key(label: str) -> str | None:

@@ -6,16 +6,17 @@ import re
 
 import pytest
 from conftest import assert_error, chat_body, json_of, post_chat, register_secret, with_env
-from fake_providers import (
+from fakes import (
     Answer,
     FakeChatImages,
     FakeLLM,
     FakeOpenAIImages,
+    FakeOrigin,
     FakeSD,
     FakeSiliconFlow,
     data_uri,
+    png_bytes,
 )
-from fakes import FakeOrigin, png_bytes
 from pngcheck import png_info
 
 SF_KEYS = ("sf-key-one-1111", "sf-key-two-2222", "sf-key-three-3333")

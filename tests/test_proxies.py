@@ -27,9 +27,7 @@ from conftest import (
     register_secret,
     with_env,
 )
-from fake_providers import FakeLLM, FakeSD
-from fakes import FakeOrigin, png_bytes
-from recording_proxy import RecordingProxy
+from fakes import FakeLLM, FakeOrigin, FakeSD, RecordingProxy, png_bytes
 from tornado.simple_httpclient import SimpleAsyncHTTPClient
 
 from tornado_imagegate.app import make_app, make_store

@@ -5,68 +5,30 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+from collections.abc import Callable
 
 import pytest
 from conftest import CLIENT_KEYS, chat_body, register_secret
-from fakes import FakeOrigin, png_bytes
-from tornado.httpserver import HTTPServer
+from fakes import FakeSD
 from tornado.iostream import IOStream
-from tornado.netutil import bind_sockets
-from tornado.web import Application, RequestHandler
 
 SD_KEY = "sd-stream-key-4242"
 register_secret(SD_KEY)
 TIMEOUT = 20.0
 
 
-class GatedSD:
-    """An SD-shaped provider that answers only when the test opens its gate."""
-
-    def __init__(self, images: FakeOrigin) -> None:
-        self.gate = asyncio.Event()
-        self.arrived = asyncio.Event()
-        self.client_left = asyncio.Event()
-        self.status = 200
-        self.requests = 0
-        images.serve("sd.png", png_bytes(32, seed=3))
-        image_url = images.url("sd.png")
-        fake = self
-
-        class Handler(RequestHandler):
-            async def post(self) -> None:
-                fake.requests += 1
-                fake.arrived.set()
-                await fake.gate.wait()
-                self.set_status(fake.status)
-                self.finish({"success": True, "data": {"image_url": image_url}})
-
-            def on_connection_close(self) -> None:
-                fake.client_left.set()
-
-        self.server = HTTPServer(Application([(r"/.*", Handler)]))
-        sockets = bind_sockets(0, "127.0.0.1", family=socket.AF_INET)
-        self.url = f"http://127.0.0.1:{sockets[0].getsockname()[1]}/generate"
-        self.server.add_sockets(sockets)
-
-    def close(self) -> None:
-        self.gate.set()
-        self.server.stop()
-
-
 @pytest.fixture
-def sd(io_loop):
-    images = FakeOrigin()
-    fake = GatedSD(images)
-    yield fake
-    fake.close()
-    images.close()
+def sd(sd):
+    """The fake SD provider, answering only once the test opens its gate."""
+    sd.gate.clear()
+    return sd
 
 
 @pytest.fixture
 def gateway_env(sd, request):
     env = {
         "SD_API_KEY": SD_KEY,
-        "SD_API_BASE": sd.url,
+        "SD_API_BASE": sd.url("generate"),
         "IMAGE_PROXY_ALLOW_PRIVATE_NETWORKS": "true",
         "SSE_KEEPALIVE_SECONDS": "0.05",
         "IMAGE_GEN_TIMEOUT": "30",
@@ -75,13 +37,28 @@ def gateway_env(sd, request):
     return env
 
 
-async def until(condition, what: str) -> None:
-    """Wait for a condition (a guard against hanging, not a timing assertion)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + TIMEOUT
-    while not condition():
-        assert loop.time() < deadline, f"never happened: {what}"
-        await asyncio.sleep(0.01)
+class Received(list[bytes]):
+    """The chunks of a streamed answer, as they arrive; a test can wait for what it expects."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._arrival = asyncio.Event()
+
+    def append(self, chunk: bytes) -> None:
+        """Keep a chunk (the client's streaming callback)."""
+        super().append(chunk)
+        self._arrival.set()
+
+    async def until(self, condition: Callable[[bytes], bool], what: str) -> None:
+        """Wait for chunks that meet ``condition`` (a guard against hanging, not a timing
+        assertion)."""
+        try:
+            async with asyncio.timeout(TIMEOUT):
+                while not condition(b"".join(self)):
+                    self._arrival.clear()
+                    await self._arrival.wait()
+        except TimeoutError:
+            pytest.fail(f"never happened: {what}")
 
 
 def events(raw: bytes) -> list[str]:
@@ -115,7 +92,7 @@ def start_stream(http_client, base_url, body, received: list[bytes], heads: list
 
 @pytest.mark.gen_test(timeout=30)
 async def test_role_chunk_at_once_keepalives_while_working_then_content(http_client, base_url, sd):
-    received: list[bytes] = []
+    received = Received()
     heads: list[str] = []
     body = chat_body(
         "a lighthouse, 16:9",
@@ -126,8 +103,8 @@ async def test_role_chunk_at_once_keepalives_while_working_then_content(http_cli
     )
     answer = start_stream(http_client, base_url, body, received, heads)
 
-    await until(lambda: b"\n\n" in b"".join(received), "the role chunk")
-    await sd.arrived.wait()
+    await received.until(lambda raw: b"\n\n" in raw, "the role chunk")
+    await sd.wait_requests(1, within=TIMEOUT)
     assert not sd.gate.is_set()  # the provider has not answered: the role chunk came first
     status_line = heads[0]
     assert " 200 " in status_line
@@ -138,7 +115,7 @@ async def test_role_chunk_at_once_keepalives_while_working_then_content(http_cli
     assert first["object"] == "chat.completion.chunk"
     assert first["choices"][0]["delta"] == {"role": "assistant", "content": ""}
 
-    await until(lambda: b"".join(received).count(b": keep-alive") >= 3, "keep-alive comments")
+    await received.until(lambda raw: raw.count(b": keep-alive") >= 3, "keep-alive comments")
     sd.gate.set()
     response = await answer
     assert response.code == 200
@@ -163,8 +140,8 @@ async def test_a_provider_failure_after_the_stream_began_is_an_error_event(
     answer = start_stream(
         http_client, base_url, chat_body("a cat", model="Z-Image", stream=True), received, []
     )
-    await sd.arrived.wait()
-    sd.status = 503
+    await sd.wait_requests(1, within=TIMEOUT)
+    sd.script(FakeSD.failure_answer("overloaded", status=503))
     sd.gate.set()
     response = await answer
     assert response.code == 200
@@ -189,7 +166,7 @@ async def test_a_client_that_leaves_stops_its_provider_call_and_rests_no_key(
         b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
     )
     await stream.read_until(b"\r\n\r\n")
-    await sd.arrived.wait()
+    await sd.wait_requests(1, within=TIMEOUT)
     stream.close()
     await asyncio.wait_for(sd.client_left.wait(), TIMEOUT)  # the gateway dropped the call
     service = app.services.generation
@@ -210,4 +187,4 @@ async def test_validation_errors_come_before_any_stream(http_client, base_url, s
     )
     assert response.code == 404
     assert json.loads(response.body)["error"]["code"] == "model_not_found"
-    assert sd.requests == 0
+    assert sd.requests == []

@@ -50,15 +50,7 @@ async def test_a_passed_deadline_is_a_timeout_without_a_request():
 @pytest.mark.gen_test
 async def test_time_queued_for_a_connection_counts_against_the_deadline():
     origin = FakeOrigin()
-    release = asyncio.Event()
-    arrived = asyncio.Event()
-
-    async def hold(handler):
-        arrived.set()
-        await release.wait()
-        handler.finish(b"late")
-
-    origin.routes["hold"] = hold
+    held = origin.hold("hold", b"late", content_type="text/plain")
     client = AsyncHTTPClient(force_instance=True, max_clients=1)
     upstream = Upstream(client)
     loop = asyncio.get_running_loop()
@@ -66,15 +58,15 @@ async def test_time_queued_for_a_connection_counts_against_the_deadline():
         holding = asyncio.ensure_future(
             upstream.fetch(HTTPRequest(origin.url("hold")), loop.time() + 30)
         )
-        await arrived.wait()  # the only connection slot is now taken
+        await held.asked.wait()  # the only connection slot is now taken
         with pytest.raises(UpstreamError) as caught:
             await upstream.fetch(HTTPRequest(origin.url("hold")), loop.time() + 0.3)
         assert caught.value.kind == "timeout"
         assert not holding.done()  # it gave up while still queued, not after the first ended
-        release.set()
+        held.release.set()
         assert (await holding).code == 200
     finally:
-        release.set()
+        held.release.set()
         client.close()
         origin.close()
 

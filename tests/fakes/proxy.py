@@ -11,9 +11,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tornado.iostream import IOStream, StreamClosedError
-from tornado.netutil import bind_sockets
 from tornado.tcpclient import TCPClient
 from tornado.tcpserver import TCPServer
+
+from .loopback import listen
 
 _HOP_HEADERS = ("connection", "proxy-connection", "proxy-authorization", "keep-alive")
 _background: set[asyncio.Task] = set()
@@ -34,10 +35,7 @@ class RecordingProxy(TCPServer):
         self.server_names: list[str] = []  # the SNI of each TLS handshake seen in a tunnel
         self.credentials: list[str] = []  # "user:password" of each Proxy-Authorization
         self.connections = 0
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sockets = bind_sockets(0, host, family=family)
-        self.port: int = sockets[0].getsockname()[1]
-        self.add_sockets(sockets)
+        self.port: int = listen(self, host)
 
     @property
     def netloc(self) -> str:

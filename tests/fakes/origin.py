@@ -1,56 +1,28 @@
-"""Fake upstreams for tests: small Tornado servers on loopback ports, speaking real HTTP."""
+"""Image hosts: ``FakeOrigin``, whose routes a test scripts and counts, and the bare handler a
+benchmark compares the gateway with."""
 
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
-import struct
-import zlib
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from tornado.httpserver import HTTPServer
-from tornado.netutil import bind_sockets
 from tornado.web import Application, RequestHandler
 
-from tornado_imagegate.demo_render import render_png
-
-
-def png_bytes(size: int = 64, seed: int = 1) -> bytes:
-    """A real, decodable PNG."""
-    return render_png("fake origin image", seed, size, size)
-
-
-def png_of_length(length: int) -> bytes:
-    """Bytes of exactly ``length`` that start like a PNG (enough for the gateway's checks)."""
-    head = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR"
-    return head + os.urandom(max(0, length - len(head)))
-
-
-def noise_png(width: int, height: int) -> bytes:
-    """A decodable PNG of random pixels (it does not compress: about 3 bytes a pixel)."""
-    raw = b"".join(b"\x00" + os.urandom(width * 3) for _ in range(height))
-
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(payload))
-            + kind
-            + payload
-            + struct.pack(">I", zlib.crc32(kind + payload))
-        )
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(raw, 0))
-        + chunk(b"IEND", b"")
-    )
-
+from .loopback import DEFAULT_BACKLOG, listen
 
 Behaviour = Callable[[RequestHandler], Awaitable[None] | None]
+
+
+@dataclass
+class Held:
+    """A route the test holds: ``asked`` is set when a request arrives, ``release`` lets it end."""
+
+    asked: asyncio.Event = field(default_factory=asyncio.Event)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class _Route(RequestHandler):
@@ -76,7 +48,9 @@ class _Route(RequestHandler):
 class FakeOrigin:
     """An HTTP server on a loopback address whose routes the test sets; counts every request."""
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, backlog: int = DEFAULT_BACKLOG
+    ) -> None:
         self.host = host
         self.routes: dict[str, Behaviour] = {}
         self.hits: Counter[str] = Counter()
@@ -90,9 +64,7 @@ class FakeOrigin:
                 super().handle_stream(stream, address)
 
         self.server = _CountingServer(app)
-        sockets = bind_sockets(0, host, family=socket.AF_INET)
-        self.port = sockets[0].getsockname()[1]
-        self.server.add_sockets(sockets)
+        self.port = listen(self.server, host, port, backlog)
 
     def url(self, path: str) -> str:
         """The absolute URL of a path on this origin."""
@@ -126,6 +98,60 @@ class FakeOrigin:
 
         self.routes[path] = behaviour
 
+    def hold(
+        self,
+        path: str,
+        body: bytes,
+        *,
+        first: int = 0,
+        content_type: str = "image/png",
+        declare_length: bool = False,
+        release: asyncio.Event | None = None,
+    ) -> Held:
+        """Answer ``path`` with ``body`` only once the test releases it.
+
+        The first ``first`` bytes (and so the headers) are sent at once, the rest after the
+        release; ``declare_length`` sends a Content-Length (else the body is chunked). Several
+        routes may share one ``release``.
+        """
+        held = Held(release=release or asyncio.Event())
+
+        async def behaviour(handler: RequestHandler) -> None:
+            held.asked.set()
+            handler.set_header("Content-Type", content_type)
+            if declare_length:
+                handler.set_header("Content-Length", str(len(body)))
+            if first:
+                handler.write(body[:first])
+                await handler.flush()
+            await held.release.wait()
+            handler.finish(body[first:])
+
+        self.routes[path] = behaviour
+        return held
+
     def close(self) -> None:
         """Stop listening."""
         self.server.stop()
+
+
+class BareImageHandler(RequestHandler):
+    """The floor a benchmark measures the gateway against: the bytes from memory, nothing else."""
+
+    def initialize(self, data: bytes) -> None:
+        """Take the image bytes from the route table."""
+        self.data = data
+
+    def compute_etag(self) -> None:
+        """No per-request SHA-1 of the body (the gateway does not hash per request either)."""
+        return None
+
+    def get(self) -> None:
+        """Send the image."""
+        self.set_header("Content-Type", "image/png")
+        self.finish(self.data)
+
+
+def bare_image_app(path: str, data: bytes) -> Application:
+    """An application serving ``data`` at ``path`` with ``BareImageHandler``."""
+    return Application([(path, BareImageHandler, {"data": data})])

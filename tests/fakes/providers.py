@@ -1,5 +1,5 @@
-"""Fake upstream services for tests: loopback Tornado servers speaking the real request and
-response shapes of the services the gateway calls, recording every request, scriptable.
+"""Fake upstream services: loopback Tornado servers speaking the real request and response
+shapes of the services the gateway calls, recording every request, scriptable.
 
 Create them in fixtures that depend on ``io_loop`` and close them in the fixture's teardown::
 
@@ -14,16 +14,16 @@ Create them in fixtures that depend on ``io_loop`` and close them in the fixture
         fake = FakeSiliconFlow(image_host)
         yield fake
         fake.close()
+
+A bench runs them in a process of its own (see ``fakes.child``), with a larger ``backlog``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import itertools
 import json
 import random
-import socket
 import time
 import uuid
 from collections import deque
@@ -31,11 +31,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from fakes import FakeOrigin, png_bytes
 from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop
-from tornado.netutil import bind_sockets
 from tornado.web import Application, RequestHandler
+
+from .images import b64_png, png_bytes
+from .loopback import DEFAULT_BACKLOG, listen
+from .origin import FakeOrigin
 
 # Numbers for the images the fakes put on image hosts: unique across every fake of the run.
 _image_numbers = itertools.count(1)
@@ -52,6 +54,8 @@ class Recorded:
     json: Any
     key: str | None
     query: str = ""
+    received_at: float = 0.0  # time.time() when it arrived
+    answered_at: float | None = None  # time.time() when the answer was sent
 
 
 @dataclass
@@ -76,16 +80,6 @@ def bearer_key(authorization: str | None) -> str | None:
     if scheme.lower() != "bearer" or not token.strip():
         return None
     return token.strip()
-
-
-def b64_png(png: bytes | None = None) -> str:
-    """Base64 text of a PNG (a fresh small one when none is given)."""
-    return base64.b64encode(png if png is not None else png_bytes()).decode("ascii")
-
-
-def data_uri(png: bytes | None = None) -> str:
-    """A ``data:image/png;base64,...`` URI of a PNG (a fresh small one when none is given)."""
-    return "data:image/png;base64," + b64_png(png)
 
 
 def model_of(request: Recorded, fallback: str = "fake-model") -> str:
@@ -139,14 +133,26 @@ class _Handler(RequestHandler):
 
     get = head = post = delete = patch = put = options = _serve
 
+    def on_connection_close(self) -> None:
+        self.fake.client_left.set()
+
 
 class FakeUpstream:
     """A scriptable fake HTTP service on a loopback port that records every request."""
 
     #: Prefix of the paths this fake puts on its image host.
     image_prefix = "img"
+    #: Whether a request without a bearer key is answered 401, as a real service does.
+    require_key = False
 
-    def __init__(self, host: str = "127.0.0.1", image_host: FakeOrigin | None = None) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        image_host: FakeOrigin | None = None,
+        *,
+        port: int = 0,
+        backlog: int = DEFAULT_BACKLOG,
+    ) -> None:
         self.host = host
         self.image_host = image_host
         self.requests: list[Recorded] = []
@@ -157,14 +163,18 @@ class FakeUpstream:
         self.make_png: Callable[[int], bytes] = lambda n: png_bytes(seed=n)
         self.io_loop = IOLoop.current()
         self._closed = asyncio.Event()
+        # Open: requests are answered as they come. A test that clears it holds every answer
+        # (chosen only when it opens again) until it sets it.
+        self.gate = asyncio.Event()
+        self.gate.set()
+        # Set when a client hangs up on a request still being answered.
+        self.client_left = asyncio.Event()
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
         self._waiters: list[asyncio.Future[None]] = []
         self.server = HTTPServer(Application([(r"/.*", _Handler, {"fake": self})]))
-        sockets = bind_sockets(0, host, family=socket.AF_INET)
-        self.port: int = sockets[0].getsockname()[1]
-        self.server.add_sockets(sockets)
+        self.port: int = listen(self.server, host, port, backlog)
 
     # --- the test's side -------------------------------------------------------------------
 
@@ -250,6 +260,7 @@ class FakeUpstream:
             json=parsed,
             key=bearer_key(headers.get("authorization")),
             query=request.query,
+            received_at=time.time(),
         )
         return recorded, valid
 
@@ -262,6 +273,8 @@ class FakeUpstream:
             )
         if not self.accepts(recorded.path):
             return Answer(404, self.error_json(404, f"no endpoint at {recorded.path}"))
+        if self.require_key and recorded.key is None:
+            return Answer(401, self.error_json(401, "no bearer key"))
         if not valid:
             return Answer(400, self.error_json(400, "the request body is not a JSON object"))
         answer = self.queue.popleft() if self.queue else self.default
@@ -279,6 +292,17 @@ class FakeUpstream:
             return False
         return True
 
+    async def _through_gate(self) -> bool:
+        """Wait until the test opens the gate, unless the fake closes first; True when it closed."""
+        if self.gate.is_set():
+            return False
+        opened = asyncio.ensure_future(self.gate.wait())
+        closing = asyncio.ensure_future(self._closed.wait())
+        done, pending = await asyncio.wait({opened, closing}, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        return closing in done
+
     async def _serve(self, handler: RequestHandler) -> None:
         recorded, valid = self._record(handler)
         self.requests.append(recorded)
@@ -289,9 +313,9 @@ class FakeUpstream:
         self._inflight += 1
         self._idle.clear()
         try:
+            closed = await self._through_gate()
             answer = self._choose(recorded, valid)
-            closed = False
-            if answer.delay > 0:
+            if answer.delay > 0 and not closed:
                 closed = await self._wait(answer.delay)
             if answer.hang and not closed:
                 closed = await self._wait(None)
@@ -300,6 +324,7 @@ class FakeUpstream:
                 handler.request.connection.close()  # type: ignore[union-attr]
                 return
             self._write(handler, recorded, answer)
+            recorded.answered_at = time.time()
         finally:
             self._inflight -= 1
             if not self._inflight:
@@ -337,8 +362,8 @@ class FakeSiliconFlow(FakeUpstream):
 
     image_prefix = "sf"
 
-    def __init__(self, image_host: FakeOrigin, host: str = "127.0.0.1") -> None:
-        super().__init__(host, image_host)
+    def __init__(self, image_host: FakeOrigin, host: str = "127.0.0.1", **listening: int) -> None:
+        super().__init__(host, image_host, **listening)
         self.default = Answer(json=self._success)
 
     def _success(self, request: Recorded) -> dict[str, Any]:
@@ -386,8 +411,8 @@ class FakeChatImages(FakeUpstream):
 
     image_prefix = "chat"
 
-    def __init__(self, image_host: FakeOrigin, host: str = "127.0.0.1") -> None:
-        super().__init__(host, image_host)
+    def __init__(self, image_host: FakeOrigin, host: str = "127.0.0.1", **listening: int) -> None:
+        super().__init__(host, image_host, **listening)
         self.default = Answer(json=self._success)
 
     def _success(self, request: Recorded) -> dict[str, Any]:
@@ -431,8 +456,10 @@ class FakeOpenAIImages(FakeUpstream):
 
     image_prefix = "oai"
 
-    def __init__(self, image_host: FakeOrigin | None = None, host: str = "127.0.0.1") -> None:
-        super().__init__(host, image_host)
+    def __init__(
+        self, image_host: FakeOrigin | None = None, host: str = "127.0.0.1", **listening: int
+    ) -> None:
+        super().__init__(host, image_host, **listening)
         self.default = Answer(json=self._success)
 
     def _success(self, request: Recorded) -> dict[str, Any]:
@@ -471,8 +498,8 @@ class FakeSD(FakeUpstream):
 
     image_prefix = "sd"
 
-    def __init__(self, image_host: FakeOrigin, host: str = "127.0.0.1") -> None:
-        super().__init__(host, image_host)
+    def __init__(self, image_host: FakeOrigin, host: str = "127.0.0.1", **listening: int) -> None:
+        super().__init__(host, image_host, **listening)
         self.default = Answer(json=self._success)
 
     def _success(self, request: Recorded) -> dict[str, Any]:
@@ -501,8 +528,8 @@ DEFAULT_OPTIMISED_PROMPT = (
 class FakeLLM(FakeUpstream):
     """An OpenAI-compatible chat-completions LLM: POST to any path ending in /chat/completions."""
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
-        super().__init__(host)
+    def __init__(self, host: str = "127.0.0.1", **listening: int) -> None:
+        super().__init__(host, **listening)
         self.reply = DEFAULT_OPTIMISED_PROMPT
         self.default = Answer(json=lambda request: chat_completion(self.reply, model_of(request)))
 

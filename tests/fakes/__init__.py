@@ -1,0 +1,80 @@
+"""The fake upstreams of the tests and benches: real HTTP servers on local addresses.
+
+Each service the gateway calls has one fake here, used by every test and bench:
+
+- ``origin``: ``FakeOrigin``, an image host whose routes a test scripts (``serve``, ``status``,
+  ``redirect``, ``hold``) and counts; ``BareImageHandler``, the floor a bench compares the
+  gateway's ``/image-proxy`` with.
+- ``providers``: ``FakeUpstream``, a scriptable service that records every request (``Answer``,
+  ``Recorded``), and one subclass per provider kind and the prompt optimiser's LLM:
+  ``FakeSiliconFlow``, ``FakeChatImages``, ``FakeOpenAIImages``, ``FakeSD``, ``FakeLLM``.
+- ``proxy``: ``RecordingProxy``, a forwarding proxy (CONNECT, absolute-URI HTTP, SOCKS5).
+- ``listener``: ``CountingListener``, a host that must never be reached.
+- ``images``: PNG bytes (real, noise, of an exact size) and their base64 forms.
+- ``child``: the stdin/stdout protocol of a bench's fakes process.
+- ``loopback``: how every fake listens.
+
+Tests import it as ``fakes`` (tests/ is on pytest's path); a bench puts tests/ on its path
+first. It is not part of the installed gateway.
+"""
+
+from .child import emit, serve_until_stdin_closes
+from .images import (
+    PNG_SIGNATURE,
+    b64_png,
+    data_uri,
+    noise_png,
+    noise_png_of_size,
+    png_bytes,
+    png_of_length,
+)
+from .listener import CountingListener
+from .origin import BareImageHandler, FakeOrigin, Held, bare_image_app
+from .providers import (
+    DEFAULT_OPTIMISED_PROMPT,
+    Answer,
+    FakeChatImages,
+    FakeLLM,
+    FakeOpenAIImages,
+    FakeSD,
+    FakeSiliconFlow,
+    FakeUpstream,
+    Recorded,
+    bearer_key,
+    chat_completion,
+    model_of,
+    openai_error,
+)
+from .proxy import RecordingProxy, server_name
+
+__all__ = [
+    "DEFAULT_OPTIMISED_PROMPT",
+    "PNG_SIGNATURE",
+    "Answer",
+    "BareImageHandler",
+    "CountingListener",
+    "FakeChatImages",
+    "FakeLLM",
+    "FakeOpenAIImages",
+    "FakeOrigin",
+    "FakeSD",
+    "FakeSiliconFlow",
+    "FakeUpstream",
+    "Held",
+    "Recorded",
+    "RecordingProxy",
+    "b64_png",
+    "bare_image_app",
+    "bearer_key",
+    "chat_completion",
+    "data_uri",
+    "emit",
+    "model_of",
+    "noise_png",
+    "noise_png_of_size",
+    "openai_error",
+    "png_bytes",
+    "png_of_length",
+    "serve_until_stdin_closes",
+    "server_name",
+]
