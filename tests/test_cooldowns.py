@@ -11,7 +11,7 @@ from fakes import (
     Answer,
     FakeLLM,
     FakeOpenAIImages,
-    FakeOrigin,
+    FakeSet,
     FakeSiliconFlow,
     noise_png,
     png_of_length,
@@ -25,25 +25,10 @@ register_secret(ONE_KEY, *TWO_KEYS, *OI_KEYS, *LLM_KEYS)
 LINK = re.compile(r"!\[[^\]]*\]\((\S+?)\)")
 
 
-class Fakes:
-    """A provider with one key, one with two, an OpenAI Images provider and an LLM."""
-
-    def __init__(self) -> None:
-        self.images = FakeOrigin()
-        self.one = FakeSiliconFlow(self.images)
-        self.two = FakeSiliconFlow(self.images)
-        self.oi = FakeOpenAIImages()
-        self.llm = FakeLLM()
-
-    def close(self) -> None:
-        for fake in (self.one, self.two, self.oi, self.llm, self.images):
-            fake.close()
-
-
 @pytest.fixture
 def fakes(io_loop):
     """The fake upstreams of one test."""
-    started = Fakes()
+    started = FakeSet(one=FakeSiliconFlow, two=FakeSiliconFlow, oi=FakeOpenAIImages, llm=FakeLLM)
     yield started
     started.close()
 

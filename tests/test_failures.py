@@ -17,7 +17,15 @@ from conftest import (
     register_secret,
     with_env,
 )
-from fakes import Answer, FakeChatImages, FakeLLM, FakeOrigin, FakeSD, png_bytes, png_of_length
+from fakes import (
+    Answer,
+    FakeChatImages,
+    FakeLLM,
+    FakeSD,
+    FakeSet,
+    png_bytes,
+    png_of_length,
+)
 from pngcheck import png_info
 
 SD_KEY = "sd-failures-key-4141"
@@ -27,24 +35,10 @@ register_secret(SD_KEY, CHAT_KEY, LLM_KEY)
 LINK = re.compile(r"!\[[^\]]*\]\((\S+?)\)")
 
 
-class Fakes:
-    """An SD provider, a chat-kind provider, an LLM and the host of their images."""
-
-    def __init__(self) -> None:
-        self.images = FakeOrigin()
-        self.sd = FakeSD(self.images)
-        self.chat = FakeChatImages(self.images)
-        self.llm = FakeLLM()
-
-    def close(self) -> None:
-        for fake in (self.sd, self.chat, self.llm, self.images):
-            fake.close()
-
-
 @pytest.fixture
 def fakes(io_loop):
     """The fakes of one test."""
-    started = Fakes()
+    started = FakeSet(sd=FakeSD, chat=FakeChatImages, llm=FakeLLM)
     yield started
     started.close()
 

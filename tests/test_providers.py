@@ -11,8 +11,8 @@ from fakes import (
     FakeChatImages,
     FakeLLM,
     FakeOpenAIImages,
-    FakeOrigin,
     FakeSD,
+    FakeSet,
     FakeSiliconFlow,
     data_uri,
     png_bytes,
@@ -30,26 +30,12 @@ OPTIMISER = {"OPENAI_MODEL": "gpt-test"}
 REASONING = {"OPENAI_MODEL_REASONING": "thinker-test"}
 
 
-class Fakes:
-    """Every fake upstream of one test."""
-
-    def __init__(self) -> None:
-        self.images = FakeOrigin()
-        self.sf = FakeSiliconFlow(self.images)
-        self.chat = FakeChatImages(self.images)
-        self.oi = FakeOpenAIImages(self.images)
-        self.sd = FakeSD(self.images)
-        self.llm = FakeLLM()
-
-    def close(self) -> None:
-        for fake in (self.sf, self.chat, self.oi, self.sd, self.llm, self.images):
-            fake.close()
-
-
 @pytest.fixture
 def fakes(io_loop):
     """The fake providers, image host and LLM."""
-    started = Fakes()
+    started = FakeSet(
+        sf=FakeSiliconFlow, chat=FakeChatImages, oi=FakeOpenAIImages, sd=FakeSD, llm=FakeLLM
+    )
     yield started
     started.close()
 

@@ -27,7 +27,7 @@ from conftest import (
     register_secret,
     with_env,
 )
-from fakes import FakeLLM, FakeOrigin, FakeSD, RecordingProxy, png_bytes
+from fakes import FakeLLM, FakeOrigin, FakeSD, FakeSet, RecordingProxy, png_bytes
 from tornado.simple_httpclient import SimpleAsyncHTTPClient
 
 from tornado_imagegate.app import make_app, make_store
@@ -42,23 +42,10 @@ ENV_PROXY_NAMES = ("http_proxy", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL
 NETNS_SCRIPT = Path(__file__).resolve().parent / "netns_proxies.py"
 
 
-class Fakes:
-    """A fake SD provider, its image host, and a fake optimiser LLM, all on 127.0.0.1."""
-
-    def __init__(self) -> None:
-        self.images = FakeOrigin()
-        self.sd = FakeSD(self.images)
-        self.llm = FakeLLM()
-
-    def close(self) -> None:
-        for fake in (self.sd, self.llm, self.images):
-            fake.close()
-
-
 @pytest.fixture
 def fakes(io_loop):
     """The fake provider, image host and LLM."""
-    started = Fakes()
+    started = FakeSet(sd=FakeSD, llm=FakeLLM)
     yield started
     started.close()
 

@@ -8,6 +8,7 @@ Each service the gateway calls has one fake here, used by every test and bench:
 - ``providers``: ``FakeUpstream``, a scriptable service that records every request (``Answer``,
   ``Recorded``), and one subclass per provider kind and the prompt optimiser's LLM:
   ``FakeSiliconFlow``, ``FakeChatImages``, ``FakeOpenAIImages``, ``FakeSD``, ``FakeLLM``.
+- ``sets``: ``FakeSet``, the fakes of one test started together on one image host.
 - ``proxy``: ``RecordingProxy``, a forwarding proxy (CONNECT, absolute-URI HTTP, SOCKS5).
 - ``listener``: ``CountingListener``, a host that must never be reached.
 - ``images``: PNG bytes (real, noise, of an exact size) and their base64 forms.
@@ -46,6 +47,7 @@ from .providers import (
     openai_error,
 )
 from .proxy import RecordingProxy, server_name
+from .sets import FakeSet
 
 __all__ = [
     "DEFAULT_OPTIMISED_PROMPT",
@@ -58,6 +60,7 @@ __all__ = [
     "FakeOpenAIImages",
     "FakeOrigin",
     "FakeSD",
+    "FakeSet",
     "FakeSiliconFlow",
     "FakeUpstream",
     "Held",
