@@ -142,9 +142,7 @@ async def test_an_image_made_by_one_instance_is_served_by_the_others_once_it_is_
 
 @pytest.mark.gen_test(timeout=90)
 async def test_a_key_rested_by_one_instance_rests_for_all(cluster, client, sd):
-    rate_limited = Answer(
-        429, sd.error_json(429, "slow down"), headers={"Retry-After": "120"}
-    )
+    rate_limited = Answer(429, sd.error_json(429, "slow down"), headers={"Retry-After": "120"})
     sd.default = Answer(json=sd.default.json, per_key={SD_KEYS[0]: rate_limited})
     await cluster.start()
     await generate(client, cluster.bases[0])  # key one: 429, then key two
