@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import os
 from dataclasses import dataclass
@@ -28,10 +29,12 @@ from tornado_imagegate.images.cache_metrics import CacheCollector
 from tornado_imagegate.images.disk import DiskTier
 from tornado_imagegate.images.fetch import ImageFetcher
 from tornado_imagegate.images.links import LinkSigner, derive_secret
+from tornado_imagegate.images.shared import SharedTier
 from tornado_imagegate.images.store import ImageStore
 from tornado_imagegate.lifecycle import Lifecycle
 from tornado_imagegate.logsafe import log_request
 from tornado_imagegate.metrics import Metrics
+from tornado_imagegate.shared import KeyHealthBoard, RedisLink
 from tornado_imagegate.upstream import Upstream
 
 
@@ -48,13 +51,18 @@ STATIC_DIR = find_static_dir()
 
 
 def make_store(
-    settings: Settings, upstream: Upstream | None = None, metrics: Metrics | None = None
+    settings: Settings,
+    upstream: Upstream | None = None,
+    metrics: Metrics | None = None,
+    link: RedisLink | None = None,
 ) -> ImageStore:
-    """The image store: memory LRU, the tiers below it, fetcher and link signer."""
+    """The image store: memory LRU, the tiers below it, fetcher and link signer; with ``link``
+    (``REDIS_URL``), the shared tier in Redis."""
     tiers: list[Tier] = []
     if settings.image_cache_dir:
         tiers.append(DiskTier(settings.image_cache_dir, settings.image_cache_dir_max_bytes))
     cache = ImageCache(settings.image_cache_max_bytes, settings.image_max_bytes, tiers)
+    shared = SharedTier(link, settings.redis_image_ttl_seconds) if link is not None else None
     fetcher = ImageFetcher(
         upstream or Upstream(proxy=settings.upstream_proxy),
         cache,
@@ -63,9 +71,10 @@ def make_store(
         allow_private=settings.image_proxy_allow_private_networks,
         metrics=metrics,
         proxy=settings.image_fetch_proxy,
+        shared=shared,
     )
     secret = derive_secret(settings.image_proxy_secret, settings.secret_material())
-    return ImageStore(cache, fetcher, LinkSigner(secret))
+    return ImageStore(cache, fetcher, LinkSigner(secret), shared)
 
 
 @dataclass(frozen=True)
@@ -78,22 +87,44 @@ class Services:
     upstream: Upstream
     store: ImageStore
     generation: ImageService
+    shared: RedisLink | None = None
 
 
 def make_services(settings: Settings, store: ImageStore | None = None) -> Services:
     """The services of one application: built once, shared by every request."""
     upstream = Upstream(proxy=settings.upstream_proxy)
     metrics = Metrics()
-    store = store or make_store(settings, upstream, metrics)
+    link = RedisLink(settings.redis_url) if settings.redis_url else None
+    store = store or make_store(settings, upstream, metrics, link)
     metrics.watch(CacheCollector(store.cache))
+    generation = ImageService(settings, store, upstream, metrics)
+    if link is not None:
+        share_key_health(generation, KeyHealthBoard(link, store.signer.secret))
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass  # started by the first request's use instead (tests build apps outside a loop)
+        else:
+            link.start()
     return Services(
         settings=settings,
         lifecycle=Lifecycle(),
         metrics=metrics,
         upstream=upstream,
         store=store,
-        generation=ImageService(settings, store, upstream, metrics),
+        generation=generation,
+        shared=link,
     )
+
+
+def share_key_health(generation: ImageService, board: KeyHealthBoard) -> None:
+    """Share the rests of every provider group's keys and the optimiser's through Redis."""
+    for provider in generation.providers.values():
+        pool = getattr(provider, "keys", None)  # local providers (the demo) have no keys
+        if pool is not None:
+            board.watch(pool)
+    if generation.optimiser is not None:
+        board.watch(generation.optimiser.keys)
 
 
 class GatewayApplication(Application):
@@ -120,7 +151,7 @@ def make_app(settings: Settings, store: ImageStore | None = None) -> GatewayAppl
         route(r"/image-proxy", ImageProxyHandler, store=services.store),
         route(r"/", WelcomeHandler),
         route(r"/(?:v1/)?health/?", HealthHandler),
-        route(r"/ready/?", ReadyHandler),
+        route(r"/ready/?", ReadyHandler, shared=services.shared),
         route(r"/metrics/?", MetricsHandler, metrics=metrics),
         route(r"/openapi\.json", OpenApiHandler),
         route(r"/(?:v1/)?models/?", ModelsHandler),

@@ -10,7 +10,7 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from tornado_imagegate import values
 from tornado_imagegate.options import (
@@ -112,6 +112,8 @@ class Settings:
     cors_allow_origins: tuple[str, ...] = setting("CORS_ALLOW_ORIGINS")
     sse_keepalive_seconds: float = setting("SSE_KEEPALIVE_SECONDS")
     log_level: str = setting("LOG_LEVEL")
+    redis_url: str = setting("REDIS_URL")
+    redis_image_ttl_seconds: float = setting("REDIS_IMAGE_TTL_SECONDS")
     # Worth a word, not a stop: near misses, and a name and its alias set to different values.
     warnings: tuple[str, ...] = ()
 
@@ -136,6 +138,10 @@ class Settings:
             parts = urlsplit(url) if "://" in url else None
             if parts is not None:
                 found += [parts.username or "", parts.password or ""]
+        if self.redis_url:
+            # Only the password: a Redis user name is often "default", a word logs must keep.
+            parts = urlsplit(self.redis_url)
+            found += [parts.password or "", *parse_qs(parts.query).get("password", [])]
         return [value for value in found if value]
 
     @property
@@ -373,6 +379,11 @@ def load_settings(
         reader.problems.append(
             f"AUTHORIZED_API_KEY: not set, so the gateway may only listen on loopback; "
             f"set a client key to listen on {settings['host']} (IMAGEGATE_HOST / --host)"
+        )
+    if settings["redis_url"] and not settings["image_proxy_secret"]:
+        reader.problems.append(
+            "IMAGE_PROXY_SECRET: not set, and REDIS_URL is: every instance that shares the Redis "
+            "must sign image links with the same secret; set the same IMAGE_PROXY_SECRET on each"
         )
     typos = near_misses(environ)
     if strict or reader.problems:

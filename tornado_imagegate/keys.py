@@ -14,6 +14,7 @@ from tornado_imagegate.errors import UpstreamError
 
 if TYPE_CHECKING:
     from tornado_imagegate.config import Settings
+    from tornado_imagegate.shared import KeyHealthBoard
 
 # How long a key rests, in seconds.
 COOLDOWN_TRANSIENT = 15.0  # after KEY_ALLOWED_FAILS transient failures within FAIL_WINDOW
@@ -89,6 +90,9 @@ class KeyPool:
     ``allowed_fails`` of them within ``window`` seconds, and never the last usable key; a 429 or
     401/403 rests it at once; when every key rests, the one whose rest ends first is tried
     anyway, so that no group goes offline without a call.
+
+    With ``health`` (a ``shared.KeyHealthBoard``, set by ``watch``), rests and transient
+    failures are shared with the other instances, and their rests applied here.
     """
 
     def __init__(
@@ -106,6 +110,12 @@ class KeyPool:
         self._resting_until = [0.0] * len(keys)
         self._recent_fails: list[deque[float]] = [deque() for _ in keys]
         self.failures = [0] * len(keys)
+        self.health: KeyHealthBoard | None = None
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The pool's keys, in configuration order."""
+        return self._keys
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -131,6 +141,8 @@ class KeyPool:
         """The key worked: its count of recent failures starts again, and any rest ends."""
         if self._recent_fails[index]:
             self._recent_fails[index].clear()
+        if self._resting_until[index] and self.health is not None:
+            self.health.recovered(self, index)
         self._resting_until[index] = 0.0
 
     def record_failure(
@@ -156,6 +168,8 @@ class KeyPool:
             while recent and recent[0] <= now - policy.window:
                 recent.popleft()
             if len(recent) < policy.allowed_fails or not self._another_usable(index, now):
+                if self.health is not None:
+                    self.health.failed(self, index)
                 return
             recent.clear()
             wait = retry_after if retry_after is not None else COOLDOWN_TRANSIENT
@@ -168,6 +182,27 @@ class KeyPool:
             self._resting_until[index] = until
         if self._on_rest is not None:
             self._on_rest(index, reason)
+        if self.health is not None:
+            self.health.rested(self, index, max(seconds, 0.0))
+
+    def apply_shared_rest(self, index: int, seconds: float) -> None:
+        """Another instance rested this key for ``seconds`` more: rest it here too (not shared
+        back); said once, when the key was not resting here already."""
+        now = self._clock()
+        until = now + seconds
+        if until <= self._resting_until[index]:
+            return
+        was_resting = self._resting_until[index] > now
+        self._resting_until[index] = until
+        if not was_resting and self._on_rest is not None:
+            self._on_rest(index, "shared")
+
+    def rest_after_shared_failures(self, index: int) -> None:
+        """The instances together saw ``allowed_fails`` transient failures of this key within
+        the window: rest it, unless it is the last usable key."""
+        if self._another_usable(index, self._clock()):
+            self._recent_fails[index].clear()
+            self.rest(index, min(COOLDOWN_TRANSIENT, self.policy.max_cooldown), Outcome.TRANSIENT)
 
     def _another_usable(self, index: int, now: float) -> bool:
         return any(until <= now for i, until in enumerate(self._resting_until) if i != index)

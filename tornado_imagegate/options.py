@@ -30,6 +30,7 @@ from tornado_imagegate.values import (
     PORT,
     PROXY,
     PUBLIC_URL,
+    REDIS_URL,
     SECONDS,
     SECRET,
     TEXT,
@@ -53,6 +54,7 @@ SECTIONS = {
     "providers": "image providers",
     "images": "image links, store and fetches",
     "upstream": "upstream calls and keys",
+    "shared": "state shared by several instances (Redis)",
     "logging": "logging",
 }
 
@@ -202,6 +204,18 @@ OPTIONS: tuple[Option, ...] = (
         Option("UPSTREAM_PROXY", PROXY, "", "proxy for provider and optimiser calls"),
         Option("KEY_ALLOWED_FAILS", COUNT, 3, "transient failures a minute before a key rests"),
         Option("KEY_MAX_COOLDOWN_SECONDS", SECONDS, 300.0, "longest rest a Retry-After imposes"),
+    ),
+    *_section(
+        "shared",
+        Option(
+            "REDIS_URL", REDIS_URL, "", "Redis that several instances share (images, key rests)"
+        ),
+        Option(
+            "REDIS_IMAGE_TTL_SECONDS",
+            SECONDS,
+            30 * 24 * 3600.0,
+            "how long Redis keeps an image after it was last stored or served",
+        ),
     ),
     *_section(
         "logging",

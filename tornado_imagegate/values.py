@@ -235,6 +235,22 @@ def image_fetch_proxy(text: str) -> str:
     return value
 
 
+def redis_url(text: str) -> str:
+    """A Redis URL: ``redis://`` or ``rediss://`` with a host, or ``unix://`` with a socket path."""
+    url = text.strip()
+    parts = _split_url(url, "must be a redis://, rediss:// or unix:// URL with a valid port")
+    if parts.scheme in ("redis", "rediss") and parts.hostname:
+        return url
+    if parts.scheme == "unix" and parts.path:
+        return url
+    raise ValueError("must be a redis://host, rediss://host or unix:///path URL")
+
+
+def show_redis_url(url: str) -> str:
+    """A Redis URL without its password or options; the database number stays visible."""
+    return redact_url(url) if url else "none"
+
+
 def libcurl_can_pin() -> bool:
     """Whether pycurl and libcurl can pin a connection to a checked address (CURLOPT_CONNECT_TO)."""
     return hasattr(pycurl, "CONNECT_TO") and pycurl.version_info()[2] >= 0x073100
@@ -318,6 +334,7 @@ ENDPOINT = ValueType(http_url, "the provider's base URL or its full endpoint", r
 API_URL = ValueType(plain_base_url, "a base URL or full endpoint, no query", redact_url, True)
 PROXY = ValueType(upstream_proxy, "env, or an http(s) or socks5(h) proxy URL", show_proxy, True)
 FETCH_PROXY = ValueType(image_fetch_proxy, "an http://host:port proxy", show_proxy, True)
+REDIS_URL = ValueType(redis_url, "a redis://, rediss:// or unix:// URL", show_redis_url, True)
 
 
 def one_of(*allowed: str, synonyms: dict[str, str] | None = None) -> ValueType:

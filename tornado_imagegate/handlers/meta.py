@@ -8,6 +8,7 @@ from tornado_imagegate import errors, openai_api, openapi
 from tornado_imagegate.config import DEMO_MODEL, is_loopback_host
 from tornado_imagegate.handlers.base import ApiHandler, BaseHandler
 from tornado_imagegate.metrics import CONTENT_TYPE, Metrics
+from tornado_imagegate.shared import UNREACHABLE, RedisLink
 
 
 class WelcomeHandler(BaseHandler):
@@ -34,13 +35,23 @@ class HealthHandler(BaseHandler):
 
 
 class ReadyHandler(BaseHandler):
-    """``GET /ready``: configuration loaded and not shutting down (503 while shutting down)."""
+    """``GET /ready``: configuration loaded, not shutting down, and the shared store (Redis, if
+    configured) reachable; 503 otherwise."""
+
+    def initialize(self, shared: RedisLink | None = None) -> None:
+        """Take the link to the shared store (None without ``REDIS_URL``) from the route table."""
+        self.shared = shared
 
     def get(self) -> None:
-        """Answer ready, or 503 during a shutdown."""
+        """Answer ready, or 503 during a shutdown or while Redis is unreachable."""
         if self.lifecycle.shutting_down:
             self.write_json({"status": "shutting_down"}, status=503)
             return
+        if self.shared is not None:
+            self.shared.start()
+            if not self.shared.reachable:
+                self.write_json({"status": "degraded", "reason": UNREACHABLE}, status=503)
+                return
         self.write_json({"status": "ready", "models": len(self.config.model_ids)})
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
 from urllib.parse import urljoin
 
 from tornado.httpclient import HTTPRequest
@@ -22,6 +23,9 @@ from tornado_imagegate.upstream import (
     resolve_checked,
 )
 from tornado_imagegate.urlpolicy import LinkRefused, check_fetch_url, is_public_address
+
+if TYPE_CHECKING:
+    from tornado_imagegate.images.shared import SharedTier
 
 logger = logging.getLogger(__name__)
 
@@ -194,8 +198,11 @@ class ImageFetcher:
         address_allowed: Callable[[str], bool] = is_public_address,
         metrics: Metrics | None = None,
         proxy: str = "",
+        shared: SharedTier | None = None,
     ) -> None:
         self.upstream = upstream
+        # With REDIS_URL: every completed image is stored there before its waiters hear of it.
+        self.shared = shared
         # IMAGE_FETCH_PROXY; never UPSTREAM_PROXY, never the environment's proxy variables.
         self.proxy = OutboundProxy.from_url(proxy) if proxy else None
         self.cache = cache
@@ -208,19 +215,33 @@ class ImageFetcher:
         self.started = 0
         self._tasks: set[asyncio.Task] = set()
 
-    def transfer(self, key: str, url: str) -> Transfer:
-        """The running transfer of this image, or a new one."""
+    def transfer(self, key: str, url: str, lock: str | None = None) -> Transfer:
+        """The running transfer of this image, or a new one.
+
+        ``lock`` is the token of the shared tier's fetch lock this instance holds for the image:
+        given back once the image is stored there (or the fetch failed).
+        """
         transfer = self.inflight.get(key)
         if transfer is None:
             transfer = Transfer(key, url, self.max_bytes)
             self.inflight[key] = transfer
             self.started += 1
-            task = asyncio.ensure_future(self._run(transfer))
+            task = asyncio.ensure_future(self._run(transfer, lock))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         return transfer
 
-    async def _run(self, transfer: Transfer) -> None:
+    async def _run(self, transfer: Transfer, lock: str | None = None) -> None:
+        try:
+            await self._run_download(transfer)
+        finally:
+            if lock is not None and self.shared is not None:
+                failure = transfer.done.exception() if transfer.done.done() else None
+                await self.shared.unlock(
+                    transfer.key, lock, failure if isinstance(failure, GatewayError) else None
+                )
+
+    async def _run_download(self, transfer: Transfer) -> None:
         started = asyncio.get_running_loop().time()
         try:
             image = await self._download(transfer)
@@ -238,6 +259,8 @@ class ImageFetcher:
                 elapsed = asyncio.get_running_loop().time() - started
                 self.metrics.stage_seconds.labels("image_fetch").observe(elapsed)
             self.cache.put(transfer.key, image)
+            if self.shared is not None:
+                await self.shared.put(transfer.key, image)
             transfer.finish(image)
         finally:
             self.inflight.pop(transfer.key, None)

@@ -6,6 +6,10 @@ pipeline keeps images (``keep_bytes``, ``keep_url``) and reads them back (``imag
 complete image (``ServedImage``) to send at once, or one still arriving from its upstream
 (``Arrival``) to stream. The handler knows these two types and nothing of the cache, the tiers or
 transfers.
+
+With a shared tier (``REDIS_URL``), a local miss becomes an arrival that looks in Redis, and
+fetches a signed link's image only if no instance has it or is fetching it (single-flight across
+instances); kept images are in Redis before their link is handed out. A memory hit never waits.
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ from typing import Protocol, TypeAlias
 from tornado_imagegate.errors import NO_RETRY, GatewayError
 from tornado_imagegate.images import imagetype
 from tornado_imagegate.images.cache import CachedImage, ImageCache
-from tornado_imagegate.images.fetch import ImageFetcher
+from tornado_imagegate.images.fetch import ImageFetcher, Transfer
 from tornado_imagegate.images.links import LinkSigner, image_link, parse_link, signed_link, url_key
+from tornado_imagegate.images.shared import SharedLookup, SharedTier
+from tornado_imagegate.shared import SharedUnavailable
 from tornado_imagegate.urlpolicy import LinkRefused, check_fetch_url
 
 logger = logging.getLogger(__name__)
@@ -69,6 +75,11 @@ class Arrival(Protocol):
 # What a link names: (image, None) to send at once, or (None, arrival) to stream.
 Found: TypeAlias = tuple[ServedImage | None, Arrival | None]
 
+# How long an unreachable shared store asks clients to wait before asking again.
+STORAGE_RETRY_SECONDS = 5
+# The fetch lock outlives the fetch's own deadline by this much (storing it in Redis included).
+LOCK_SLACK_SECONDS = 5.0
+
 
 def unusable_image_url(reason: str) -> GatewayError:
     """502 for a provider image URL the gateway may not fetch; the reason goes to the log only."""
@@ -88,13 +99,49 @@ def forbidden_link(reason: str) -> GatewayError:
     )
 
 
-class ImageStore:
-    """The image cache, the fetcher and the link signer behind one interface."""
+def storage_unavailable() -> GatewayError:
+    """503: the image may be held only by the shared store, which cannot be reached now."""
+    return GatewayError(
+        503,
+        "storage_unavailable",
+        "This image is not held by this instance and the shared image store is unreachable; "
+        f"try again in {STORAGE_RETRY_SECONDS}s.",
+        headers={"Retry-After": str(STORAGE_RETRY_SECONDS)},
+    )
 
-    def __init__(self, cache: ImageCache, fetcher: ImageFetcher, signer: LinkSigner) -> None:
+
+def image_gone() -> GatewayError:
+    """404: no tier holds the image any more."""
+    return GatewayError(404, "image_not_found", "This image is no longer kept by the gateway.")
+
+
+def link_too_old() -> GatewayError:
+    """403: the image is gone and the link's fetch window is over."""
+    return GatewayError(
+        403,
+        "expired_image_link",
+        "This image is no longer kept and its link is too old to fetch it again.",
+    )
+
+
+class ImageStore:
+    """The image cache, the fetcher and the link signer behind one interface.
+
+    ``shared``, when set, is the Redis tier every instance reads and writes.
+    """
+
+    def __init__(
+        self,
+        cache: ImageCache,
+        fetcher: ImageFetcher,
+        signer: LinkSigner,
+        shared: SharedTier | None = None,
+    ) -> None:
         self.cache = cache
         self.fetcher = fetcher
         self.signer = signer
+        self.shared = shared
+        self._lookups: dict[tuple[str, bool], SharedLookup] = {}
 
     def keep_bytes(self, data: bytes, base_url: str) -> KeptImage:
         """Store image bytes a provider returned; return the absolute link that serves them."""
@@ -112,6 +159,17 @@ class ImageStore:
                 "a %d-byte image is over the cache's item limit: its link will 404", len(data)
             )
         return KeptImage(image_link(base_url, image_id), image_id)
+
+    async def keep_bytes_shared(self, data: bytes, base_url: str) -> KeptImage:
+        """``keep_bytes``, and with a shared tier the image stored there before the link is
+        returned: a client may ask another instance for it at once. Redis unreachable, the
+        image is kept here only."""
+        kept = self.keep_bytes(data, base_url)
+        if self.shared is not None:
+            image = self.cache.get(kept.key)
+            if image is not None:
+                await self.shared.put(kept.key, image)
+        return kept
 
     async def keep_url(
         self,
@@ -134,12 +192,18 @@ class ImageStore:
             raise unusable_image_url(str(exc)) from None
         key = url_key(url)
         if key not in self.cache:
-            transfer = self.fetcher.transfer(key, url)
+            transfer: Transfer | None = None
             try:
                 # Shielded: one waiter leaving (a client hanging up) must never cancel a
                 # download that other requests for the same image are waiting for.
                 async with asyncio.timeout_at(deadline):
-                    await asyncio.shield(transfer.done)
+                    if self.shared is None:
+                        transfer = self.fetcher.transfer(key, url)
+                    else:
+                        found = await asyncio.shield(self._obtain(self.shared, key, url))
+                        transfer = found if isinstance(found, Transfer) else None
+                    if transfer is not None:
+                        await asyncio.shield(transfer.done)
             except TimeoutError:
                 if required:
                     raise GatewayError(
@@ -150,7 +214,9 @@ class ImageStore:
                     ) from None
                 logger.warning("a provider image is still downloading; its link will wait for it")
             except GatewayError as exc:
-                if required or not transfer.failure_transient:
+                # Another instance's failed fetch, heard through Redis: it may pass later.
+                transient = transfer.failure_transient if transfer is not None else True
+                if required or not transient:
                     raise GatewayError(
                         502,
                         "upstream_error",
@@ -190,14 +256,80 @@ class ImageStore:
         image = self.cache.get(key)
         if image is not None:
             return image, None
+        if self.shared is not None:
+            return None, self._look_up(self.shared, key, url, expired)
         if url is None:
-            raise GatewayError(
-                404, "image_not_found", "This image is no longer kept by the gateway."
-            )
+            raise image_gone()
         if expired:
-            raise GatewayError(
-                403,
-                "expired_image_link",
-                "This image is no longer kept and its link is too old to fetch it again.",
-            )
+            raise link_too_old()
         return None, self.fetcher.transfer(key, url)
+
+    def _look_up(self, shared: SharedTier, key: str, url: str | None, expired: bool) -> Arrival:
+        """A local miss with a shared tier: the transfer under way here, or one lookup in Redis
+        that every request for the same image here follows."""
+        transfer = self.fetcher.inflight.get(key)
+        if transfer is not None:
+            return transfer
+        lookup = self._lookups.get((key, expired))
+        if lookup is None:
+            lookup = SharedLookup(self._from_shared(shared, key, url, expired))
+            self._lookups[(key, expired)] = lookup
+            lookup.task.add_done_callback(lambda _: self._lookups.pop((key, expired), None))
+        return lookup
+
+    async def _from_shared(
+        self, shared: SharedTier, key: str, url: str | None, expired: bool
+    ) -> CachedImage | Transfer:
+        """The image from Redis, or fetched once for every instance; Redis unreachable, a signed
+        link within its window is fetched here and any other answers 503."""
+        try:
+            image = await shared.get(key)
+        except SharedUnavailable:
+            if url is None or expired:
+                raise storage_unavailable() from None
+            return self.fetcher.transfer(key, url)
+        if image is not None:
+            self.cache.put(key, image)
+            return image
+        if url is None:
+            raise image_gone()
+        if expired:
+            raise link_too_old()
+        return await self._obtain(shared, key, url)
+
+    async def _obtain(self, shared: SharedTier, key: str, url: str) -> CachedImage | Transfer:
+        """An upstream image for every instance: from Redis, from the transfer this instance
+        runs, or fetched here under the fetch lock while the other instances wait for it.
+
+        A lock whose holder died expires, and a waiter takes it over.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.fetcher.timeout + LOCK_SLACK_SECONDS
+        try:
+            while True:
+                transfer = self.fetcher.inflight.get(key)
+                if transfer is not None:
+                    return transfer
+                image = await shared.get(key)
+                if image is None:
+                    token = await shared.lock(key, self.fetcher.timeout + LOCK_SLACK_SECONDS)
+                    if token is None:
+                        image = await shared.wait_for(key, deadline)
+                    else:
+                        # Stored, or started here, between the first look and the lock.
+                        image = await shared.get(key)
+                        if image is None and key not in self.fetcher.inflight:
+                            return self.fetcher.transfer(key, url, lock=token)
+                        await shared.unlock(key, token)
+                if image is not None:
+                    self.cache.put(key, image)
+                    return image
+                if loop.time() >= deadline:
+                    raise GatewayError(
+                        504,
+                        "upstream_timeout",
+                        "The image host did not answer in time.",
+                        headers=NO_RETRY,
+                    )
+        except SharedUnavailable:
+            return self.fetcher.transfer(key, url)
