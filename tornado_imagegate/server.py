@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import errno
 import gc
 import logging
 import os
-import secrets
 import signal
 import socket
 import sys
@@ -26,6 +24,7 @@ from tornado_imagegate import __version__
 from tornado_imagegate.app import GatewayApplication, make_app
 from tornado_imagegate.config import ConfigError, Settings, load_settings
 from tornado_imagegate.curl_client import GatewayCurlClient
+from tornado_imagegate.datadir import CLIENT_KEY_FILE, DataDirError, with_kept_state
 from tornado_imagegate.lifecycle import Lifecycle
 from tornado_imagegate.listener import (
     GatewayHTTPServer,
@@ -110,14 +109,6 @@ def build_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Sett
     return load_settings(merged, flags=flags, strict=args.check_config)
 
 
-def with_generated_key(settings: Settings) -> Settings:
-    """With no client key configured, make one for this run."""
-    if settings.client_keys:
-        return settings
-    key = "sk-imagegate-" + secrets.token_urlsafe(24)
-    return dataclasses.replace(settings, client_keys=(key,), client_keys_generated=True)
-
-
 def welcome_text(settings: Settings, port: int) -> str:
     """What is printed once on start-up: where to go, and the generated key if there is one."""
     host = settings.host
@@ -131,7 +122,14 @@ def welcome_text(settings: Settings, port: int) -> str:
         f"  base URL for OpenAI clients: {origin}/v1",
         f"  models: {', '.join(settings.model_ids)}",
     ]
-    if settings.client_keys_generated:
+    if settings.client_keys_generated and settings.data_dir:
+        kept = os.path.join(settings.data_dir, CLIENT_KEY_FILE)
+        lines += [
+            f"  No AUTHORIZED_API_KEY is set, so this key, kept in {kept}, is used at every",
+            "  start (the gateway listens on loopback only without a configured key):",
+            f"    {settings.client_keys[0]}",
+        ]
+    elif settings.client_keys_generated:
         lines += [
             "  No AUTHORIZED_API_KEY is set, so this key was generated for this run only",
             "  (the gateway listens on loopback only without a configured key):",
@@ -283,7 +281,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for warning in settings.warnings:
         logger.warning("configuration: %s", warning)
     raise_descriptor_limit()
-    settings = with_generated_key(settings)
+    try:
+        settings = with_kept_state(settings)
+    except DataDirError as exc:
+        print(f"imagegate: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     hide_secrets(settings.secrets())
     loop_name, loop_factory = event_loop_factory(settings.event_loop)
     logger.info("event loop: %s", loop_name)
