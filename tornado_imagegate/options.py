@@ -202,7 +202,7 @@ OPTIONS: tuple[Option, ...] = (
             "IMAGE_CACHE_DIR",
             TEXT,
             None,
-            "disk tier of the image store (a directory); empty: none",
+            "disk tier of the image store (a directory)",
             default_text="images/ in the data directory",
         ),
         Option("IMAGE_CACHE_DIR_MAX_BYTES", BYTES, 2 * 1024**3, "bound of the disk tier"),
