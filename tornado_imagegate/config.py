@@ -89,6 +89,7 @@ class Settings:
     optimiser: OptimiserSettings = OptimiserSettings()
     public_base_url: str = setting("PUBLIC_BASE_URL")
     image_proxy_secret: str = setting("IMAGE_PROXY_SECRET")
+    image_proxy_secret_kept: bool = False  # made and kept in the data directory, not configured
     image_cache_max_bytes: int = setting("IMAGE_CACHE_MAX_BYTES")
     image_cache_dir: str = setting("IMAGE_CACHE_DIR")  # "": no disk tier
     image_cache_dir_max_bytes: int = setting("IMAGE_CACHE_DIR_MAX_BYTES")

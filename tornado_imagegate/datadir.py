@@ -123,14 +123,16 @@ def with_kept_state(settings: Settings) -> Settings:
     ``IMAGE_PROXY_SECRET``).
 
     Without a data directory the client key is made for this run only, and the link secret is
-    derived from the configured keys (``images.links.derive_secret``). Raises DataDirError.
+    derived from the configured keys (``images.links.derive_secret``); links signed with that
+    derived secret, before a data directory kept one, still verify. Raises DataDirError.
     """
     directory = settings.data_dir
     kept: dict[str, object] = {}
     if directory:
         prepare(directory)
         if not settings.image_proxy_secret:
-            kept["image_proxy_secret"] = kept_secret(directory, LINK_SECRET_FILE, new_link_secret)
+            secret = kept_secret(directory, LINK_SECRET_FILE, new_link_secret)
+            kept.update(image_proxy_secret=secret, image_proxy_secret_kept=True)
     if not settings.client_keys:
         if directory:
             key = kept_secret(directory, CLIENT_KEY_FILE, new_client_key)
