@@ -23,8 +23,8 @@ from tornado_imagegate.datadir import (
     LINK_SECRET_FILE,
     DataDirError,
     kept_secret,
-    with_kept_state,
 )
+from tornado_imagegate.server import with_kept_state
 
 START_DEADLINE = 30.0
 KEY_LINE = r"^\s+(sk-imagegate-\S+)\s*$"

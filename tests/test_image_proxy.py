@@ -17,10 +17,9 @@ from tornado.iostream import IOStream
 from tornado.netutil import bind_sockets
 
 from tornado_imagegate.app import make_app, make_store
-from tornado_imagegate.datadir import with_kept_state
 from tornado_imagegate.errors import GatewayError
 from tornado_imagegate.images.links import LinkSigner, derive_secret
-from tornado_imagegate.server import make_http_server
+from tornado_imagegate.server import make_http_server, with_kept_state
 
 LAB = {"IMAGE_PROXY_ALLOW_PRIVATE_NETWORKS": "true", "IMAGE_FETCH_TIMEOUT": "5"}
 

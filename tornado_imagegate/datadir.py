@@ -16,17 +16,12 @@ reads the one that won. So all of them end with the same key and secret.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import secrets
 import stat
 import tempfile
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from tornado_imagegate.config import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -115,31 +110,6 @@ def new_client_key() -> str:
 def new_link_secret() -> str:
     """A new link-signing secret: 32 random bytes, as hex."""
     return secrets.token_hex(32)
-
-
-def with_kept_state(settings: Settings) -> Settings:
-    """The settings with what was not configured taken from the data directory, made there once:
-    the client key (without ``AUTHORIZED_API_KEY``) and the link secret (without
-    ``IMAGE_PROXY_SECRET``).
-
-    Without a data directory the client key is made for this run only, and the link secret is
-    derived from the configured keys (``images.links.derive_secret``); links signed with that
-    derived secret, before a data directory kept one, still verify. Raises DataDirError.
-    """
-    directory = settings.data_dir
-    kept: dict[str, object] = {}
-    if directory:
-        prepare(directory)
-        if not settings.image_proxy_secret:
-            secret = kept_secret(directory, LINK_SECRET_FILE, new_link_secret)
-            kept.update(image_proxy_secret=secret, image_proxy_secret_kept=True)
-    if not settings.client_keys:
-        if directory:
-            key = kept_secret(directory, CLIENT_KEY_FILE, new_client_key)
-        else:
-            key = new_client_key()
-        kept.update(client_keys=(key,), client_keys_generated=True)
-    return dataclasses.replace(settings, **kept)
 
 
 def _read_secret(path: str) -> str:

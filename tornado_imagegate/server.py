@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import errno
 import gc
 import logging
@@ -24,7 +25,15 @@ from tornado_imagegate import __version__
 from tornado_imagegate.app import GatewayApplication, make_app
 from tornado_imagegate.config import ConfigError, Settings, load_settings
 from tornado_imagegate.curl_client import GatewayCurlClient
-from tornado_imagegate.datadir import CLIENT_KEY_FILE, DataDirError, with_kept_state
+from tornado_imagegate.datadir import (
+    CLIENT_KEY_FILE,
+    LINK_SECRET_FILE,
+    DataDirError,
+    kept_secret,
+    new_client_key,
+    new_link_secret,
+    prepare,
+)
 from tornado_imagegate.lifecycle import Lifecycle
 from tornado_imagegate.listener import (
     GatewayHTTPServer,
@@ -107,6 +116,31 @@ def build_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Sett
         if getattr(args, option.name) is not None
     }
     return load_settings(merged, flags=flags, strict=args.check_config)
+
+
+def with_kept_state(settings: Settings) -> Settings:
+    """The settings with what was not configured taken from the data directory, made there once:
+    the client key (without ``AUTHORIZED_API_KEY``) and the link secret (without
+    ``IMAGE_PROXY_SECRET``).
+
+    Without a data directory the client key is made for this run only, and the link secret is
+    derived from the configured keys (``images.links.derive_secret``); links signed with that
+    derived secret, before a data directory kept one, still verify. Raises DataDirError.
+    """
+    directory = settings.data_dir
+    kept: dict[str, object] = {}
+    if directory:
+        prepare(directory)
+        if not settings.image_proxy_secret:
+            secret = kept_secret(directory, LINK_SECRET_FILE, new_link_secret)
+            kept.update(image_proxy_secret=secret, image_proxy_secret_kept=True)
+    if not settings.client_keys:
+        if directory:
+            key = kept_secret(directory, CLIENT_KEY_FILE, new_client_key)
+        else:
+            key = new_client_key()
+        kept.update(client_keys=(key,), client_keys_generated=True)
+    return dataclasses.replace(settings, **kept)
 
 
 def welcome_text(settings: Settings, port: int) -> str:
