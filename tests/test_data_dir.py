@@ -157,11 +157,13 @@ def gateways(tmp_path: Path) -> Iterator[Any]:
             gateway.close()
 
 
-def started(gateway: Gateway) -> tuple[str, str]:
-    """Wait for the welcome text; its base URL and the key it printed."""
+def started(gateway: Gateway, kept_in: Path | None = None) -> tuple[str, str]:
+    """Wait for the welcome text; its base URL and the key it printed (saying where it is kept)."""
     deadline = time.monotonic() + START_DEADLINE
     listening, _ = gateway.read_until(r"listening on 127\.0\.0\.1:(\d+)\s*$", deadline)
-    key, _ = gateway.read_until(KEY_LINE, deadline)
+    key, welcome = gateway.read_until(KEY_LINE, deadline)
+    if kept_in is not None:
+        assert f"kept in {kept_in / CLIENT_KEY_FILE}, is used at every" in "\n".join(welcome)
     return f"http://127.0.0.1:{listening.group(1)}", key.group(1)
 
 
@@ -194,7 +196,7 @@ def test_a_restart_keeps_the_key_and_every_link(gateways, tmp_path):
     data_dir = tmp_path / "imagegate"
     env = clean_env(IMAGEGATE_DATA_DIR=str(data_dir))
     first = gateways(env)
-    base, key = started(first)
+    base, key = started(first, kept_in=data_dir)
     link = generate(base, key, "a lighthouse in a storm")
     same_picture = generate(base, key, "a lighthouse at night", seed=11)
     status, _, image = http(link)
@@ -202,7 +204,7 @@ def test_a_restart_keeps_the_key_and_every_link(gateways, tmp_path):
     stop(first)
 
     second = gateways(env)
-    base, key_again = started(second)
+    base, key_again = started(second, kept_in=data_dir)
     assert key_again == key
     status, _, _ = http(f"{base}/v1/models", key=key)
     assert status == 200
