@@ -43,7 +43,7 @@ from tornado.httpclient import AsyncHTTPClient
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent / "tests"))
 from fakes import Answer, FakeOpenAIImages, png_of_length
 
-from tornado_imagegate.typos import without_gateway_variables
+from tornado_imagegate.typos import throwaway_environment
 
 CLIENT_KEY = "bench-big-answer-key"
 POLL_INTERVAL = 0.010
@@ -195,7 +195,7 @@ def main() -> int:
         if not ready or ready[0] != "ready":
             raise SystemExit("the fake provider did not start")
         print(f"mode: {mode}; provider answer: {int(ready[1]) / 1e6:.1f} MB of JSON")
-        env = without_gateway_variables(os.environ)
+        env = throwaway_environment(os.environ)
         env.update(
             {
                 "AUTHORIZED_API_KEY": CLIENT_KEY,

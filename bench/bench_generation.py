@@ -87,7 +87,7 @@ import tornado
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
 
 from tornado_imagegate.prompt import NON_REASONING_SYSTEM_PROMPT
-from tornado_imagegate.typos import without_gateway_variables
+from tornado_imagegate.typos import throwaway_environment
 
 # The fakes shared with the tests (tests/fakes, not installed with the gateway).
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -293,8 +293,9 @@ def finish_child(child: Child | None) -> None:
 
 def gateway_env(fakes: Child, log_level: str, upstream_max_clients: int | None) -> dict[str, str]:
     """The gateway's configuration: the inherited environment without its variables, plus ours."""
-    # Only ours apply: what the gateway reads (or would report as a near miss) is not inherited.
-    env = without_gateway_variables(os.environ)
+    # Only ours apply: what the gateway reads (or would report as a near miss) is not inherited,
+    # and no data directory: nothing is kept between runs.
+    env = throwaway_environment(os.environ)
     env.update(
         {
             "AUTHORIZED_API_KEY": API_KEY,

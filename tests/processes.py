@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tornado_imagegate.typos import without_gateway_variables
+from tornado_imagegate.typos import throwaway_environment
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +29,12 @@ NEUTRAL_CWD = Path(__file__).resolve().parent
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """This process's environment without the gateway's variables or near misses, and ``extra``."""
-    env = without_gateway_variables(os.environ)
+    """This process's environment without the gateway's variables or near misses, and ``extra``.
+
+    Unless ``extra`` names one, there is no data directory: nothing is written to the home
+    directory, and nothing is kept from one run to the next.
+    """
+    env = throwaway_environment(os.environ)
     env.update(extra)
     return env
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 
 from tornado_imagegate.images.cache import CachedImage, ImageCache
 from tornado_imagegate.images.disk import DiskTier
@@ -125,9 +126,47 @@ def test_damaged_files_are_misses_and_are_removed(tmp_path):
 
 def test_leftover_temporary_files_are_cleaned_at_start(tmp_path):
     (tmp_path / ".tmp-abc").write_bytes(b"half an image")
+    an_hour_ago = time.time() - 3600
+    os.utime(tmp_path / ".tmp-abc", (an_hour_ago, an_hour_ago))  # a crashed write's leftover
     (tmp_path / "unrelated.txt").write_text("kept")
     DiskTier(str(tmp_path), 100_000)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["unrelated.txt"]
+
+
+def test_another_process_write_in_progress_is_left_alone_and_never_served(tmp_path):
+    disk = DiskTier(str(tmp_path), 100_000)
+    disk.put(key(1), image(1))
+    # Another process sharing the directory is writing the same image under a temporary name,
+    # and a third starts meanwhile.
+    (tmp_path / ".tmp-other").write_bytes((tmp_path / f"{key(1)}.img").read_bytes()[:100])
+    starting = DiskTier(str(tmp_path), 100_000)
+    assert (tmp_path / ".tmp-other").exists()
+    assert starting.get(key(2)) is None
+    assert starting.get(key(1)) == image(1)
+
+
+def test_images_another_process_writes_later_are_served(tmp_path):
+    """Two gateways share one directory: each finds what the other wrote after it started."""
+    first, second = DiskTier(str(tmp_path), 100_000), DiskTier(str(tmp_path), 100_000)
+    first.put(key(1), image(1))
+    second.put(key(2), image(2))
+    assert key(1) in second and key(2) in first
+    assert second.get(key(1)) == image(1)
+    assert first.get(key(2)) == image(2)
+    cache = ImageCache(10_000, tiers=[first])  # a memory miss looks at the disk
+    second.put(key(3), image(3))
+    assert cache.get(key(3)) == image(3)
+
+
+def test_what_other_processes_write_counts_towards_the_bound(tmp_path):
+    first, second = DiskTier(str(tmp_path), 20_000), DiskTier(str(tmp_path), 20_000)
+    for n in range(20):
+        first.put(key(n), image(n))
+        second.put(key(100 + n), image(100 + n))
+    on_disk = sum(os.path.getsize(tmp_path / name) for name in os.listdir(tmp_path))
+    assert on_disk <= 20_000 * (1 + 2 / 16)
+    assert second.get(key(119)) == image(119)  # the most recent stay
+    assert first.get(key(0)) is None  # the oldest went
 
 
 def test_entries_written_before_the_switch_to_sha256_are_still_read(tmp_path):

@@ -19,7 +19,7 @@ from tornado.netutil import bind_sockets
 from tornado_imagegate.app import make_app, make_store
 from tornado_imagegate.errors import GatewayError
 from tornado_imagegate.images.links import LinkSigner, derive_secret
-from tornado_imagegate.server import make_http_server
+from tornado_imagegate.server import make_http_server, with_kept_state
 
 LAB = {"IMAGE_PROXY_ALLOW_PRIVATE_NETWORKS": "true", "IMAGE_FETCH_TIMEOUT": "5"}
 
@@ -213,6 +213,29 @@ def test_derived_secret_is_stable_across_restarts_and_changes_with_the_keys():
     assert make_store(other).signer.secret != first.secret
     configured = make_store(gateway_settings({})).signer
     assert configured.secret == derive_secret(PROXY_SECRET, [])
+
+
+@pytest.mark.gen_test
+async def test_links_signed_before_the_data_directory_kept_a_secret_still_work(
+    http_client, origin, tmp_path, serve
+):
+    keys = {**LAB, "IMAGE_PROXY_SECRET": "", "SD_API_KEY": "sd-key-before-upgrade"}
+    register_secret("sd-key-before-upgrade")
+    image = png_bytes(50, seed=3)
+    origin.serve("c.png", image)
+    before = make_app(gateway_settings(keys))  # no data directory: a secret derived from the keys
+    old_link = (await store_of(before).keep_url(origin.url("c.png"), "https://gw.example")).link
+    kept = with_kept_state(gateway_settings({**keys, "IMAGEGATE_DATA_DIR": str(tmp_path)}))
+    register_secret(kept.image_proxy_secret, urlsplit(old_link).query)
+    after = make_app(kept)
+    assert store_of(after).signer.secret != store_of(before).signer.secret
+    base = serve(after)
+    response = await get(http_client, local(old_link, base))
+    assert response.code == 200
+    assert response.body == image
+    forged = LinkSigner(derive_secret("another secret", [])).query_for_url(origin.url("c.png"))
+    response = await get(http_client, f"{base}/image-proxy?{urlencode(forged)}")
+    assert_error(response, 403, "forbidden_image_link")
 
 
 @pytest.mark.gen_test

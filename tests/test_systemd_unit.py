@@ -63,14 +63,17 @@ def test_unit_is_a_notify_service_with_a_watchdog_and_credentials():
     for line in (
         "Type=notify",
         "DynamicUser=yes",
-        "CacheDirectory=imagegate",
+        "StateDirectory=imagegate",
+        "StateDirectoryMode=0700",
         "WatchdogSec=",
         "LoadCredential=AUTHORIZED_API_KEY:",
-        "IMAGE_CACHE_DIR=%C/imagegate",
         "PYTHONUNBUFFERED=1",
         "LimitNOFILE=",
     ):
         assert line in text
+    # Images that chat histories link to are state: kept in the data directory systemd names in
+    # $STATE_DIRECTORY, not in a cache directory systemd may empty.
+    assert "CacheDirectory" not in text and "IMAGE_CACHE_DIR" not in text
     # One value sets soft = hard: nothing to raise at start-up, where setrlimit is filtered out.
     limit = re.search(r"^LimitNOFILE=(\d+)$", text, re.MULTILINE)
     assert limit and int(limit.group(1)) >= 65536

@@ -43,7 +43,7 @@ def test_a_near_miss_is_named_with_the_closest_real_name(typo: str, meant: str) 
     ]
 
 
-@pytest.mark.parametrize("name", ["IMAGEGATE_DATA_DIR", "FLUX_GEN_STEPS", "IMAGE_GEN_SIZE_1"])
+@pytest.mark.parametrize("name", ["IMAGEGATE_THEME", "FLUX_GEN_STEPS", "IMAGE_GEN_SIZE_1"])
 def test_an_unknown_name_under_the_gateways_own_prefixes_is_reported(name: str) -> None:
     assert closest_variable(name) is None
     (message,) = near_misses({name: "x"})

@@ -73,8 +73,12 @@ def make_store(
         proxy=settings.image_fetch_proxy,
         shared=shared,
     )
-    secret = derive_secret(settings.image_proxy_secret, settings.secret_material())
-    return ImageStore(cache, fetcher, LinkSigner(secret), shared)
+    material = settings.secret_material()
+    secret = derive_secret(settings.image_proxy_secret, material)
+    # Before the data directory kept a secret, links were signed with one derived from the keys.
+    kept = settings.image_proxy_secret_kept and material
+    earlier = (derive_secret("", material),) if kept else ()
+    return ImageStore(cache, fetcher, LinkSigner(secret, earlier), shared)
 
 
 @dataclass(frozen=True)

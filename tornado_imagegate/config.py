@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from tornado_imagegate import values
+from tornado_imagegate.datadir import default_data_dir, images_dir
 from tornado_imagegate.options import (
     DEMO_MODEL,
     ENDPOINT_PATHS,
@@ -83,12 +84,14 @@ class Settings:
     port: int = setting("IMAGEGATE_PORT")
     client_keys: tuple[str, ...] = setting("AUTHORIZED_API_KEY")
     client_keys_generated: bool = False
+    data_dir: str = setting("IMAGEGATE_DATA_DIR")  # "": everything in memory
     groups: tuple[ProviderGroup, ...] = ()
     optimiser: OptimiserSettings = OptimiserSettings()
     public_base_url: str = setting("PUBLIC_BASE_URL")
     image_proxy_secret: str = setting("IMAGE_PROXY_SECRET")
+    image_proxy_secret_kept: bool = False  # made and kept in the data directory, not configured
     image_cache_max_bytes: int = setting("IMAGE_CACHE_MAX_BYTES")
-    image_cache_dir: str = setting("IMAGE_CACHE_DIR")
+    image_cache_dir: str = setting("IMAGE_CACHE_DIR")  # "": no disk tier
     image_cache_dir_max_bytes: int = setting("IMAGE_CACHE_DIR_MAX_BYTES")
     image_max_bytes: int = setting("IMAGE_MAX_BYTES")
     sd_steps: int = setting("SD_STEPS")
@@ -344,6 +347,19 @@ def _read_optimiser(reader: _Reader) -> OptimiserSettings:
 # --- the whole configuration ---
 
 
+def _state_places(reader: _Reader, data_dir: str | None, cache_dir: str | None) -> dict[str, str]:
+    """Where state is kept: the data directory and the disk tier's.
+
+    Unset, ``IMAGEGATE_DATA_DIR`` is its default (from the environment read, never from this
+    process's own) and ``IMAGE_CACHE_DIR`` is ``images/`` in it; set to nothing, either is none.
+    """
+    if "IMAGEGATE_DATA_DIR" not in reader.environ:
+        data_dir = default_data_dir(reader.environ)
+    if "IMAGE_CACHE_DIR" not in reader.environ:
+        cache_dir = images_dir(data_dir) if data_dir else ""
+    return {"data_dir": data_dir or "", "image_cache_dir": cache_dir or ""}
+
+
 def load_settings(
     environ: Mapping[str, str],
     overrides: Mapping[str, Any] | None = None,
@@ -366,6 +382,7 @@ def load_settings(
         for each in fields(Settings)
         if "option" in each.metadata
     }
+    settings.update(_state_places(reader, settings["data_dir"], settings["image_cache_dir"]))
     settings["optimiser"] = _read_optimiser(reader)
     groups = _read_groups(reader)
     settings["groups"] = groups

@@ -49,6 +49,7 @@ LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 
 SECTIONS = {
     "listen": "listening and serving",
+    "state": "state kept between runs",
     "clients": "client access",
     "optimiser": "prompt optimisation",
     "providers": "image providers",
@@ -66,7 +67,9 @@ class Option:
     ``default_text`` is how --help and the report name a default that is computed, or that is
     empty and means more than "none" ("from each request"). An alias is read when the name
     itself is not set; with ``join_aliases`` the name's and its aliases' lists are joined instead.
-    ``section`` is the group the option is listed under (set by the table).
+    ``section`` is the group the option is listed under (set by the table). A default of None
+    is computed from the environment when the settings are loaded (config.py); a ``Settings``
+    built without loading has "" there.
     """
 
     name: str
@@ -117,6 +120,17 @@ OPTIONS: tuple[Option, ...] = (
             one_of("loopback", "public", "off"),
             "loopback",
             "who may read /metrics",
+        ),
+    ),
+    *_section(
+        "state",
+        Option(
+            "IMAGEGATE_DATA_DIR",
+            TEXT,
+            None,
+            "directory of the generated client key, the link secret and the images; "
+            "empty: memory only",
+            default_text="$STATE_DIRECTORY, else ${XDG_DATA_HOME:-~/.local/share}/imagegate",
         ),
     ),
     *_section(
@@ -183,10 +197,16 @@ OPTIONS: tuple[Option, ...] = (
             SECRET,
             "",
             "key that signs image links",
-            default_text="derived from the configured keys",
+            default_text="kept in the data directory, else derived from the configured keys",
         ),
         Option("IMAGE_CACHE_MAX_BYTES", BYTES, 256 * 1024**2, "memory bound of the image store"),
-        Option("IMAGE_CACHE_DIR", TEXT, "", "disk tier of the image store (a directory)"),
+        Option(
+            "IMAGE_CACHE_DIR",
+            TEXT,
+            None,
+            "disk tier of the image store (a directory)",
+            default_text="images/ in the data directory",
+        ),
         Option("IMAGE_CACHE_DIR_MAX_BYTES", BYTES, 2 * 1024**3, "bound of the disk tier"),
         Option("IMAGE_MAX_BYTES", BYTES, 32 * 1024**2, "largest image the gateway fetches"),
         Option(
@@ -229,7 +249,8 @@ OPTION: dict[str, Option] = {option.name: option for option in OPTIONS}
 def setting(name: str) -> Any:
     """A ``Settings`` field bound to option ``name``: its default, and no repr when secret."""
     option = OPTION[name]
-    return field(default=option.default, repr=not option.secret, metadata={"option": option})
+    default = "" if option.default is None else option.default
+    return field(default=default, repr=not option.secret, metadata={"option": option})
 
 
 # --- provider groups: families of variables, declared per field ---

@@ -6,12 +6,13 @@ from dataclasses import fields
 
 from tornado_imagegate import __version__
 from tornado_imagegate.config import ProviderGroup, Settings
+from tornado_imagegate.datadir import images_dir
 from tornado_imagegate.options import OPTIONS, SECTIONS
 from tornado_imagegate.provider_kinds import provider_kind
 from tornado_imagegate.values import redact_url
 
 # Shown in the summary at the top, so not again among the settings.
-_SUMMARISED = ("IMAGEGATE_HOST", "IMAGEGATE_PORT", "AUTHORIZED_API_KEY")
+_SUMMARISED = ("IMAGEGATE_HOST", "IMAGEGATE_PORT", "AUTHORIZED_API_KEY", "IMAGEGATE_DATA_DIR")
 
 
 def _plural(count: int, word: str) -> str:
@@ -53,6 +54,7 @@ def settings_report(settings: Settings) -> str:
         f"tornado-imagegate {__version__}: configuration is valid",
         f"listen: {settings.host}:{settings.port}",
         f"client keys: {keys_line}",
+        f"data directory: {data_dir_line(settings)}",
         f"prompt optimiser: {optimiser_line}",
         "providers:",
         *describe_groups(settings.groups),
@@ -60,6 +62,22 @@ def settings_report(settings: Settings) -> str:
         *describe_settings(settings),
     ]
     return "\n".join(lines + _warning_lines(settings.warnings))
+
+
+def data_dir_line(settings: Settings) -> str:
+    """Where state is kept between runs, and which of it is kept there."""
+    directory = settings.data_dir
+    if not directory:
+        return "none, memory only (IMAGEGATE_DATA_DIR): nothing generated outlives the process"
+    kept = []
+    if not settings.client_keys:
+        kept.append("the generated client key")
+    if not settings.image_proxy_secret:
+        kept.append("the link-signing secret")
+    if settings.image_cache_dir == images_dir(directory):
+        kept.append("the images")
+    what = ", ".join(kept) if kept else "nothing, as configured"
+    return f"{directory} (IMAGEGATE_DATA_DIR), keeps {what}"
 
 
 def describe_settings(settings: Settings) -> list[str]:

@@ -9,7 +9,6 @@ import errno
 import gc
 import logging
 import os
-import secrets
 import signal
 import socket
 import sys
@@ -26,6 +25,15 @@ from tornado_imagegate import __version__
 from tornado_imagegate.app import GatewayApplication, make_app
 from tornado_imagegate.config import ConfigError, Settings, load_settings
 from tornado_imagegate.curl_client import GatewayCurlClient
+from tornado_imagegate.datadir import (
+    CLIENT_KEY_FILE,
+    LINK_SECRET_FILE,
+    DataDirError,
+    kept_secret,
+    new_client_key,
+    new_link_secret,
+    prepare,
+)
 from tornado_imagegate.lifecycle import Lifecycle
 from tornado_imagegate.listener import (
     GatewayHTTPServer,
@@ -110,12 +118,29 @@ def build_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Sett
     return load_settings(merged, flags=flags, strict=args.check_config)
 
 
-def with_generated_key(settings: Settings) -> Settings:
-    """With no client key configured, make one for this run."""
-    if settings.client_keys:
-        return settings
-    key = "sk-imagegate-" + secrets.token_urlsafe(24)
-    return dataclasses.replace(settings, client_keys=(key,), client_keys_generated=True)
+def with_kept_state(settings: Settings) -> Settings:
+    """The settings with what was not configured taken from the data directory, made there once:
+    the client key (without ``AUTHORIZED_API_KEY``) and the link secret (without
+    ``IMAGE_PROXY_SECRET``).
+
+    Without a data directory the client key is made for this run only, and the link secret is
+    derived from the configured keys (``images.links.derive_secret``); links signed with that
+    derived secret, before a data directory kept one, still verify. Raises DataDirError.
+    """
+    directory = settings.data_dir
+    kept: dict[str, object] = {}
+    if directory:
+        prepare(directory)
+        if not settings.image_proxy_secret:
+            secret = kept_secret(directory, LINK_SECRET_FILE, new_link_secret)
+            kept.update(image_proxy_secret=secret, image_proxy_secret_kept=True)
+    if not settings.client_keys:
+        if directory:
+            key = kept_secret(directory, CLIENT_KEY_FILE, new_client_key)
+        else:
+            key = new_client_key()
+        kept.update(client_keys=(key,), client_keys_generated=True)
+    return dataclasses.replace(settings, **kept)
 
 
 def welcome_text(settings: Settings, port: int) -> str:
@@ -131,7 +156,14 @@ def welcome_text(settings: Settings, port: int) -> str:
         f"  base URL for OpenAI clients: {origin}/v1",
         f"  models: {', '.join(settings.model_ids)}",
     ]
-    if settings.client_keys_generated:
+    if settings.client_keys_generated and settings.data_dir:
+        kept = os.path.join(settings.data_dir, CLIENT_KEY_FILE)
+        lines += [
+            f"  No AUTHORIZED_API_KEY is set, so this key, kept in {kept}, is used at every",
+            "  start (the gateway listens on loopback only without a configured key):",
+            f"    {settings.client_keys[0]}",
+        ]
+    elif settings.client_keys_generated:
         lines += [
             "  No AUTHORIZED_API_KEY is set, so this key was generated for this run only",
             "  (the gateway listens on loopback only without a configured key):",
@@ -283,7 +315,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for warning in settings.warnings:
         logger.warning("configuration: %s", warning)
     raise_descriptor_limit()
-    settings = with_generated_key(settings)
+    try:
+        settings = with_kept_state(settings)
+    except DataDirError as exc:
+        print(f"imagegate: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     hide_secrets(settings.secrets())
     loop_name, loop_factory = event_loop_factory(settings.event_loop)
     logger.info("event loop: %s", loop_name)

@@ -97,3 +97,9 @@ def _distance(text: str, real: str) -> int | None:
             return None
         previous2, previous = previous, current
     return previous[-1] if previous[-1] <= limit else None
+
+
+def throwaway_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` without the gateway's variables and with no data directory: a gateway run
+    with it keeps nothing between runs, and never writes into the home directory."""
+    return {**without_gateway_variables(environ), "IMAGEGATE_DATA_DIR": ""}

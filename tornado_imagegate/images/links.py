@@ -37,9 +37,13 @@ def _b64decode(text: str) -> bytes:
 
 @dataclass(frozen=True)
 class LinkSigner:
-    """Signs and verifies image links with HMAC-SHA256 under the proxy secret."""
+    """Signs and verifies image links with HMAC-SHA256 under the proxy secret.
+
+    Links signed under an ``earlier`` secret still verify; new links are signed under ``secret``.
+    """
 
     secret: bytes
+    earlier: tuple[bytes, ...] = ()
 
     def image_id(self, data: bytes) -> str:
         """The id of image bytes: 128 bits of an HMAC of the content, unguessable without the key.
@@ -49,8 +53,9 @@ class LinkSigner:
         digest = hashlib.sha256(data).digest()
         return hmac.digest(self.secret, b"image-id\n" + digest, "sha256").hex()[:32]
 
-    def _signature(self, url: str, expires: int) -> bytes:
-        return hmac.digest(self.secret, f"{expires}\n{url}".encode(), "sha256")
+    def _signature(self, url: str, expires: int, secret: bytes | None = None) -> bytes:
+        key = self.secret if secret is None else secret
+        return hmac.digest(key, f"{expires}\n{url}".encode(), "sha256")
 
     def query_for_url(self, url: str, now: float | None = None) -> dict[str, str]:
         """The query of a link that lets the gateway fetch ``url`` for a day, and serve it after."""
@@ -74,7 +79,10 @@ class LinkSigner:
             raise LinkRefused("malformed signed link") from None
         if not expires.isdigit() or len(url) > MAX_URL_LENGTH:
             raise LinkRefused("malformed signed link")
-        if not hmac.compare_digest(given, self._signature(url, expiry)):
+        if not any(
+            hmac.compare_digest(given, self._signature(url, expiry, secret))
+            for secret in (self.secret, *self.earlier)
+        ):
             raise LinkRefused("bad signature")
         return url, time.time() > expiry
 
