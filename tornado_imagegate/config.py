@@ -81,6 +81,7 @@ class Settings:
 
     host: str = setting("IMAGEGATE_HOST")
     port: int = setting("IMAGEGATE_PORT")
+    workers: int = setting("IMAGEGATE_WORKERS")
     client_keys: tuple[str, ...] = setting("AUTHORIZED_API_KEY")
     client_keys_generated: bool = False
     groups: tuple[ProviderGroup, ...] = ()
