@@ -19,6 +19,7 @@ talks to systemd:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import select
@@ -48,6 +49,7 @@ START_DEADLINE = 60.0
 # After the grace period, a worker closes its remaining connections (up to 5 s) and logs.
 STOP_MARGIN = 10.0
 TICK = 1.0
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class WorkerNotifier(Notifier):
@@ -132,6 +134,7 @@ class Supervisor:
         self.next_ping = 0.0
         self.pings_withheld = False
         self.wakeup_read, self.wakeup_write = os.pipe()
+        self.pid = os.getpid()
 
     # --- the loop ---
 
@@ -219,6 +222,7 @@ class Supervisor:
         """In the forked child: drop the supervisor's state, run the gateway, never return."""
         status = 1
         try:
+            _stop_with(signal.SIGTERM, supervisor=self.pid)
             signal.set_wakeup_fd(-1)
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
                 signal.signal(signum, signal.SIG_DFL)
@@ -386,6 +390,17 @@ class Supervisor:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         self.stop_deadline_after = float("inf")  # once
+
+
+def _stop_with(signum: int, supervisor: int) -> None:
+    """Have the kernel send ``signum`` to this worker when its supervisor dies (killed with
+    SIGKILL, say), so that no worker outlives it holding the port."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signum) != 0:
+        error = os.strerror(ctypes.get_errno())
+        logger.warning("cannot ask to stop with the supervisor: %s", error)
+    if os.getppid() != supervisor:  # it died before the request took effect
+        os.kill(os.getpid(), signum)
 
 
 def _note_signal(signum: int, frame: object) -> None:
