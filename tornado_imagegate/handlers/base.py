@@ -36,15 +36,6 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 _NEW_IDS = (f"{os.urandom(4).hex()}{n:08x}" for n in itertools.count())
 
 
-def _new_prefix_in_child() -> None:
-    """A forked worker draws its own prefix: it must not repeat its siblings' ids."""
-    global _NEW_IDS
-    _NEW_IDS = (f"{os.urandom(4).hex()}{n:08x}" for n in itertools.count())
-
-
-os.register_at_fork(after_in_child=_new_prefix_in_child)
-
-
 class RequestIdMixin:
     """A request id for every answer (``X-Request-Id``) and its access-log line.
 
