@@ -237,6 +237,8 @@ def test_two_workers_listen_before_ready_and_share_the_watchdog_the_key_and_the_
         for client, count in ((first, 3), (second, 2)):
             for _ in range(count):
                 assert client.request("/health")[0] == 200
+            # Its answer comes once the worker has counted every earlier request.
+            assert client.request("/v1/models")[0] == 200
         health = '{method="GET",route="HealthHandler",status="200"}'
         for client in clients.values():
             status, _, text, _ = client.request("/metrics")
