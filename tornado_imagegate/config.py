@@ -82,6 +82,7 @@ class Settings:
 
     host: str = setting("IMAGEGATE_HOST")
     port: int = setting("IMAGEGATE_PORT")
+    workers: int = setting("IMAGEGATE_WORKERS")
     client_keys: tuple[str, ...] = setting("AUTHORIZED_API_KEY")
     client_keys_generated: bool = False
     data_dir: str = setting("IMAGEGATE_DATA_DIR")  # "": everything in memory

@@ -73,22 +73,32 @@ def default_connection_cap(descriptor_limit: int, upstream_max_clients: int) -> 
 
 
 def connection_cap(
-    configured: int, upstream_max_clients: int, descriptor_limit: int | None = None
+    configured: int,
+    upstream_max_clients: int,
+    descriptor_limit: int | None = None,
+    workers: int = 1,
 ) -> int:
-    """``MAX_CLIENT_CONNECTIONS`` if set (warns if descriptors can't cover it), else the default."""
+    """One process's cap: its share of ``MAX_CLIENT_CONNECTIONS`` if set (warns if descriptors
+    can't cover it), else the default.
+
+    The descriptor limit is per process, so each of several workers fits the default under its
+    own; a configured cap is the gateway's whole, split between the workers.
+    """
     limit = current_descriptor_limit() if descriptor_limit is None else descriptor_limit
     fitting = default_connection_cap(limit, upstream_max_clients)
     if not configured:
         return fitting
-    if configured > fitting:
+    share = -(-configured // workers)  # rounded up: every worker serves at least one
+    if share > fitting:
         logger.warning(
             "MAX_CLIENT_CONNECTIONS=%d is more than the descriptor limit of %d leaves room for "
-            "(%d): expect accept errors (EMFILE) under load",
+            "(%d%s): expect accept errors (EMFILE) under load",
             configured,
             limit,
             fitting,
+            f" in each of {workers} workers" if workers > 1 else "",
         )
-    return configured
+    return share
 
 
 def plain_answer(error: GatewayError, *headers: str) -> bytes:

@@ -1,13 +1,50 @@
-"""Prometheus metrics of one gateway: requests, stage latencies, provider keys, cache, streams."""
+"""Prometheus metrics of one gateway: requests, stage latencies, provider keys, cache, streams.
+
+With several worker processes every metric lives in files that the workers share
+(prometheus_client's multiprocess mode), and any worker's ``/metrics`` reports the sum of all.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import asyncio
+import os
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    values,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _STAGE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 180, 300)
 _REQUEST_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 180)
+SHARED_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def share_between_processes(directory: str) -> None:
+    """Keep every metric made from now on in ``directory``, where processes forked later add up.
+
+    prometheus_client picks its value class once, when imported, from this variable; the
+    supervisor decides after that import, so the choice is made again here, before any metric.
+    """
+    os.environ[SHARED_DIR_VARIABLE] = directory
+    values.ValueClass = values.get_value_class()
+
+
+def forget_process(pid: int) -> None:
+    """A worker has exited: its gauges no longer count (its counters still do)."""
+    multiprocess.mark_process_dead(pid, os.environ[SHARED_DIR_VARIABLE])
+
+
+def shared_directory() -> str:
+    """The directory that processes share metrics through, or "" when this process is alone."""
+    return os.environ.get(SHARED_DIR_VARIABLE, "")
 
 
 class Metrics:
@@ -15,6 +52,11 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        # With workers, figures read at scrape time are copied into shared metrics (``_Mirror``),
+        # and a scrape reads what every worker wrote.
+        self.shared_dir = shared_directory()
+        self._mirrors: list[_Mirror] = []
+        self._publish_pending = False
         self.requests = Counter(
             "imagegate_http_requests",
             "HTTP requests answered, by route, method and status.",
@@ -52,6 +94,7 @@ class Metrics:
             "imagegate_streams_open",
             "Streaming chat completions open now.",
             registry=self.registry,
+            multiprocess_mode="livesum",
         )
 
     def count_request(self, route: str, method: str, status: int, seconds: float) -> None:
@@ -66,10 +109,25 @@ class Metrics:
             self._request_children[key] = children
         children[0].inc()
         children[1].observe(seconds)
+        if self._mirrors and not self._publish_pending:
+            # Requests are what change those figures. Copied once per turn of the event loop,
+            # after the requests it answered (about 25 us a copy): before the next request is
+            # read, so a scrape that follows an answer finds it counted.
+            self._publish_pending = True
+            asyncio.get_running_loop().call_soon(self._publish)
+
+    def _publish(self) -> None:
+        self._publish_pending = False
+        for mirror in self._mirrors:
+            mirror.publish()
 
     def watch(self, collector: Collector) -> None:
         """Report a subsystem's own figures, read at scrape time (the image cache's, say)."""
-        self.registry.register(collector)
+        if self.shared_dir:
+            self._mirrors.append(_Mirror(collector, self.registry))
+            self._mirrors[-1].publish()
+        else:
+            self.registry.register(collector)
 
     def key_rested(self, group: str, reason: str) -> None:
         """A provider key failed and was put to rest."""
@@ -77,5 +135,60 @@ class Metrics:
         self.key_cooldowns.labels(group).inc()
 
     def render(self) -> bytes:
-        """The Prometheus text format."""
-        return generate_latest(self.registry)
+        """The Prometheus text format: this process's figures, or the sum of every worker's."""
+        if not self.shared_dir:
+            return generate_latest(self.registry)
+        self._publish()
+        every_worker = CollectorRegistry()
+        multiprocess.MultiProcessCollector(every_worker, self.shared_dir)
+        return generate_latest(every_worker)
+
+
+class _Mirror:
+    """Copies a scrape-time collector's figures into metrics the workers share.
+
+    Counters grow by what they grew since the last copy (a worker's share outlives it, as a
+    counter must never go down); gauges are set, and count while their worker lives.
+    """
+
+    def __init__(self, collector: Collector, registry: CollectorRegistry) -> None:
+        self.collector = collector
+        self.registry = registry
+        self.metrics: dict[str, Counter | Gauge] = {}
+        self.published: dict[tuple[str, tuple[str, ...]], float] = {}
+
+    def publish(self) -> None:
+        """Copy every figure that changed since the last call."""
+        for family in self.collector.collect():
+            for sample in family.samples:
+                if family.type == "counter" and not sample.name.endswith("_total"):
+                    continue  # a ``_created`` timestamp: not summable
+                labels = tuple(sample.labels.values())
+                key = (family.name, labels)
+                if self.published.get(key) == sample.value:
+                    continue
+                last = self.published.get(key, 0.0)
+                self.published[key] = sample.value
+                metric = self._metric(family.name, family.type, family.documentation, sample)
+                child = metric.labels(*labels) if labels else metric
+                if isinstance(child, Counter):
+                    child.inc(max(0.0, sample.value - last))
+                else:
+                    child.set(sample.value)
+
+    def _metric(self, name: str, kind: str, documentation: str, sample: Sample) -> Counter | Gauge:
+        metric = self.metrics.get(name)
+        if metric is None:
+            labelnames = tuple(sample.labels)
+            if kind == "counter":
+                metric = Counter(name, documentation, labelnames, registry=self.registry)
+            else:
+                metric = Gauge(
+                    name,
+                    documentation,
+                    labelnames,
+                    registry=self.registry,
+                    multiprocess_mode="livesum",
+                )
+            self.metrics[name] = metric
+        return metric

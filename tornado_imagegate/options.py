@@ -34,6 +34,7 @@ from tornado_imagegate.values import (
     SECONDS,
     SECRET,
     TEXT,
+    WORKERS,
     ValueType,
     one_of,
 )
@@ -103,6 +104,13 @@ OPTIONS: tuple[Option, ...] = (
         "listen",
         Option("IMAGEGATE_HOST", HOST, "127.0.0.1", "address to listen on", flag="--host"),
         Option("IMAGEGATE_PORT", PORT, 8080, "port to listen on", flag="--port"),
+        Option(
+            "IMAGEGATE_WORKERS",
+            WORKERS,
+            1,
+            "worker processes sharing the port (auto: one per CPU)",
+            flag="--workers",
+        ),
         Option(
             "MAX_CLIENT_CONNECTIONS",
             COUNT,

@@ -21,7 +21,7 @@ from tornado.ioloop import PeriodicCallback
 from tornado.netutil import bind_sockets
 from tornado.web import Application
 
-from tornado_imagegate import __version__
+from tornado_imagegate import __version__, workers
 from tornado_imagegate.app import GatewayApplication, make_app
 from tornado_imagegate.config import ConfigError, Settings, load_settings
 from tornado_imagegate.curl_client import GatewayCurlClient
@@ -217,7 +217,9 @@ def make_http_server(
     if max_connections is None:
         settings = app.services.settings if isinstance(app, GatewayApplication) else Settings()
         max_connections = connection_cap(
-            settings.max_client_connections, settings.upstream_max_clients
+            settings.max_client_connections,
+            settings.upstream_max_clients,
+            workers=settings.workers,
         )
     return GatewayHTTPServer(
         app,
@@ -242,8 +244,22 @@ def settle_garbage_collector() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 
-async def serve(settings: Settings, notifier: Notifier | None = None) -> None:
-    """Listen, tell systemd, run until SIGTERM or SIGINT, then shut down gracefully."""
+def listening_sockets(settings: Settings) -> list[socket.socket]:
+    """The sockets the gateway listens on (``IMAGEGATE_HOST``, ``IMAGEGATE_PORT``)."""
+    # A burst of clients must not overflow Tornado's default listen queue of 128.
+    return bind_sockets(settings.port, settings.host, backlog=socket.SOMAXCONN)
+
+
+async def serve(
+    settings: Settings,
+    notifier: Notifier | None = None,
+    sockets: list[socket.socket] | None = None,
+) -> None:
+    """Listen, tell systemd, run until SIGTERM or SIGINT, then shut down gracefully.
+
+    A worker of several is given its supervisor's ``sockets`` and a notifier that reports to
+    the supervisor, which prints the welcome once for all.
+    """
     notifier = notifier or Notifier()
     # Before anything can announce that the gateway listens: a SIGTERM sent by whoever heard
     # it must always find the graceful shutdown in place.
@@ -255,8 +271,8 @@ async def serve(settings: Settings, notifier: Notifier | None = None) -> None:
     app = make_app(settings)
     server = make_http_server(app)
     settle_garbage_collector()
-    # A burst of clients must not overflow Tornado's default listen queue of 128.
-    sockets = bind_sockets(settings.port, settings.host, backlog=socket.SOMAXCONN)
+    welcome = sockets is None
+    sockets = listening_sockets(settings) if sockets is None else sockets
     server.add_sockets(sockets)
     logger.info(
         "accepting up to %d client connections (descriptor limit %d)",
@@ -264,7 +280,8 @@ async def serve(settings: Settings, notifier: Notifier | None = None) -> None:
         current_descriptor_limit(),
     )
     port = sockets[0].getsockname()[1]
-    print(welcome_text(settings, port), flush=True)
+    if welcome:
+        print(welcome_text(settings, port), flush=True)
     notifier.ready(f"listening on {settings.host}:{port}")
     watchdog = None
     if notifier.watchdog_seconds:
@@ -324,6 +341,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     loop_name, loop_factory = event_loop_factory(settings.event_loop)
     logger.info("event loop: %s", loop_name)
     try:
+        if settings.workers > 1:
+            return run_workers(settings, loop_factory)
         with asyncio.Runner(loop_factory=loop_factory) as runner:
             runner.run(serve(settings))
     except (socket.gaierror, OSError) as exc:
@@ -335,3 +354,37 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         raise
     return 0
+
+
+def with_one_link_secret(settings: Settings) -> Settings:
+    """With no proxy secret configured nor any key to derive one from, make one for every
+    worker: each would otherwise pick its own, and refuse the others' links."""
+    if settings.image_proxy_secret or settings.secret_material():
+        return settings
+    return dataclasses.replace(settings, image_proxy_secret=secrets.token_urlsafe(32))
+
+
+def run_workers(
+    settings: Settings, loop_factory: Callable[[], asyncio.AbstractEventLoop] | None
+) -> int:
+    """``IMAGEGATE_WORKERS`` processes serving one port, under a supervisor (workers.py).
+
+    The sockets are bound and the secrets settled here, before any event loop or HTTP client
+    exists, so that every worker forked from this process shares them.
+    """
+    settings = with_one_link_secret(settings)
+    hide_secrets(settings.secrets())
+    sockets = listening_sockets(settings)
+    port = sockets[0].getsockname()[1]
+
+    def run_worker(notifier: workers.WorkerNotifier) -> int:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(serve(settings, notifier, sockets))
+        return 0
+
+    def announce() -> None:
+        print(welcome_text(settings, port), flush=True)
+
+    return workers.supervise(
+        settings.workers, sockets, run_worker, announce, settings.shutdown_grace_seconds
+    )

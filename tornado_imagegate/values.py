@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -87,6 +88,15 @@ def non_negative_int(text: str) -> int:
     if value < 0:
         raise ValueError("must be a whole number, 0 or more")
     return value
+
+
+def worker_count(text: str) -> int:
+    """A number of processes, 1 or more, or ``auto``: one per CPU this process may run on."""
+    if text.strip().lower() == "auto":
+        return len(os.sched_getaffinity(0))
+    if not _WHOLE.match(text.strip()) or int(text) <= 0:
+        raise ValueError("must be a whole number, 1 or more, or auto")
+    return int(text)
 
 
 def port(text: str) -> int:
@@ -323,6 +333,7 @@ PORT = ValueType(port, "a port number, 0 to 65535 (0: any free port)")
 SECONDS = ValueType(positive_seconds, "seconds, more than 0", show_seconds)
 BYTES = ValueType(positive_int, "bytes, 1 or more", show_bytes)
 COUNT = ValueType(positive_int, "a whole number, 1 or more")
+WORKERS = ValueType(worker_count, "a whole number, 1 or more, or auto (one per CPU)")
 INDEX = ValueType(non_negative_int, "a whole number, 0 or more")
 BOOLEAN = ValueType(boolean, "true or false", show_boolean)
 TEXT = ValueType(text_value, "text")
