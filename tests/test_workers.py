@@ -251,10 +251,6 @@ def test_two_workers_listen_before_ready_and_share_the_watchdog_the_key_and_the_
         gateway.close()
 
 
-@pytest.mark.xfail(
-    reason="needs the disk tier to find images another process wrote after it started "
-    "(the data-directory part of this issue, on another branch)",
-)
 def test_two_workers_serve_each_others_images(tmp_path):
     gateway, port = start(
         tmp_path,
