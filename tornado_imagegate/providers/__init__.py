@@ -38,6 +38,8 @@ class ProviderCall:
     size: tuple[int, int]
     # The seed of this call's first image: the request's seed plus the images asked for before.
     seed: int
+    # Extra request fields for this group's upstream (IMAGE_GEN_EXTRA_n), merged into the body.
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class ProviderAnswerError(Exception):
