@@ -256,8 +256,10 @@ class Supervisor:
             if worker is None:
                 continue
             if worker.pipe >= 0:
-                self._read_states(worker)  # its last words
+                self._read_states(worker)  # its last words; at their end it closes the pipe
+            if worker.pipe >= 0:  # still open: a process the worker started may hold its end
                 os.close(worker.pipe)
+                worker.pipe = -1
             metrics.forget_process(pid)
             self._note_exit(worker, status)
 
