@@ -163,7 +163,7 @@ def started(gateway: Gateway, kept_in: Path | None = None) -> tuple[str, str]:
     listening, _ = gateway.read_until(r"listening on 127\.0\.0\.1:(\d+)\s*$", deadline)
     key, welcome = gateway.read_until(KEY_LINE, deadline)
     if kept_in is not None:
-        assert f"kept in {kept_in / CLIENT_KEY_FILE}, is used at every" in "\n".join(welcome)
+        assert f"It is kept in {kept_in / CLIENT_KEY_FILE}" in "\n".join(welcome)
     return f"http://127.0.0.1:{listening.group(1)}", key.group(1)
 
 

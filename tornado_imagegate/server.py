@@ -160,9 +160,10 @@ def welcome_text(settings: Settings, port: int) -> str:
     if settings.client_keys_generated and settings.data_dir:
         kept = os.path.join(settings.data_dir, CLIENT_KEY_FILE)
         lines += [
-            f"  No AUTHORIZED_API_KEY is set, so this key, kept in {kept}, is used at every",
-            "  start (the gateway listens on loopback only without a configured key):",
+            "  No AUTHORIZED_API_KEY is set, so this key is used at every start (the gateway",
+            "  listens on loopback only without a configured key):",
             f"    {settings.client_keys[0]}",
+            f"  It is kept in {kept}",
         ]
     elif settings.client_keys_generated:
         lines += [
