@@ -163,7 +163,9 @@ def started(gateway: Gateway, kept_in: Path | None = None) -> tuple[str, str]:
     listening, _ = gateway.read_until(r"listening on 127\.0\.0\.1:(\d+)\s*$", deadline)
     key, welcome = gateway.read_until(KEY_LINE, deadline)
     if kept_in is not None:
-        assert f"It is kept in {kept_in / CLIENT_KEY_FILE}" in "\n".join(welcome)
+        assert f"key, kept in {kept_in / CLIENT_KEY_FILE} and used at every start" in "\n".join(
+            welcome
+        )
     return f"http://127.0.0.1:{listening.group(1)}", key.group(1)
 
 

@@ -160,10 +160,9 @@ def welcome_text(settings: Settings, port: int) -> str:
     if settings.client_keys_generated and settings.data_dir:
         kept = os.path.join(settings.data_dir, CLIENT_KEY_FILE)
         lines += [
-            "  No AUTHORIZED_API_KEY is set, so this key is used at every start (the gateway",
-            "  listens on loopback only without a configured key):",
+            "  No AUTHORIZED_API_KEY is set, so the gateway listens on loopback only, with this",
+            f"  key, kept in {kept} and used at every start:",
             f"    {settings.client_keys[0]}",
-            f"  It is kept in {kept}",
         ]
     elif settings.client_keys_generated:
         lines += [
