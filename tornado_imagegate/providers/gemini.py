@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 from typing import Any
 from urllib.parse import quote
 
@@ -23,7 +24,7 @@ from tornado_imagegate.providers import (
     decode_base64_image,
     json_object_answer,
 )
-from tornado_imagegate.sizing import RATIOS_GEMINI, nearest_size, ratio_text
+from tornado_imagegate.sizing import RATIOS_GEMINI, ratio_text
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ REFUSALS = frozenset(
 )
 SAID_CHARS = 120
 _RATIO_OF_SIZE = {size: ratio for ratio, size in RATIOS_GEMINI.items()}
-_SIZES = tuple(RATIOS_GEMINI.values())
+_RATIOS = tuple(tuple(int(side) for side in ratio.split(":")) for ratio in RATIOS_GEMINI)
 # generationConfig.seed is an int32.
 _SEED_RANGE = 2**31
 
@@ -77,8 +78,13 @@ class GeminiApi:
     """``POST {contents, generationConfig}`` -> ``candidates[].content.parts[].inlineData``."""
 
     def fit_size(self, model: str, width: int, height: int) -> tuple[int, int]:
-        """The size of the supported aspect ratio nearest the one asked for."""
-        return nearest_size(_SIZES, width, height)
+        """The size of the supported aspect ratio nearest the one asked for (by the ratio's
+        name: Google's sizes for a ratio are only close to it, 1184x864 for 4:3)."""
+        if (width, height) in _RATIO_OF_SIZE:
+            return width, height
+        wanted = math.log(width / height)
+        ratio = min(_RATIOS, key=lambda r: abs(math.log(r[0] / r[1]) - wanted))
+        return RATIOS_GEMINI[f"{ratio[0]}:{ratio[1]}"]
 
     def images_per_call(self, model: str) -> int:
         """One image a request: the image models make one per answer."""
