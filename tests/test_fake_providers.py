@@ -14,6 +14,7 @@ from fakes import (
     DEFAULT_OPTIMISED_PROMPT,
     Answer,
     FakeChatImages,
+    FakeGemini,
     FakeLLM,
     FakeOpenAIImages,
     FakeOrigin,
@@ -63,6 +64,12 @@ def chat(io_loop, image_host):
 def oai(io_loop, image_host):
     """A fake OpenAI Images API."""
     yield from _closing(FakeOpenAIImages(image_host))
+
+
+@pytest.fixture
+def gemini(io_loop):
+    """A fake Gemini API."""
+    yield from _closing(FakeGemini())
 
 
 @pytest.fixture
@@ -248,6 +255,57 @@ async def test_openai_images_b64_by_default_and_urls_on_request(client, oai):
     )
     assert [item["url"] for item in urls["data"]] == oai.image_urls
     await fetch_png(client, oai.image_urls[0])
+
+
+@pytest.mark.gen_test
+async def test_openai_images_gpt_image_is_base64_only_with_usage(client, oai):
+    url = oai.url("v1/images/generations")
+    body = {"model": "gpt-image-1", "prompt": "a cat", "n": 2, "output_format": "jpeg"}
+    answer = json_of(await post(client, url, body))
+    assert answer["usage"] == FakeOpenAIImages.GPT_IMAGE_USAGE
+    assert answer["output_format"] == "jpeg" and len(answer["data"]) == 2
+    for entry in answer["data"]:
+        assert set(entry) == {"b64_json"}
+        assert base64.b64decode(entry["b64_json"]).startswith(b"\xff\xd8\xff")
+    refused = await post(client, url, {**body, "response_format": "b64_json"})
+    assert refused.code == 400 and json_of(refused)["error"]["code"] == "unknown_parameter"
+
+
+async def post_gemini(client: AsyncHTTPClient, url: str, body: Any, key: str | None):
+    """POST JSON with the key in ``x-goog-api-key``, as Google's clients send it."""
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["x-goog-api-key"] = key
+    return await client.fetch(
+        url, method="POST", body=json.dumps(body), headers=headers, raise_error=False
+    )
+
+
+@pytest.mark.gen_test
+async def test_gemini_shapes_keys_and_refusals(client, gemini):
+    url = gemini.url("v1beta/models/gemini-2.5-flash-image:generateContent")
+    body = {"contents": [{"role": "user", "parts": [{"text": "a cat"}]}]}
+    answer = json_of(await post_gemini(client, url, body, "AIza-1"))
+    parts = answer["candidates"][0]["content"]["parts"]
+    assert parts[0] == {"text": "Here is your image."}
+    png_info(base64.b64decode(parts[1]["inlineData"]["data"]))
+    assert answer["usageMetadata"]["totalTokenCount"] == 1302
+    assert (
+        gemini.last().key == "AIza-1" and gemini.model_of(gemini.last()) == "gemini-2.5-flash-image"
+    )
+    assert (await post_gemini(client, url, body, None)).code == 403
+    gemini.valid_keys = {"AIza-1"}
+    bad = await post_gemini(client, url, body, "AIza-2")
+    assert bad.code == 400
+    assert json_of(bad)["error"]["details"][0]["reason"] == "API_KEY_INVALID"
+    assert (await post_gemini(client, gemini.url("v1beta/models/x"), body, "AIza-1")).code == 404
+    gemini.script(FakeGemini.blocked_prompt_answer(), FakeGemini.rate_limited_answer("9"))
+    blocked = json_of(await post_gemini(client, url, body, "AIza-1"))
+    assert blocked["promptFeedback"] == {"blockReason": "PROHIBITED_CONTENT"}
+    assert "candidates" not in blocked
+    limited = await post_gemini(client, url, body, "AIza-1")
+    assert limited.code == 429 and limited.headers["Retry-After"] == "9"
+    assert json_of(limited)["error"]["status"] == "RESOURCE_EXHAUSTED"
 
 
 @pytest.mark.gen_test

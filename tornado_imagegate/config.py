@@ -23,6 +23,7 @@ from tornado_imagegate.options import (
     Option,
     setting,
 )
+from tornado_imagegate.provider_kinds import KINDS
 from tornado_imagegate.typos import near_misses
 
 
@@ -259,7 +260,14 @@ def _read_group(reader: _Reader, family: GroupFamily, number: str) -> ProviderGr
     given = [names[f.suffix] for f in family.fields if reader.raw(names[f.suffix])]
     if not given:
         return None
-    required = [names[f.suffix] for f in family.fields if f.default is None]
+    # A kind with an official endpoint needs no base URL (a KIND not yet read is "chat").
+    named_kind = family.kind or reader.raw(names.get("KIND", "")) or "chat"
+    has_endpoint = named_kind in KINDS and bool(KINDS[named_kind].default_endpoint)
+    required = [
+        names[f.suffix]
+        for f in family.fields
+        if f.default is None and not (f.suffix == "API_BASE" and has_endpoint)
+    ]
     missing = [name for name in required if name not in given]
     name = family.group_name(number)
     if missing:
@@ -278,6 +286,8 @@ def _read_group(reader: _Reader, family: GroupFamily, number: str) -> ProviderGr
     if kind is None:
         return None  # the KIND problem is noted
     endpoint = _endpoint(reader, names["API_BASE"], read["API_BASE"], kind)
+    if not read["API_BASE"] and kind in KINDS:
+        endpoint = KINDS[kind].default_endpoint
     if not read["MODEL"]:
         reader.problems.append(f"{names['MODEL']}: lists no model id")
     if not read["API_KEY"] and names["API_KEY"] not in reader.invalid:

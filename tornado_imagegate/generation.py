@@ -38,6 +38,8 @@ class Generation:
     optimised: bool
     images: tuple[KeptImage, ...]
     thinking: str = ""
+    # The provider's token usage, summed over its answers; None when it reported none.
+    usage: dict[str, Any] | None = None
 
     def markdown(self) -> str:
         """The chat answer: a markdown image per link, then the optimised prompt if there is one."""
@@ -45,6 +47,26 @@ class Generation:
         if self.optimised:
             parts.append(f"Optimized prompt: {self.prompt}")
         return "\n\n".join(parts)
+
+
+def total_usage(images: list[ProviderImage]) -> dict[str, Any] | None:
+    """The usage reports of a provider's answers added up (numbers only, nested ones too)."""
+    total: dict[str, Any] = {}
+    for image in images:
+        if image.usage:
+            _add_counts(total, image.usage)
+    return total or None
+
+
+def _add_counts(total: dict[str, Any], counts: dict[str, Any]) -> None:
+    for name, value in counts.items():
+        if isinstance(value, dict):
+            inner = total.setdefault(name, {})
+            if isinstance(inner, dict):
+                _add_counts(inner, value)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            if isinstance(total.get(name, 0), int):
+                total[name] = total.get(name, 0) + value
 
 
 def make_provider(
@@ -169,6 +191,7 @@ class ImageService:
             optimised=optimised.changed,
             images=kept,
             thinking=optimised.thinking,
+            usage=total_usage(made),
         )
 
     async def keep_all(

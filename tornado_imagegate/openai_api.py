@@ -9,7 +9,7 @@ import random
 import re
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from tornado_imagegate import errors
@@ -21,6 +21,16 @@ MAX_N = 10
 MAX_SEED = 2**63 - 1
 ALT_TEXT_CHARS = 80
 _NO_ENHANCE = re.compile(r"(?<![\w-])no[-_ ]enhance(?![\w-])", re.IGNORECASE)
+# The gpt-image fields a client may send (Images API body, or a chat body's top level), and the
+# values OpenAI documents. They reach the openai-images kind as sent; only their form is checked
+# here (a short lower-case word), so that a value a compatible service adds is not refused.
+IMAGE_OPTIONS: dict[str, tuple[str, ...]] = {
+    "quality": ("auto", "low", "medium", "high", "standard", "hd"),
+    "background": ("auto", "transparent", "opaque"),
+    "output_format": ("png", "jpeg", "webp"),
+    "moderation": ("auto", "low"),
+}
+OPTION_WORD = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 
 
 @dataclass(frozen=True)
@@ -38,6 +48,9 @@ class ImageRequest:
     n: int = 1
     stream: bool = False
     enhance: bool = True
+    # The gpt-image fields the client sent (IMAGE_OPTIONS, output_compression), for the
+    # providers that take them.
+    options: dict[str, Any] = field(default_factory=dict, hash=False)
 
     @property
     def size(self) -> str:
@@ -248,6 +261,26 @@ def explicit_size(body: dict[str, Any], shape: Size = (1, 1)) -> Size | None:
     return parse_size(size)
 
 
+def image_options(body: dict[str, Any]) -> dict[str, Any]:
+    """The gpt-image fields of a request that are set: ``quality``, ``background``,
+    ``output_format``, ``moderation`` (each a short lower-case word) and ``output_compression``
+    (0..100)."""
+    options: dict[str, Any] = {}
+    for name, documented in IMAGE_OPTIONS.items():
+        value = body.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, str) or not OPTION_WORD.match(value.strip().lower()):
+            raise errors.invalid_parameter(
+                name, f"'{name}' must be a word such as {', '.join(documented)}."
+            )
+        options[name] = value.strip().lower()
+    compression = _integer(body, "output_compression", 0, 100)
+    if compression is not None:
+        options["output_compression"] = compression
+    return options
+
+
 def image_request(body: dict[str, Any], model: str, prompt: str, kind: str) -> ImageRequest:
     """Validate the generation fields of a request for a provider of ``kind``."""
     enhance = _boolean(body, "enhance", True)
@@ -280,6 +313,7 @@ def image_request(body: dict[str, Any], model: str, prompt: str, kind: str) -> I
         n=_integer(body, "n", 1, MAX_N) or 1,
         stream=_boolean(body, "stream", False),
         enhance=enhance,
+        options=image_options(body),
     )
 
 
@@ -403,7 +437,8 @@ class ImagesApiRequest:
 
 
 def images_api_request(body: dict[str, Any], model: str, kind: str) -> ImagesApiRequest:
-    """Validate ``/v1/images/generations``: prompt, n, size, response_format (extras ignored)."""
+    """Validate ``/v1/images/generations``: prompt, n, size, response_format, the gpt-image
+    fields (passed on), and no others (extras ignored)."""
     prompt = body.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise errors.invalid_parameter("prompt", "'prompt' must be a non-empty string.")
@@ -416,11 +451,18 @@ def images_api_request(body: dict[str, Any], model: str, kind: str) -> ImagesApi
         k: v
         for k, v in body.items()
         if k in ("n", "size", "seed", "negative_prompt", "cfg", "enhance", "width", "height")
+        or k in IMAGE_OPTIONS
+        or k == "output_compression"
     }
     request = image_request(fields, model, prompt.strip(), kind)
     return ImagesApiRequest(request=request, response_format=response_format)
 
 
-def images_response(entries: list[dict[str, str]]) -> dict[str, Any]:
-    """The Images API answer."""
-    return {"created": int(time.time()), "data": entries}
+def images_response(
+    entries: list[dict[str, str]], usage: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The Images API answer, with the provider's ``usage`` when it reported one."""
+    answer: dict[str, Any] = {"created": int(time.time()), "data": entries}
+    if usage:
+        answer["usage"] = usage
+    return answer

@@ -11,7 +11,13 @@ from typing import Any
 
 from tornado_imagegate import __version__
 from tornado_imagegate.config import DEMO_MODEL
-from tornado_imagegate.openai_api import MAX_N, MAX_PROMPT_CHARS, MAX_SEED
+from tornado_imagegate.openai_api import (
+    IMAGE_OPTIONS,
+    MAX_N,
+    MAX_PROMPT_CHARS,
+    MAX_SEED,
+    OPTION_WORD,
+)
 from tornado_imagegate.sizing import MAX_SIDE, MIN_SIDE
 
 Schema = dict[str, Any]
@@ -122,6 +128,28 @@ _GENERATION_FIELDS: Schema = {
             "type": "boolean",
             "description": "`false` skips prompt optimisation (as does `no-enhance` in the "
             "prompt). Default `true`.",
+        }
+    ),
+    **{
+        name: _nullable(
+            {
+                "type": "string",
+                "pattern": OPTION_WORD.pattern,
+                "description": f"Passed to `openai-images` providers as sent (gpt-image); "
+                f"OpenAI documents {', '.join(f'`{value}`' for value in documented)}. Other "
+                "kinds ignore it.",
+                "examples": [documented[0]],
+            }
+        )
+        for name, documented in IMAGE_OPTIONS.items()
+    },
+    "output_compression": _nullable(
+        {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": 100,
+            "description": "Passed to `openai-images` providers as sent (gpt-image, jpeg or "
+            "webp output). Other kinds ignore it.",
         }
     ),
 }
@@ -349,8 +377,8 @@ SCHEMAS: dict[str, Schema] = {
     },
     "ImageGenerationRequest": {
         "type": "object",
-        "description": "The OpenAI Images API. " + _PROMPT_RULES + " Other fields (`quality`, "
-        "`style`, `user`, ...) are accepted and ignored.",
+        "description": "The OpenAI Images API. " + _PROMPT_RULES + " Other fields (`style`, "
+        "`user`, ...) are accepted and ignored.",
         "required": ["prompt"],
         "properties": {
             "prompt": {"type": "string", "pattern": r"\S", "examples": ["a lighthouse at dusk"]},
@@ -393,6 +421,19 @@ SCHEMAS: dict[str, Schema] = {
                         },
                     },
                 },
+            },
+            "usage": {
+                "type": "object",
+                "description": "The provider's token count, only when it reported one "
+                "(gpt-image's `usage`; Gemini's as `input_tokens`, `output_tokens`, "
+                "`total_tokens`), summed over the provider's answers.",
+                "additionalProperties": {
+                    "anyOf": [
+                        {"type": "integer"},
+                        {"type": "object", "additionalProperties": {"type": "integer"}},
+                    ]
+                },
+                "examples": [{"input_tokens": 50, "output_tokens": 4160, "total_tokens": 4210}],
             },
         },
     },

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tornado_imagegate.sizing import RATIOS_1024, RATIOS_2048, Size
+from tornado_imagegate.sizing import RATIOS_1024, RATIOS_2048, RATIOS_GEMINI, Size
 
 
 @dataclass(frozen=True, eq=False)
@@ -91,6 +91,15 @@ KINDS: dict[str, ProviderKind] = {
             ratios=RATIOS_2048,
             default_endpoint="https://sd.exacg.cc/api/v1/generate_image",
             settings_fields={"steps": "sd_steps", "model_index": "sd_model_index"},
+            native_n=False,
+        ),
+        ProviderKind(
+            name="gemini",
+            description="Google Gemini generateContent with image output",
+            implementation="tornado_imagegate.providers.gemini:GeminiApi",
+            ratios=RATIOS_GEMINI,
+            # The model is part of the path: the API appends /models/{model}:generateContent.
+            default_endpoint="https://generativelanguage.googleapis.com/v1beta",
             native_n=False,
         ),
         ProviderKind(

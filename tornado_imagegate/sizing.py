@@ -29,6 +29,20 @@ RATIOS_2048: dict[str, Size] = {
     "16:9": (2048, 1152),
     "9:16": (1152, 2048),
 }
+# Gemini's image models take an aspect ratio, never a size: these are the ratios its
+# ``imageConfig.aspectRatio`` accepts, with the 1K sizes Google documents for each.
+RATIOS_GEMINI: dict[str, Size] = {
+    "1:1": (1024, 1024),
+    "2:3": (832, 1248),
+    "3:2": (1248, 832),
+    "3:4": (864, 1184),
+    "4:3": (1184, 864),
+    "4:5": (896, 1152),
+    "5:4": (1152, 896),
+    "9:16": (768, 1344),
+    "16:9": (1344, 768),
+    "21:9": (1536, 672),
+}
 
 # Ratios people write that are not in the tables: sized from the table's longest side.
 # Anything else of the form a:b (10:30, 7:45) is left in the prompt: it is probably a time.

@@ -8,10 +8,13 @@ Each service the gateway calls has one fake here, used by every test and bench:
 - ``providers``: ``FakeUpstream``, a scriptable service that records every request (``Answer``,
   ``Recorded``), and one subclass per provider kind and the prompt optimiser's LLM:
   ``FakeSiliconFlow``, ``FakeChatImages``, ``FakeOpenAIImages``, ``FakeSD``, ``FakeLLM``.
+- ``gemini``: ``FakeGemini``, Google's ``generateContent`` with image output (inline base64,
+  refusals as 200s, Google's error body).
 - ``sets``: ``FakeSet``, the fakes of one test started together on one image host.
 - ``proxy``: ``RecordingProxy``, a forwarding proxy (CONNECT, absolute-URI HTTP, SOCKS5).
 - ``listener``: ``CountingListener``, a host that must never be reached.
-- ``images``: PNG bytes (real, noise, of an exact size) and their base64 forms.
+- ``images``: PNG bytes (real, noise, of an exact size), their base64 forms, and bytes shaped
+  like a JPEG or a WebP.
 - ``child``: the stdin/stdout protocol of a bench's fakes process.
 - ``loopback``: how every fake listens.
 
@@ -20,14 +23,17 @@ first. It is not part of the installed gateway.
 """
 
 from .child import emit, serve_until_stdin_closes
+from .gemini import FakeGemini
 from .images import (
     PNG_SIGNATURE,
     b64_png,
     data_uri,
+    jpeg_bytes,
     noise_png,
     noise_png_of_size,
     png_bytes,
     png_of_length,
+    webp_bytes,
 )
 from .listener import CountingListener
 from .origin import BareImageHandler, FakeOrigin, Held, bare_image_app
@@ -56,6 +62,7 @@ __all__ = [
     "BareImageHandler",
     "CountingListener",
     "FakeChatImages",
+    "FakeGemini",
     "FakeLLM",
     "FakeOpenAIImages",
     "FakeOrigin",
@@ -72,6 +79,7 @@ __all__ = [
     "chat_completion",
     "data_uri",
     "emit",
+    "jpeg_bytes",
     "model_of",
     "noise_png",
     "noise_png_of_size",
@@ -80,4 +88,5 @@ __all__ = [
     "png_of_length",
     "serve_until_stdin_closes",
     "server_name",
+    "webp_bytes",
 ]

@@ -80,3 +80,16 @@ def b64_png(png: bytes | None = None) -> str:
 def data_uri(png: bytes | None = None) -> str:
     """A ``data:image/png;base64,...`` URI of a PNG (a fresh small one when none is given)."""
     return "data:image/png;base64," + b64_png(png)
+
+
+def jpeg_bytes(seed: int = 1) -> bytes:
+    """Bytes shaped like a baseline JPEG (SOI, a JFIF APP0, payload, EOI): enough to sniff."""
+    app0 = b"\xff\xe0" + struct.pack(">H", 16) + b"JFIF\0\x01\x01\0\0\x01\0\x01\0\0"
+    return b"\xff\xd8" + app0 + random.Random(seed).randbytes(64) + b"\xff\xd9"
+
+
+def webp_bytes(seed: int = 1) -> bytes:
+    """Bytes shaped like a lossy WebP (a RIFF ``WEBP`` container with a VP8 chunk)."""
+    payload = random.Random(seed).randbytes(64)
+    chunk = b"VP8 " + struct.pack("<I", len(payload)) + payload
+    return b"RIFF" + struct.pack("<I", 4 + len(chunk)) + b"WEBP" + chunk

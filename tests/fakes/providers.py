@@ -29,13 +29,13 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop
 from tornado.web import Application, RequestHandler
 
-from .images import b64_png, png_bytes
+from .images import b64_png, jpeg_bytes, png_bytes, webp_bytes
 from .loopback import DEFAULT_BACKLOG, listen
 from .origin import FakeOrigin
 
@@ -452,9 +452,26 @@ class FakeChatImages(FakeUpstream):
 
 
 class FakeOpenAIImages(FakeUpstream):
-    """The OpenAI Images API (``/v1/images/generations``, POST to any path)."""
+    """The OpenAI Images API (``/v1/images/generations``, POST to any path).
+
+    ``gpt-image*`` models behave as OpenAI's: ``response_format`` is refused (400), images come
+    as ``b64_json`` in ``output_format`` (png, jpeg or webp), and the answer echoes ``quality``,
+    ``background``, ``output_format`` and ``size`` and carries token ``usage``.
+    """
 
     image_prefix = "oai"
+    #: The ``usage`` a gpt-image answer reports (OpenAI's shape).
+    GPT_IMAGE_USAGE: ClassVar[dict[str, Any]] = {
+        "input_tokens": 50,
+        "input_tokens_details": {"text_tokens": 50, "image_tokens": 0},
+        "output_tokens": 4160,
+        "output_tokens_details": {"text_tokens": 0, "image_tokens": 4160},
+        "total_tokens": 4210,
+    }
+    IMAGE_BYTES: ClassVar[dict[str, Callable[[int], bytes]]] = {
+        "jpeg": jpeg_bytes,
+        "webp": webp_bytes,
+    }
 
     def __init__(
         self, image_host: FakeOrigin | None = None, host: str = "127.0.0.1", **listening: int
@@ -462,11 +479,20 @@ class FakeOpenAIImages(FakeUpstream):
         super().__init__(host, image_host, **listening)
         self.default = Answer(json=self._success)
 
+    def _choose(self, recorded: Recorded, valid: bool) -> Answer:
+        body = recorded.json if valid else {}
+        if str(body.get("model", "")).startswith("gpt-image") and "response_format" in body:
+            message = "Unknown parameter: 'response_format'."
+            return Answer(400, openai_error(400, message, "unknown_parameter"))
+        return super()._choose(recorded, valid)
+
     def _success(self, request: Recorded) -> dict[str, Any]:
         body = request.json
         count = body.get("n") or 1
         count = count if isinstance(count, int) and count > 0 else 1
         prompt = body.get("prompt", "")
+        if str(body.get("model", "")).startswith("gpt-image"):
+            return self._gpt_image_success(body, count)
         data: list[dict[str, Any]] = []
         for _ in range(count):
             if body.get("response_format") == "url":
@@ -475,6 +501,20 @@ class FakeOpenAIImages(FakeUpstream):
                 png = self.make_png(next(_image_numbers))
                 data.append({"b64_json": b64_png(png), "revised_prompt": prompt})
         return {"created": int(time.time()), "data": data}
+
+    def _gpt_image_success(self, body: dict[str, Any], count: int) -> dict[str, Any]:
+        output_format = body.get("output_format", "png")
+        make = self.IMAGE_BYTES.get(output_format, self.make_png)
+        data = [{"b64_json": b64_png(make(next(_image_numbers)))} for _ in range(count)]
+        return {
+            "created": int(time.time()),
+            "background": body.get("background", "opaque"),
+            "output_format": output_format,
+            "quality": body.get("quality", "high"),
+            "size": body.get("size", "1024x1024"),
+            "data": data,
+            "usage": self.GPT_IMAGE_USAGE,
+        }
 
     @staticmethod
     def url_answer(*urls: str) -> Answer:

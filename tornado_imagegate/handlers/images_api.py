@@ -9,10 +9,10 @@ from tornado_imagegate.handlers.generation import GenerationHandler
 
 
 class ImagesGenerationsHandler(GenerationHandler):
-    """Answers ``{"created", "data": [{"url" or "b64_json", "revised_prompt"}]}``."""
+    """Answers ``{"created", "data": [{"url" or "b64_json", "revised_prompt"}], "usage"?}``."""
 
     async def post(self) -> None:
-        """Validate, generate, answer with links or base64 bytes."""
+        """Validate, generate, answer with links or base64 bytes (and the provider's usage)."""
         asked = self.service.images_request(self.json_body())
         generation = await self.generated(asked.request)
         if generation is None:
@@ -26,4 +26,4 @@ class ImagesGenerationsHandler(GenerationHandler):
                 entry = {"b64_json": base64.b64encode(data).decode("ascii")}
             entry["revised_prompt"] = generation.prompt
             entries.append(entry)
-        self.write_json(openai_api.images_response(entries))
+        self.write_json(openai_api.images_response(entries, generation.usage))

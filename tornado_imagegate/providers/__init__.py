@@ -23,6 +23,9 @@ class ProviderImage:
     url: str | None = None
     # A link found in free text: it is an image only if it downloads as one.
     guessed: bool = False
+    # The token usage the provider reported for the answer this image came in (gpt-image's
+    # ``usage``, Gemini's ``usageMetadata``): set on an answer's first image only.
+    usage: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,10 @@ class ProviderAnswerError(Exception):
         self.reason = reason
 
 
+class ProviderRejected(ProviderAnswerError):
+    """A 2xx answer that is a refusal (a safety block): the request, not the key, is at fault."""
+
+
 class Provider(Protocol):
     """What the generation service needs from a provider."""
 
@@ -70,7 +77,10 @@ class ProviderApi(Protocol):
         """The HTTP request that asks for ``count`` images."""
 
     def parse(self, response: HTTPResponse) -> list[ProviderImage]:
-        """The images of a 2xx answer; raises ProviderAnswerError when there are none."""
+        """The images of a 2xx answer; raises ProviderAnswerError when there are none.
+
+        ProviderRejected when the answer says the provider refused to make them.
+        """
 
 
 def json_request(endpoint: str, key: str, body: dict[str, Any]) -> HTTPRequest:

@@ -20,6 +20,7 @@ from tornado_imagegate.providers import (
     ProviderApi,
     ProviderCall,
     ProviderImage,
+    ProviderRejected,
 )
 from tornado_imagegate.providers.decode import DECODER, AnswerDecoder
 from tornado_imagegate.upstream import FetchGuard, Upstream, retry_after_seconds
@@ -68,6 +69,15 @@ def short_reason(response: HTTPResponse, secrets: tuple[str, ...]) -> str:
     if len(message) > REASON_CHARS:
         message = message[: REASON_CHARS - 1] + "…"
     return f"HTTP {response.code}" + (f": {message}" if message else "")
+
+
+def _blames_key(api: ProviderApi, response: HTTPResponse) -> bool:
+    """Whether a refusal is about the key, as an API may say (Gemini answers a bad key 400).
+
+    An API says so with an optional ``key_refused(response) -> bool`` method.
+    """
+    key_refused = getattr(api, "key_refused", None)
+    return bool(key_refused is not None and key_refused(response))
 
 
 class GroupProvider:
@@ -176,10 +186,18 @@ class GroupProvider:
                 continue
             code = response.code
             outcome = classify(code)
+            if outcome is Outcome.REJECTED and _blames_key(self.api, response):
+                outcome = Outcome.AUTH
             if outcome is Outcome.OK:
                 self.keys.record_success(index)
                 try:
                     return await self.decoder.parse(self.api, response)
+                except ProviderRejected as exc:
+                    raise self._error(
+                        400,
+                        "upstream_rejected",
+                        f"the request was refused ({exc.reason[:REASON_CHARS]}).",
+                    ) from None
                 except ProviderAnswerError as exc:
                     raise self._error(502, "upstream_error", exc.reason[:REASON_CHARS]) from None
             reason = short_reason(response, self.group.keys)

@@ -1,6 +1,13 @@
-"""OpenAI Images API and compatibles (kind ``openai-images``): ``data[].b64_json`` or ``url``."""
+"""OpenAI Images API and compatibles (kind ``openai-images``): ``data[].b64_json`` or ``url``.
+
+gpt-image models answer base64 only, take their own fields (``quality``, ``background``,
+``output_format``, ``output_compression``, ``moderation``: passed on as the client sent them) and
+report the tokens used (``usage``, handed on with the images).
+"""
 
 from __future__ import annotations
+
+import dataclasses
 
 from tornado.httpclient import HTTPRequest, HTTPResponse
 
@@ -30,7 +37,7 @@ def _family(model: str) -> str:
 
 
 class OpenAIImagesApi:
-    """``POST {model, prompt, n, size, response_format}`` -> ``data[]``."""
+    """``POST {model, prompt, n, size, response_format | gpt-image fields}`` -> ``data[]``."""
 
     def fit_size(self, model: str, width: int, height: int) -> tuple[int, int]:
         """The nearest size an OpenAI model accepts; other models get the size as asked."""
@@ -47,7 +54,8 @@ class OpenAIImagesApi:
         return 1 if _family(model) == "dall-e-3" else 10
 
     def build(self, call: ProviderCall) -> HTTPRequest:
-        """Ask for base64 images (no second download); gpt-image models always answer that way."""
+        """Ask for base64 images (no second download); gpt-image models always answer that way
+        and refuse ``response_format``. The gpt-image fields the client sent go as sent."""
         body: dict = {
             "model": call.model,
             "prompt": call.prompt,
@@ -56,12 +64,16 @@ class OpenAIImagesApi:
         }
         if _family(call.model) != "gpt-image":
             body["response_format"] = "b64_json"
+        body.update(call.request.options)
         return json_request(call.endpoint, call.key, body)
 
     def parse(self, response: HTTPResponse) -> list[ProviderImage]:
-        """``data[].b64_json`` or ``data[].url``."""
+        """``data[].b64_json`` or ``data[].url``; ``usage`` rides on the first image."""
         answer = json_answer(response)
         images = images_from_data_list(answer.get("data") if isinstance(answer, dict) else None)
         if not images:
             raise ProviderAnswerError("the answer holds no image")
+        usage = answer.get("usage")
+        if isinstance(usage, dict) and usage:
+            images[0] = dataclasses.replace(images[0], usage=usage)
         return images

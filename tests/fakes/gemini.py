@@ -1,0 +1,167 @@
+"""A fake Gemini API: ``POST /v1beta/models/{model}:generateContent`` answering inline images.
+
+Shapes as Google documents them (camelCase proto JSON): the key in ``x-goog-api-key``, answers
+``candidates[].content.parts[]`` with ``text`` and ``inlineData`` parts, refusals as a 200 with a
+``promptFeedback.blockReason`` or a safety ``finishReason``, errors as
+``{"error": {"code", "message", "status", "details"}}``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from tornado.web import RequestHandler
+
+from .images import b64_png, png_bytes
+from .origin import FakeOrigin
+from .providers import Answer, FakeUpstream, Recorded
+
+_GENERATE = re.compile(r"^/v1beta/models/(?P<model>[^/:]+):generateContent$")
+
+
+def google_error(status: int, message: str, state: str, reason: str | None = None) -> Any:
+    """Google's error body (``details`` with an ErrorInfo ``reason`` when one is given)."""
+    error: dict[str, Any] = {"code": status, "message": message, "status": state}
+    if reason is not None:
+        error["details"] = [
+            {
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": reason,
+                "domain": "googleapis.com",
+            }
+        ]
+    return {"error": error}
+
+
+def usage_metadata(prompt_tokens: int = 12, image_tokens: int = 1290) -> dict[str, int]:
+    """The ``usageMetadata`` of an answer."""
+    return {
+        "promptTokenCount": prompt_tokens,
+        "candidatesTokenCount": image_tokens,
+        "totalTokenCount": prompt_tokens + image_tokens,
+    }
+
+
+def inline_part(image: bytes, mime_type: str = "image/png", snake_case: bool = False) -> Any:
+    """One image part: ``inlineData`` (or the ``inline_data``/``mime_type`` spelling)."""
+    if snake_case:
+        return {"inline_data": {"mime_type": mime_type, "data": b64_png(image)}}
+    return {"inlineData": {"mimeType": mime_type, "data": b64_png(image)}}
+
+
+def candidates_answer(*parts: Any, finish_reason: str = "STOP", model: str = "fake") -> Any:
+    """A ``generateContent`` answer of one candidate with these parts."""
+    return {
+        "candidates": [
+            {
+                "content": {"role": "model", "parts": list(parts)},
+                "finishReason": finish_reason,
+                "index": 0,
+            }
+        ],
+        "usageMetadata": usage_metadata(),
+        "modelVersion": model,
+    }
+
+
+class FakeGemini(FakeUpstream):
+    """Gemini ``generateContent`` with image output; keys in ``x-goog-api-key``.
+
+    ``valid_keys``, when set, are the only keys accepted: another is answered 400
+    ``API_KEY_INVALID``, as Google does. No key at all is 403.
+    """
+
+    image_prefix = "gemini"
+
+    def __init__(self, image_host: FakeOrigin | None = None, host: str = "127.0.0.1") -> None:
+        super().__init__(host, image_host)
+        self.valid_keys: set[str] | None = None
+        self.default = Answer(json=self._success)
+
+    def base_url(self) -> str:
+        """The base to configure (``IMAGE_GEN_API_BASE_n``): the API adds the model's path."""
+        return self.url("v1beta")
+
+    def accepts(self, path: str) -> bool:
+        """Only ``/v1beta/models/{model}:generateContent``."""
+        return _GENERATE.match(path) is not None
+
+    def error_json(self, status: int, message: str) -> Any:
+        """Google's error body."""
+        state = {400: "INVALID_ARGUMENT", 403: "PERMISSION_DENIED", 404: "NOT_FOUND"}
+        return google_error(status, message, state.get(status, "UNKNOWN"))
+
+    @staticmethod
+    def model_of(request: Recorded) -> str:
+        """The model named in a request's path."""
+        match = _GENERATE.match(request.path)
+        return match.group("model") if match else ""
+
+    def _record(self, handler: RequestHandler) -> tuple[Recorded, bool]:
+        recorded, valid = super()._record(handler)
+        recorded.key = recorded.headers.get("x-goog-api-key")
+        return recorded, valid
+
+    def _choose(self, recorded: Recorded, valid: bool) -> Answer:
+        if recorded.method == "POST" and self.accepts(recorded.path):
+            if recorded.key is None:
+                return Answer(
+                    403, self.error_json(403, "Method doesn't allow unregistered callers")
+                )
+            if self.valid_keys is not None and recorded.key not in self.valid_keys:
+                return self.invalid_key_answer()
+        return super()._choose(recorded, valid)
+
+    def _success(self, request: Recorded) -> Any:
+        image = self.make_png(len(self.requests))
+        return candidates_answer(
+            {"text": "Here is your image."}, inline_part(image), model=self.model_of(request)
+        )
+
+    @staticmethod
+    def images_answer(*images: bytes, snake_case: bool = False) -> Answer:
+        """A success holding these images (one fresh PNG when none), after a text part."""
+        parts = [inline_part(i, snake_case=snake_case) for i in images or (png_bytes(),)]
+        return Answer(json=candidates_answer({"text": "Here you go."}, *parts))
+
+    @staticmethod
+    def text_answer(text: str, finish_reason: str = "STOP") -> Answer:
+        """An answer with only a text part."""
+        return Answer(json=candidates_answer({"text": text}, finish_reason=finish_reason))
+
+    @staticmethod
+    def safety_answer(finish_reason: str = "IMAGE_SAFETY") -> Answer:
+        """A 200 whose one candidate stopped for safety, with no image."""
+        return Answer(
+            json={
+                "candidates": [
+                    {"content": {"role": "model"}, "finishReason": finish_reason, "index": 0}
+                ],
+                "usageMetadata": usage_metadata(image_tokens=0),
+            }
+        )
+
+    @staticmethod
+    def blocked_prompt_answer(reason: str = "PROHIBITED_CONTENT") -> Answer:
+        """A 200 with no candidate: the prompt was blocked."""
+        return Answer(
+            json={
+                "promptFeedback": {"blockReason": reason},
+                "usageMetadata": usage_metadata(image_tokens=0),
+            }
+        )
+
+    @staticmethod
+    def rate_limited_answer(retry_after: str = "7") -> Answer:
+        """429 ``RESOURCE_EXHAUSTED`` with ``Retry-After``."""
+        body = google_error(
+            429, "Resource has been exhausted (e.g. check quota).", "RESOURCE_EXHAUSTED"
+        )
+        return Answer(429, body, headers={"Retry-After": retry_after})
+
+    @staticmethod
+    def invalid_key_answer() -> Answer:
+        """400 ``INVALID_ARGUMENT``, reason ``API_KEY_INVALID``: how Google answers a bad key."""
+        message = "API key not valid. Please pass a valid API key."
+        return Answer(400, google_error(400, message, "INVALID_ARGUMENT", "API_KEY_INVALID"))
