@@ -8,6 +8,8 @@ Each service the gateway calls has one fake here, used by every test and bench:
 - ``providers``: ``FakeUpstream``, a scriptable service that records every request (``Answer``,
   ``Recorded``), and one subclass per provider kind and the prompt optimiser's LLM:
   ``FakeSiliconFlow``, ``FakeChatImages``, ``FakeOpenAIImages``, ``FakeSD``, ``FakeLLM``.
+- ``tasks``: asynchronous task APIs, each task following a scripted plan of poll answers:
+  ``FakeModelScope``, ``FakeDashScope`` (on ``FakeTaskApi``).
 - ``sets``: ``FakeSet``, the fakes of one test started together on one image host.
 - ``proxy``: ``RecordingProxy``, a forwarding proxy (CONNECT, absolute-URI HTTP, SOCKS5).
 - ``listener``: ``CountingListener``, a host that must never be reached.
@@ -48,6 +50,7 @@ from .providers import (
 )
 from .proxy import RecordingProxy, server_name
 from .sets import FakeSet
+from .tasks import FakeDashScope, FakeModelScope, FakeTaskApi
 
 __all__ = [
     "DEFAULT_OPTIMISED_PROMPT",
@@ -56,12 +59,15 @@ __all__ = [
     "BareImageHandler",
     "CountingListener",
     "FakeChatImages",
+    "FakeDashScope",
     "FakeLLM",
+    "FakeModelScope",
     "FakeOpenAIImages",
     "FakeOrigin",
     "FakeSD",
     "FakeSet",
     "FakeSiliconFlow",
+    "FakeTaskApi",
     "FakeUpstream",
     "Held",
     "Recorded",
