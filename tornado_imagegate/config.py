@@ -23,7 +23,7 @@ from tornado_imagegate.options import (
     Option,
     setting,
 )
-from tornado_imagegate.provider_kinds import KINDS
+from tornado_imagegate.provider_kinds import KINDS, provider_kind
 from tornado_imagegate.typos import near_misses
 
 
@@ -52,6 +52,8 @@ class ProviderGroup:
     endpoint: str = ""
     keys: tuple[str, ...] = field(default=(), repr=False)
     model_variable: str = ""
+    # Extra request fields for this group's upstream (IMAGE_GEN_EXTRA_n), merged into each body.
+    extra: Mapping[str, Any] = field(default_factory=dict, repr=False, hash=False)
 
     @property
     def owned_by(self) -> str:
@@ -260,13 +262,10 @@ def _read_group(reader: _Reader, family: GroupFamily, number: str) -> ProviderGr
     given = [names[f.suffix] for f in family.fields if reader.raw(names[f.suffix])]
     if not given:
         return None
-    # A kind with an official endpoint needs no base URL (a KIND not yet read is "chat").
-    named_kind = family.kind or reader.raw(names.get("KIND", "")) or "chat"
-    has_endpoint = named_kind in KINDS and bool(KINDS[named_kind].default_endpoint)
     required = [
         names[f.suffix]
         for f in family.fields
-        if f.default is None and not (f.suffix == "API_BASE" and has_endpoint)
+        if f.default is None and not (f.suffix == "API_BASE" and _has_default_base(reader, names))
     ]
     missing = [name for name in required if name not in given]
     name = family.group_name(number)
@@ -285,9 +284,9 @@ def _read_group(reader: _Reader, family: GroupFamily, number: str) -> ProviderGr
     kind = family.kind or read["KIND"]
     if kind is None:
         return None  # the KIND problem is noted
-    endpoint = _endpoint(reader, names["API_BASE"], read["API_BASE"], kind)
-    if not read["API_BASE"] and kind in KINDS:
-        endpoint = KINDS[kind].default_endpoint
+    endpoint = _endpoint(
+        reader, names["API_BASE"], read["API_BASE"] or provider_kind(kind).default_endpoint, kind
+    )
     if not read["MODEL"]:
         reader.problems.append(f"{names['MODEL']}: lists no model id")
     if not read["API_KEY"] and names["API_KEY"] not in reader.invalid:
@@ -299,7 +298,14 @@ def _read_group(reader: _Reader, family: GroupFamily, number: str) -> ProviderGr
         endpoint=endpoint,
         keys=read["API_KEY"] or (),
         model_variable=names["MODEL"],
+        extra=read.get("EXTRA") or {},
     )
+
+
+def _has_default_base(reader: _Reader, names: dict[str, str]) -> bool:
+    """Whether the kind a group names has an official base URL, so its API_BASE may be unset."""
+    kind = reader.raw(names["KIND"]).lower() if "KIND" in names else ""
+    return kind in KINDS and bool(KINDS[kind].default_endpoint)
 
 
 def _endpoint(reader: _Reader, variable: str, url: str | None, kind: str) -> str:

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tornado_imagegate.sizing import RATIOS_1024, RATIOS_2048, RATIOS_GEMINI, Size
+from tornado_imagegate.sizing import RATIOS_1024, RATIOS_2048, RATIOS_GEMINI, Size, SizeRules
 
 
 @dataclass(frozen=True, eq=False)
@@ -26,12 +26,14 @@ class ProviderKind:
     # One line, shown by the --check-config report.
     description: str
     # "module:Class" of a ProviderApi (the gateway calls its endpoint with the group's keys),
-    # or, for a local kind, of a Provider that makes the images itself.
+    # of a TaskApi when the kind ``polls``, or, for a local kind, of a Provider that makes the
+    # images itself.
     implementation: str
     # The aspect ratios a prompt may name, and their sizes; "1:1" is the size when none is named.
     ratios: dict[str, Size]
     # What its endpoint's URL ends with; "" when the configured URL is called as given.
     endpoint_path: str = ""
+    # The provider's official base URL (or endpoint): IMAGE_GEN_API_BASE_n may then be unset.
     default_endpoint: str = ""
     # Runs inside the gateway: no endpoint, no keys, not a value of IMAGE_GEN_KIND_n.
     local: bool = False
@@ -42,11 +44,23 @@ class ProviderKind:
     image_inputs: int = 0
     # One upstream request can make several images; otherwise n images take n requests.
     native_n: bool = True
+    # An asynchronous task API: its implementation is a TaskApi, driven by the task engine
+    # (providers/task_engine.py), which submits and then polls.
+    polls: bool = False
+    # The sizes it makes (its API module's fit_size reads them), and, per model family (a piece
+    # of the model id, lower case), the rules that differ; the first family that matches wins.
+    size_rules: SizeRules = field(default_factory=SizeRules)
+    model_size_rules: tuple[tuple[str, SizeRules], ...] = ()
 
     @property
     def default_size(self) -> Size:
         """The size used when the prompt names no ratio and the request no size."""
         return self.ratios["1:1"]
+
+    def sizes_for(self, model: str) -> SizeRules:
+        """The size rules of ``model``: its family's, else the kind's."""
+        lowered = model.lower()
+        return next((r for part, r in self.model_size_rules if part in lowered), self.size_rules)
 
     def build(self, settings: object) -> Any:
         """A new ProviderApi (or, for a local kind, Provider) given the settings it declares.
@@ -101,6 +115,69 @@ KINDS: dict[str, ProviderKind] = {
             # The model is part of the path: the API appends /models/{model}:generateContent.
             default_endpoint="https://generativelanguage.googleapis.com/v1beta",
             native_n=False,
+        ),
+        ProviderKind(
+            name="modelscope",
+            description="ModelScope API-Inference images, asynchronous: Z-Image, Qwen-Image, FLUX",
+            implementation="tornado_imagegate.providers.modelscope:ModelScopeApi",
+            ratios=RATIOS_1024,
+            endpoint_path="/images/generations",
+            default_endpoint="https://api-inference.modelscope.cn/v1",
+            native_n=False,
+            polls=True,
+            # Its parameter table: SD-family models 64-2048 a side, FLUX 64-1024, Qwen-Image
+            # 64-1664. The multiple of 16 is ours (the table names none).
+            size_rules=SizeRules(max_side=2048, multiple=16),
+            model_size_rules=(
+                ("flux", SizeRules(max_side=1024, multiple=16)),
+                ("qwen-image", SizeRules(max_side=1664, multiple=16)),
+            ),
+        ),
+        ProviderKind(
+            name="dashscope",
+            description="Alibaba DashScope image synthesis, asynchronous: Wan, Qwen-Image",
+            implementation="tornado_imagegate.providers.dashscope:DashScopeApi",
+            ratios=RATIOS_1024,
+            endpoint_path="/services/aigc/text2image/image-synthesis",
+            default_endpoint="https://dashscope.aliyuncs.com/api/v1",
+            polls=True,
+            # wan2.1/2.2: 512-1440 a side; wan2.5: 768*768 to 1440*1440 pixels, 1:4 to 4:1;
+            # wan2.6: from 1280*1280 pixels; qwen-image: five sizes. The multiple of 16 is ours.
+            size_rules=SizeRules(min_side=512, max_side=1440, multiple=16),
+            model_size_rules=(
+                (
+                    "wan2.6",
+                    SizeRules(
+                        max_side=2880,
+                        multiple=16,
+                        min_pixels=1280 * 1280,
+                        max_pixels=1440 * 1440,
+                        max_ratio=4,
+                    ),
+                ),
+                (
+                    "wan2.5",
+                    SizeRules(
+                        max_side=2880,
+                        multiple=16,
+                        min_pixels=768 * 768,
+                        max_pixels=1440 * 1440,
+                        max_ratio=4,
+                    ),
+                ),
+                (
+                    "qwen-image",
+                    SizeRules(
+                        sizes=(
+                            (1328, 1328),
+                            (1664, 928),
+                            (928, 1664),
+                            (1472, 1140),
+                            (1140, 1472),
+                        )
+                    ),
+                ),
+            ),
         ),
         ProviderKind(
             name="demo",

@@ -10,6 +10,8 @@ Each service the gateway calls has one fake here, used by every test and bench:
   ``FakeSiliconFlow``, ``FakeChatImages``, ``FakeOpenAIImages``, ``FakeSD``, ``FakeLLM``.
 - ``gemini``: ``FakeGemini``, Google's ``generateContent`` with image output (inline base64,
   refusals as 200s, Google's error body).
+- ``tasks``: asynchronous task APIs, each task following a scripted plan of poll answers:
+  ``FakeModelScope``, ``FakeDashScope`` (on ``FakeTaskApi``).
 - ``sets``: ``FakeSet``, the fakes of one test started together on one image host.
 - ``proxy``: ``RecordingProxy``, a forwarding proxy (CONNECT, absolute-URI HTTP, SOCKS5).
 - ``listener``: ``CountingListener``, a host that must never be reached.
@@ -54,6 +56,7 @@ from .providers import (
 )
 from .proxy import RecordingProxy, server_name
 from .sets import FakeSet
+from .tasks import FakeDashScope, FakeModelScope, FakeTaskApi
 
 __all__ = [
     "DEFAULT_OPTIMISED_PROMPT",
@@ -62,13 +65,16 @@ __all__ = [
     "BareImageHandler",
     "CountingListener",
     "FakeChatImages",
+    "FakeDashScope",
     "FakeGemini",
     "FakeLLM",
+    "FakeModelScope",
     "FakeOpenAIImages",
     "FakeOrigin",
     "FakeSD",
     "FakeSet",
     "FakeSiliconFlow",
+    "FakeTaskApi",
     "FakeUpstream",
     "Held",
     "Recorded",

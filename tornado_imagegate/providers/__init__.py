@@ -6,6 +6,7 @@ import base64
 import binascii
 import json
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -60,8 +61,13 @@ class ProviderRejected(ProviderAnswerError):
 class Provider(Protocol):
     """What the generation service needs from a provider."""
 
-    async def generate(self, request: ImageRequest, prompt: str) -> list[ProviderImage]:
-        """Make ``request.n`` images of ``prompt``."""
+    async def generate(
+        self,
+        request: ImageRequest,
+        prompt: str,
+        on_progress: Callable[[str], None] | None = None,
+    ) -> list[ProviderImage]:
+        """Make ``request.n`` images of ``prompt``; ``on_progress`` hears how a wait goes."""
 
 
 class ProviderApi(Protocol):
@@ -81,6 +87,15 @@ class ProviderApi(Protocol):
 
         ProviderRejected when the answer says the provider refused to make them.
         """
+
+
+def with_extra(body: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """``body`` with the group's extra fields (IMAGE_GEN_EXTRA_n) added; the gateway's own win.
+
+    An extra field only adds what the gateway does not send (a model's own inputs); it never
+    replaces the prompt, size, count or seed the client asked for.
+    """
+    return {**extra, **body} if extra else body
 
 
 def json_request(endpoint: str, key: str, body: dict[str, Any]) -> HTTPRequest:
