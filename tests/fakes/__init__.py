@@ -8,6 +8,9 @@ Each service the gateway calls has one fake here, used by every test and bench:
 - ``providers``: ``FakeUpstream``, a scriptable service that records every request (``Answer``,
   ``Recorded``), and one subclass per provider kind and the prompt optimiser's LLM:
   ``FakeSiliconFlow``, ``FakeChatImages``, ``FakeOpenAIImages``, ``FakeSD``, ``FakeLLM``.
+- ``task_service``: ``FakeTaskService``, what the fakes of task APIs share (``TaskScript``: polls
+  still running, then an outcome; links that expire once downloaded), and one module per task
+  API: ``bfl`` (``FakeBFL``), ``replicate`` (``FakeReplicate``), ``fal`` (``FakeFal``).
 - ``sets``: ``FakeSet``, the fakes of one test started together on one image host.
 - ``proxy``: ``RecordingProxy``, a forwarding proxy (CONNECT, absolute-URI HTTP, SOCKS5).
 - ``listener``: ``CountingListener``, a host that must never be reached.
@@ -19,7 +22,9 @@ Tests import it as ``fakes`` (tests/ is on pytest's path); a bench puts tests/ o
 first. It is not part of the installed gateway.
 """
 
+from .bfl import FakeBFL
 from .child import emit, serve_until_stdin_closes
+from .fal import FakeFal
 from .images import (
     PNG_SIGNATURE,
     b64_png,
@@ -47,25 +52,37 @@ from .providers import (
     openai_error,
 )
 from .proxy import RecordingProxy, server_name
+from .replicate import FakeReplicate
 from .sets import FakeSet
+from .task_service import DONE, FAILED, MODERATED, NEVER, FakeTask, FakeTaskService, TaskScript
 
 __all__ = [
     "DEFAULT_OPTIMISED_PROMPT",
+    "DONE",
+    "FAILED",
+    "MODERATED",
+    "NEVER",
     "PNG_SIGNATURE",
     "Answer",
     "BareImageHandler",
     "CountingListener",
+    "FakeBFL",
     "FakeChatImages",
+    "FakeFal",
     "FakeLLM",
     "FakeOpenAIImages",
     "FakeOrigin",
+    "FakeReplicate",
     "FakeSD",
     "FakeSet",
     "FakeSiliconFlow",
+    "FakeTask",
+    "FakeTaskService",
     "FakeUpstream",
     "Held",
     "Recorded",
     "RecordingProxy",
+    "TaskScript",
     "b64_png",
     "bare_image_app",
     "bearer_key",
