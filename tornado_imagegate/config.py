@@ -51,6 +51,8 @@ class ProviderGroup:
     endpoint: str = ""
     keys: tuple[str, ...] = field(default=(), repr=False)
     model_variable: str = ""
+    # Extra request fields for this group's upstream (IMAGE_GEN_EXTRA_n), merged into each body.
+    extra: Mapping[str, Any] = field(default_factory=dict, repr=False, hash=False)
 
     @property
     def owned_by(self) -> str:

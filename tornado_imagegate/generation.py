@@ -20,6 +20,7 @@ from tornado_imagegate.prompt import OptimisedPrompt, PromptOptimiser
 from tornado_imagegate.provider_kinds import provider_kind
 from tornado_imagegate.providers import Provider, ProviderImage
 from tornado_imagegate.providers.group import GroupProvider
+from tornado_imagegate.providers.task_engine import TaskProvider
 from tornado_imagegate.upstream import Upstream
 
 logger = logging.getLogger(__name__)
@@ -54,7 +55,8 @@ def make_provider(
     kind = provider_kind(group.kind)
     if kind.local:
         return kind.build(settings)
-    return GroupProvider(
+    provider_class = TaskProvider if kind.polls else GroupProvider
+    return provider_class(
         group,
         kind.build(settings),
         upstream,
@@ -144,7 +146,8 @@ class ImageService:
     ) -> Generation:
         """Optimise the prompt, make the images, keep them, and return the gateway's links.
 
-        ``on_thinking`` hears a reasoning optimiser's thinking as soon as it is known.
+        ``on_thinking`` hears a reasoning optimiser's thinking as soon as it is known, then each
+        change in how a provider's task stands (queue position, percent done), a line each.
         """
         group = self.group_for(request.model)
         optimised = await self.optimise(request)
@@ -152,7 +155,7 @@ class ImageService:
             on_thinking(optimised.thinking)
         deadline = asyncio.get_running_loop().time() + self.settings.image_gen_timeout
         with self.timed("generate"):
-            made = await self.providers[group.name].generate(request, optimised.prompt)
+            made = await self.providers[group.name].generate(request, optimised.prompt, on_thinking)
         # The images are downloaded within the generation's own time limit, counted from
         # when the provider was asked (the optimiser's time is not charged to it).
         kept = await self.keep_all(made, base_url, request.n, deadline)

@@ -26,7 +26,8 @@ class ProviderKind:
     # One line, shown by the --check-config report.
     description: str
     # "module:Class" of a ProviderApi (the gateway calls its endpoint with the group's keys),
-    # or, for a local kind, of a Provider that makes the images itself.
+    # of a TaskApi when the kind ``polls``, or, for a local kind, of a Provider that makes the
+    # images itself.
     implementation: str
     # The aspect ratios a prompt may name, and their sizes; "1:1" is the size when none is named.
     ratios: dict[str, Size]
@@ -42,6 +43,9 @@ class ProviderKind:
     image_inputs: int = 0
     # One upstream request can make several images; otherwise n images take n requests.
     native_n: bool = True
+    # An asynchronous task API: its implementation is a TaskApi, driven by the task engine
+    # (providers/task_engine.py), which submits and then polls.
+    polls: bool = False
 
     @property
     def default_size(self) -> Size:

@@ -74,7 +74,7 @@ class ChatCompletionsHandler(GenerationHandler):
         wake = asyncio.Event()
 
         def on_thinking(text: str) -> None:
-            """Queue the optimiser's thinking for the stream (if it is to be shown)."""
+            """Queue the optimiser's thinking and the task's progress for the stream (if shown)."""
             if self.config.stream_reasoning:
                 thinking.append(text)
                 wake.set()
@@ -91,7 +91,8 @@ class ChatCompletionsHandler(GenerationHandler):
                 waker.cancel()
                 wake.clear()
                 if thinking:
-                    await stream.reasoning(thinking.pop(0))
+                    while thinking:
+                        await stream.reasoning(thinking.pop(0))
                 elif not work.done():
                     await stream.keepalive()
             generation = work.result()

@@ -6,6 +6,7 @@ import base64
 import binascii
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -53,8 +54,13 @@ class ProviderAnswerError(Exception):
 class Provider(Protocol):
     """What the generation service needs from a provider."""
 
-    async def generate(self, request: ImageRequest, prompt: str) -> list[ProviderImage]:
-        """Make ``request.n`` images of ``prompt``."""
+    async def generate(
+        self,
+        request: ImageRequest,
+        prompt: str,
+        on_progress: Callable[[str], None] | None = None,
+    ) -> list[ProviderImage]:
+        """Make ``request.n`` images of ``prompt``; ``on_progress`` hears how a wait goes."""
 
 
 class ProviderApi(Protocol):

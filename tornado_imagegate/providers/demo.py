@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from tornado_imagegate.demo_render import render_png
 from tornado_imagegate.openai_api import ImageRequest
@@ -12,7 +13,12 @@ from tornado_imagegate.providers import ProviderImage
 class DemoProvider:
     """Renders a deterministic picture of the prompt and seed; a demo, not a model."""
 
-    async def generate(self, request: ImageRequest, prompt: str) -> list[ProviderImage]:
+    async def generate(
+        self,
+        request: ImageRequest,
+        prompt: str,
+        on_progress: Callable[[str], None] | None = None,
+    ) -> list[ProviderImage]:
         """Render ``request.n`` images (seeds ``seed``, ``seed + 1``, ...) off the event loop."""
         loop = asyncio.get_running_loop()
         images = []

@@ -6,8 +6,9 @@ import asyncio
 import json
 import logging
 import re
+from collections.abc import Callable
 
-from tornado.httpclient import HTTPResponse
+from tornado.httpclient import HTTPRequest, HTTPResponse
 
 from tornado_imagegate import errors
 from tornado_imagegate.config import ProviderGroup
@@ -60,6 +61,12 @@ def short_reason(response: HTTPResponse, secrets: tuple[str, ...]) -> str:
             if isinstance(candidate, str) and candidate.strip():
                 message = candidate
                 break
+    message = safe_reason(message, secrets)
+    return f"HTTP {response.code}" + (f": {message}" if message else "")
+
+
+def safe_reason(message: str, secrets: tuple[str, ...]) -> str:
+    """A provider's message made fit to show: one line, keys removed, at most REASON_CHARS."""
     message = " ".join(message.split())
     for secret in secrets:
         if secret:
@@ -67,7 +74,7 @@ def short_reason(response: HTTPResponse, secrets: tuple[str, ...]) -> str:
     message = re.sub(r"\b(sk|key|Bearer)[-_ ]?[A-Za-z0-9_\-]{12,}", "[redacted]", message)
     if len(message) > REASON_CHARS:
         message = message[: REASON_CHARS - 1] + "…"
-    return f"HTTP {response.code}" + (f": {message}" if message else "")
+    return message
 
 
 class GroupProvider:
@@ -99,13 +106,23 @@ class GroupProvider:
         if self.metrics is not None:
             self.metrics.key_rested(self.group.name, reason)
 
-    async def generate(self, request: ImageRequest, prompt: str) -> list[ProviderImage]:
-        """Make ``request.n`` images, in as few requests as the API allows, within the deadline."""
+    async def generate(
+        self,
+        request: ImageRequest,
+        prompt: str,
+        on_progress: Callable[[str], None] | None = None,
+    ) -> list[ProviderImage]:
+        """Make ``request.n`` images, in as few requests as the API allows, within the deadline.
+
+        ``on_progress`` hears a line each time a task the provider waits on moves on.
+        """
         deadline = asyncio.get_running_loop().time() + self.timeout
         size = self.api.fit_size(request.model, request.width, request.height)
         per_call = max(1, self.api.images_per_call(request.model))
         if request.n <= per_call:  # the usual case: one request, no extra task
-            return await self._call(request, prompt, request.n, size, deadline, request.seed)
+            return await self._call(
+                request, prompt, request.n, size, deadline, request.seed, on_progress
+            )
         # Each call's images start at their own seed (seed, seed + 1, ...): calls that all sent
         # the same seed would get the same picture back.
         batches = await asyncio.gather(
@@ -117,6 +134,7 @@ class GroupProvider:
                     size,
                     deadline,
                     request.seed + done,
+                    on_progress,
                 )
                 for done in range(0, request.n, per_call)
             ]
@@ -140,21 +158,48 @@ class GroupProvider:
         size: tuple[int, int],
         deadline: float,
         seed: int,
+        on_progress: Callable[[str], None] | None = None,
     ) -> list[ProviderImage]:
-        """One request, tried with each usable key in turn until one succeeds.
+        """One request, tried with each usable key in turn until one succeeds."""
+
+        def call_with(key: str) -> ProviderCall:
+            return ProviderCall(
+                self.group.endpoint,
+                key,
+                request.model,
+                request,
+                prompt,
+                count,
+                size,
+                seed,
+                extra=dict(self.group.extra),
+            )
+
+        _, response = await self._first_answer(
+            call_with, self.api.build, deadline, answer_limit(self.image_max_bytes, count)
+        )
+        try:
+            return await self.decoder.parse(self.api, response)
+        except ProviderAnswerError as exc:
+            raise self._error(502, "upstream_error", exc.reason[:REASON_CHARS]) from None
+
+    async def _first_answer(
+        self,
+        call_with: Callable[[str], ProviderCall],
+        build: Callable[[ProviderCall], HTTPRequest],
+        deadline: float,
+        limit: int,
+    ) -> tuple[ProviderCall, HTTPResponse]:
+        """The first 2xx answer to a request, tried with each usable key in turn.
 
         Whether a failure rests the key is KeyPool's decision (keys.py); here only what the
         client hears: failover, 400, 502, 504, or 503 when every key now rests.
         """
         order = self.keys.order()
-        limit = answer_limit(self.image_max_bytes, count)
         last_reason = "no key was tried"
         for index, key in order:
-            http_request = self.api.build(
-                ProviderCall(
-                    self.group.endpoint, key, request.model, request, prompt, count, size, seed
-                )
-            )
+            call = call_with(key)
+            http_request = build(call)
             try:
                 response = await self.upstream.fetch(
                     http_request, deadline, FetchGuard(max_bytes=limit)
@@ -178,10 +223,7 @@ class GroupProvider:
             outcome = classify(code)
             if outcome is Outcome.OK:
                 self.keys.record_success(index)
-                try:
-                    return await self.decoder.parse(self.api, response)
-                except ProviderAnswerError as exc:
-                    raise self._error(502, "upstream_error", exc.reason[:REASON_CHARS]) from None
+                return call, response
             reason = short_reason(response, self.group.keys)
             if outcome is Outcome.REJECTED:
                 raise self._error(400, "upstream_rejected", f"the request was refused ({reason}).")
