@@ -12,12 +12,24 @@ from tornado_imagegate.generation import make_provider
 from tornado_imagegate.openai_api import image_request
 from tornado_imagegate.provider_kinds import KINDS, ProviderKind, group_kind_names, provider_kind
 from tornado_imagegate.providers.group import GroupProvider
+from tornado_imagegate.providers.task_engine import TaskProvider
 from tornado_imagegate.report import settings_report
 from tornado_imagegate.upstream import Upstream
 
 README = Path(__file__).resolve().parent.parent / "README.rst"
 GROUP_KINDS = group_kind_names()
 LOCAL_KINDS = [name for name, kind in KINDS.items() if kind.local]
+TASK_API_METHODS = (
+    "fit_size",
+    "images_per_call",
+    "submit",
+    "read_submission",
+    "poll",
+    "read_poll",
+    "result",
+    "read_result",
+    "cancel",
+)
 
 
 def endpoint_for(kind: ProviderKind) -> str:
@@ -87,8 +99,10 @@ def test_every_kind_builds_its_provider(name: str) -> None:
         assert not isinstance(provider, GroupProvider)
         return
     assert isinstance(provider, GroupProvider)
+    assert isinstance(provider, TaskProvider) == kind.polls
     api = provider.api
-    for method in ("fit_size", "images_per_call", "build", "parse"):
+    methods = TASK_API_METHODS if kind.polls else ("fit_size", "images_per_call", "build", "parse")
+    for method in methods:
         assert callable(getattr(api, method)), method
     for argument, setting in kind.settings_fields.items():
         assert getattr(api, argument) == getattr(settings, setting)

@@ -184,7 +184,7 @@ async def test_fal_queue_status_result_and_cancel(client, fal):
     assert code == 200
     assert task["status_url"].endswith(f"/fal-ai/flux/requests/{task['request_id']}/status")
     assert task["response_url"].endswith(f"/fal-ai/flux/requests/{task['request_id']}")
-    code, early, _ = await fetch(client, task["response_url"], headers=key)
+    code, _, _ = await fetch(client, task["response_url"], headers=key)
     assert code == 400
     seen = []
     for _ in range(4):
