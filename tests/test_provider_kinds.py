@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tornado_imagegate.config import ProviderGroup, Settings, load_settings
+from tornado_imagegate.config import ConfigError, ProviderGroup, Settings, load_settings
 from tornado_imagegate.generation import make_provider
 from tornado_imagegate.openai_api import image_request
 from tornado_imagegate.provider_kinds import KINDS, ProviderKind, group_kind_names, provider_kind
@@ -30,6 +30,7 @@ TASK_API_METHODS = (
     "read_result",
     "cancel",
 )
+DEFAULT_BASE_KINDS = [name for name in GROUP_KINDS if provider_kind(name).default_endpoint]
 
 
 def endpoint_for(kind: ProviderKind) -> str:
@@ -99,6 +100,7 @@ def test_every_kind_builds_its_provider(name: str) -> None:
         assert not isinstance(provider, GroupProvider)
         return
     assert isinstance(provider, GroupProvider)
+    # A kind that polls is driven by the task engine, which needs a TaskApi.
     assert isinstance(provider, TaskProvider) == kind.polls
     api = provider.api
     methods = TASK_API_METHODS if kind.polls else ("fit_size", "images_per_call", "build", "parse")
@@ -119,6 +121,28 @@ def test_sd_settings_reach_its_api() -> None:
 def test_sd_default_endpoint_is_the_one_configuration_uses() -> None:
     group = load_settings({"SD_API_KEY": "sk-sd-1"}).groups[0]
     assert group.endpoint == provider_kind("sd").default_endpoint
+
+
+@pytest.mark.parametrize("name", DEFAULT_BASE_KINDS)
+def test_a_kind_with_an_official_base_needs_no_api_base(name: str) -> None:
+    settings = load_settings(
+        {"IMAGE_GEN_MODEL_1": "m", "IMAGE_GEN_API_KEY_1": "sk-kind-1", "IMAGE_GEN_KIND_1": name}
+    )
+    kind = provider_kind(name)
+    group = next(group for group in settings.groups if group.name == "IMAGE_GEN_1")
+    assert group.endpoint.startswith(kind.default_endpoint)
+    assert group.endpoint.endswith(kind.endpoint_path)
+
+
+def test_a_kind_without_an_official_base_still_needs_one() -> None:
+    with pytest.raises(ConfigError, match="IMAGE_GEN_API_BASE_1: missing"):
+        load_settings(
+            {
+                "IMAGE_GEN_MODEL_1": "m",
+                "IMAGE_GEN_API_KEY_1": "sk-kind-1",
+                "IMAGE_GEN_KIND_1": "chat",
+            }
+        )
 
 
 def test_report_says_what_each_kind_is() -> None:

@@ -23,6 +23,7 @@ from tornado_imagegate.options import (
     Option,
     setting,
 )
+from tornado_imagegate.provider_kinds import KINDS, provider_kind
 from tornado_imagegate.typos import near_misses
 
 
@@ -261,7 +262,11 @@ def _read_group(reader: _Reader, family: GroupFamily, number: str) -> ProviderGr
     given = [names[f.suffix] for f in family.fields if reader.raw(names[f.suffix])]
     if not given:
         return None
-    required = [names[f.suffix] for f in family.fields if f.default is None]
+    required = [
+        names[f.suffix]
+        for f in family.fields
+        if f.default is None and not (f.suffix == "API_BASE" and _has_default_base(reader, names))
+    ]
     missing = [name for name in required if name not in given]
     name = family.group_name(number)
     if missing:
@@ -279,7 +284,9 @@ def _read_group(reader: _Reader, family: GroupFamily, number: str) -> ProviderGr
     kind = family.kind or read["KIND"]
     if kind is None:
         return None  # the KIND problem is noted
-    endpoint = _endpoint(reader, names["API_BASE"], read["API_BASE"], kind)
+    endpoint = _endpoint(
+        reader, names["API_BASE"], read["API_BASE"] or provider_kind(kind).default_endpoint, kind
+    )
     if not read["MODEL"]:
         reader.problems.append(f"{names['MODEL']}: lists no model id")
     if not read["API_KEY"] and names["API_KEY"] not in reader.invalid:
@@ -291,7 +298,14 @@ def _read_group(reader: _Reader, family: GroupFamily, number: str) -> ProviderGr
         endpoint=endpoint,
         keys=read["API_KEY"] or (),
         model_variable=names["MODEL"],
+        extra=read.get("EXTRA") or {},
     )
+
+
+def _has_default_base(reader: _Reader, names: dict[str, str]) -> bool:
+    """Whether the kind a group names has an official base URL, so its API_BASE may be unset."""
+    kind = reader.raw(names["KIND"]).lower() if "KIND" in names else ""
+    return kind in KINDS and bool(KINDS[kind].default_endpoint)
 
 
 def _endpoint(reader: _Reader, variable: str, url: str | None, kind: str) -> str:

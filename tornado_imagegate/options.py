@@ -25,6 +25,7 @@ from tornado_imagegate.values import (
     FETCH_PROXY,
     HOST,
     INDEX,
+    JSON_OBJECT,
     KEYS,
     NAMES,
     PORT,
@@ -305,7 +306,13 @@ class GroupFamily:
 
 
 _MODEL = GroupField("MODEL", NAMES, "model ids")
-_API_BASE = GroupField("API_BASE", ENDPOINT, "the provider's base URL or full endpoint")
+_API_BASE = GroupField(
+    "API_BASE",
+    ENDPOINT,
+    "the provider's base URL or full endpoint; optional for a kind with an official base ("
+    + ", ".join(name for name in GROUP_KINDS if provider_kind(name).default_endpoint)
+    + ")",
+)
 _API_KEY = GroupField("API_KEY", KEYS, "keys")
 _KIND = GroupField(
     "KIND",
@@ -313,7 +320,14 @@ _KIND = GroupField(
     "what the endpoint speaks: " + ", ".join(GROUP_KINDS),
     "chat",
 )
-_IMAGE_GEN_FIELDS = (_MODEL, _API_BASE, _API_KEY, _KIND)
+_EXTRA = GroupField(
+    "EXTRA",
+    JSON_OBJECT,
+    "extra request fields for the upstream, a JSON object: added to every request body, "
+    "never replacing a field the gateway sets",
+    "",
+)
+_IMAGE_GEN_FIELDS = (_MODEL, _API_BASE, _API_KEY, _KIND, _EXTRA)
 
 # In the order /v1/models lists their models.
 FAMILIES: tuple[GroupFamily, ...] = (

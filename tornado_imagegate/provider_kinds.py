@@ -15,7 +15,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tornado_imagegate.sizing import RATIOS_1024, RATIOS_2048, Size
+from tornado_imagegate.sizing import RATIOS_1024, RATIOS_2048, Size, SizeRules, size_for_ratio
+
+# The aspect_ratio values FLUX and most image models on Replicate take.
+REPLICATE_ASPECT_RATIOS = (
+    "1:1",
+    "16:9",
+    "21:9",
+    "3:2",
+    "2:3",
+    "4:5",
+    "5:4",
+    "3:4",
+    "4:3",
+    "9:16",
+    "9:21",
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -33,6 +48,7 @@ class ProviderKind:
     ratios: dict[str, Size]
     # What its endpoint's URL ends with; "" when the configured URL is called as given.
     endpoint_path: str = ""
+    # The provider's official base URL (or endpoint): IMAGE_GEN_API_BASE_n may then be unset.
     default_endpoint: str = ""
     # Runs inside the gateway: no endpoint, no keys, not a value of IMAGE_GEN_KIND_n.
     local: bool = False
@@ -46,11 +62,20 @@ class ProviderKind:
     # An asynchronous task API: its implementation is a TaskApi, driven by the task engine
     # (providers/task_engine.py), which submits and then polls.
     polls: bool = False
+    # The sizes it makes (its API module's fit_size reads them), and, per model family (a piece
+    # of the model id, lower case), the rules that differ; the first family that matches wins.
+    size_rules: SizeRules = field(default_factory=SizeRules)
+    model_size_rules: tuple[tuple[str, SizeRules], ...] = ()
 
     @property
     def default_size(self) -> Size:
         """The size used when the prompt names no ratio and the request no size."""
         return self.ratios["1:1"]
+
+    def sizes_for(self, model: str) -> SizeRules:
+        """The size rules of ``model``: its family's, else the kind's."""
+        lowered = model.lower()
+        return next((r for part, r in self.model_size_rules if part in lowered), self.size_rules)
 
     def build(self, settings: object) -> Any:
         """A new ProviderApi (or, for a local kind, Provider) given the settings it declares.
@@ -98,6 +123,69 @@ KINDS: dict[str, ProviderKind] = {
             native_n=False,
         ),
         ProviderKind(
+            name="modelscope",
+            description="ModelScope API-Inference images, asynchronous: Z-Image, Qwen-Image, FLUX",
+            implementation="tornado_imagegate.providers.modelscope:ModelScopeApi",
+            ratios=RATIOS_1024,
+            endpoint_path="/images/generations",
+            default_endpoint="https://api-inference.modelscope.cn/v1",
+            native_n=False,
+            polls=True,
+            # Its parameter table: SD-family models 64-2048 a side, FLUX 64-1024, Qwen-Image
+            # 64-1664. The multiple of 16 is ours (the table names none).
+            size_rules=SizeRules(max_side=2048, multiple=16),
+            model_size_rules=(
+                ("flux", SizeRules(max_side=1024, multiple=16)),
+                ("qwen-image", SizeRules(max_side=1664, multiple=16)),
+            ),
+        ),
+        ProviderKind(
+            name="dashscope",
+            description="Alibaba DashScope image synthesis, asynchronous: Wan, Qwen-Image",
+            implementation="tornado_imagegate.providers.dashscope:DashScopeApi",
+            ratios=RATIOS_1024,
+            endpoint_path="/services/aigc/text2image/image-synthesis",
+            default_endpoint="https://dashscope.aliyuncs.com/api/v1",
+            polls=True,
+            # wan2.1/2.2: 512-1440 a side; wan2.5: 768*768 to 1440*1440 pixels, 1:4 to 4:1;
+            # wan2.6: from 1280*1280 pixels; qwen-image: five sizes. The multiple of 16 is ours.
+            size_rules=SizeRules(min_side=512, max_side=1440, multiple=16),
+            model_size_rules=(
+                (
+                    "wan2.6",
+                    SizeRules(
+                        max_side=2880,
+                        multiple=16,
+                        min_pixels=1280 * 1280,
+                        max_pixels=1440 * 1440,
+                        max_ratio=4,
+                    ),
+                ),
+                (
+                    "wan2.5",
+                    SizeRules(
+                        max_side=2880,
+                        multiple=16,
+                        min_pixels=768 * 768,
+                        max_pixels=1440 * 1440,
+                        max_ratio=4,
+                    ),
+                ),
+                (
+                    "qwen-image",
+                    SizeRules(
+                        sizes=(
+                            (1328, 1328),
+                            (1664, 928),
+                            (928, 1664),
+                            (1472, 1140),
+                            (1140, 1472),
+                        )
+                    ),
+                ),
+            ),
+        ),
+        ProviderKind(
             name="bfl",
             description="Black Forest Labs FLUX API (submits a task, polls it)",
             implementation="tornado_imagegate.providers.bfl:BflApi",
@@ -105,6 +193,14 @@ KINDS: dict[str, ProviderKind] = {
             default_endpoint="https://api.bfl.ai/v1",
             native_n=False,
             polls=True,
+            # Width and height: multiples of 32 from 256 to 1440, as BFL documents them for
+            # FLUX 1.1 [pro] (FLUX.2 takes more; these suit every model that takes a size).
+            # Kontext and Ultra take an aspect_ratio, "between 21:9 and 9:21".
+            size_rules=SizeRules(min_side=256, max_side=1440, multiple=32),
+            model_size_rules=(
+                ("kontext", SizeRules(min_side=256, max_side=1440, multiple=32, max_ratio=21 / 9)),
+                ("ultra", SizeRules(min_side=256, max_side=1440, multiple=32, max_ratio=21 / 9)),
+            ),
         ),
         ProviderKind(
             name="replicate",
@@ -115,6 +211,13 @@ KINDS: dict[str, ProviderKind] = {
             settings_fields={"timeout": "image_gen_timeout"},
             native_n=False,
             polls=True,
+            # Sized by aspect_ratio: the one of REPLICATE_ASPECT_RATIOS nearest the size asked.
+            size_rules=SizeRules(
+                sizes=tuple(
+                    size_for_ratio(*map(int, ratio.split(":")), 1024)
+                    for ratio in REPLICATE_ASPECT_RATIOS
+                )
+            ),
         ),
         ProviderKind(
             name="fal",
@@ -124,6 +227,8 @@ KINDS: dict[str, ProviderKind] = {
             default_endpoint="https://queue.fal.run",
             native_n=False,
             polls=True,
+            # image_size: a preset, or any width and height (FLUX apps: multiples of 16).
+            size_rules=SizeRules(min_side=256, max_side=2048, multiple=16),
         ),
         ProviderKind(
             name="demo",

@@ -9,7 +9,7 @@ from tornado_imagegate.config import ProviderGroup, Settings
 from tornado_imagegate.datadir import images_dir
 from tornado_imagegate.options import OPTIONS, SECTIONS
 from tornado_imagegate.provider_kinds import provider_kind
-from tornado_imagegate.values import redact_url
+from tornado_imagegate.values import redact_url, show_json_object
 
 # Shown in the summary at the top, so not again among the settings.
 _SUMMARISED = ("IMAGEGATE_HOST", "IMAGEGATE_PORT", "AUTHORIZED_API_KEY", "IMAGEGATE_DATA_DIR")
@@ -17,6 +17,12 @@ _SUMMARISED = ("IMAGEGATE_HOST", "IMAGEGATE_PORT", "AUTHORIZED_API_KEY", "IMAGEG
 
 def _plural(count: int, word: str) -> str:
     return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def _answers(polls: bool) -> str:
+    if not polls:
+        return "at once (no polling)"
+    return "with a task, polled until it is done (within IMAGE_GEN_TIMEOUT)"
 
 
 def describe_groups(groups: tuple[ProviderGroup, ...]) -> list[str]:
@@ -31,6 +37,9 @@ def describe_groups(groups: tuple[ProviderGroup, ...]) -> list[str]:
                 f"  {group.name}: kind {group.kind} ({kind.description}), "
                 f"{redact_url(group.endpoint)}, {_plural(len(group.keys), 'key')}"
             )
+            lines.append(f"    answers: {_answers(kind.polls)}")
+            if group.extra:
+                lines.append(f"    extra request fields: {show_json_object(dict(group.extra))}")
         lines.append(f"    models: {', '.join(group.models) or '(none)'}")
     return lines
 

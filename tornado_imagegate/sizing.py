@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from math import gcd
 
 Size = tuple[int, int]
@@ -133,3 +135,44 @@ def ratio_text(width: int, height: int) -> str:
     """``"16:9"`` for 1024x576: the reduced ratio of a size, for prompts that carry it in words."""
     divisor = gcd(width, height)
     return f"{width // divisor}:{height // divisor}"
+
+
+@dataclass(frozen=True)
+class SizeRules:
+    """The sizes an API can make: side limits, a multiple, pixel and ratio limits, or a list.
+
+    Zero means no limit. With ``sizes``, only those sizes are made (the nearest is taken).
+    """
+
+    min_side: int = MIN_SIDE
+    max_side: int = MAX_SIDE
+    multiple: int = 1
+    min_pixels: int = 0
+    max_pixels: int = 0
+    # The longest side may be at most this many times the shortest.
+    max_ratio: float = 0.0
+    sizes: tuple[Size, ...] = ()
+
+    def fit(self, width: int, height: int) -> Size:
+        """The size nearest ``width`` x ``height`` in aspect ratio that keeps to these rules."""
+        if self.sizes:
+            return nearest_size(self.sizes, width, height)
+        ratio = width / height
+        if self.max_ratio:
+            ratio = min(self.max_ratio, max(1 / self.max_ratio, ratio))
+            height = round(math.sqrt(width * height / ratio))
+            width = round(height * ratio)
+        scale, rounding = 1.0, round
+        if self.max_pixels and width * height > self.max_pixels:
+            scale, rounding = math.sqrt(self.max_pixels / (width * height)), math.floor
+        elif self.min_pixels and width * height < self.min_pixels:
+            scale, rounding = math.sqrt(self.min_pixels / (width * height)), math.ceil
+        scale = min(scale, self.max_side / max(width, height))
+        scale = max(scale, self.min_side / min(width, height))
+        return self._side(width * scale, rounding), self._side(height * scale, rounding)
+
+    def _side(self, value: float, rounding: Callable[[float], int]) -> int:
+        step = max(1, self.multiple)
+        low = -(-self.min_side // step) * step
+        high = self.max_side // step * step
+        return min(high, max(low, rounding(value / step) * step))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Callable
@@ -218,6 +219,23 @@ def endpoint_url(url: str, path: str) -> str:
     return url
 
 
+def json_object(text: str) -> dict[str, Any]:
+    """A JSON object (``{"steps": 30}``); its text is never quoted back in an error."""
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        position = f" at line {exc.lineno} column {exc.colno}" if hasattr(exc, "lineno") else ""
+        raise ValueError(f"is not valid JSON{position}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"must be a JSON object ({{...}}), not {type(value).__name__}")
+    return value
+
+
+def show_json_object(value: dict[str, Any]) -> str:
+    """The field names of a JSON object, never their values (one may hold a secret)."""
+    return ", ".join(value) if value else "(none)"
+
+
 def upstream_proxy(text: str) -> str:
     """``env``, or an http, https, socks5 or socks5h proxy URL."""
     value = text.strip()
@@ -345,6 +363,7 @@ ENDPOINT = ValueType(http_url, "the provider's base URL or its full endpoint", r
 API_URL = ValueType(plain_base_url, "a base URL or full endpoint, no query", redact_url, True)
 PROXY = ValueType(upstream_proxy, "env, or an http(s) or socks5(h) proxy URL", show_proxy, True)
 FETCH_PROXY = ValueType(image_fetch_proxy, "an http://host:port proxy", show_proxy, True)
+JSON_OBJECT = ValueType(json_object, "a JSON object", show_json_object, secret=True)
 REDIS_URL = ValueType(redis_url, "a redis://, rediss:// or unix:// URL", show_redis_url, True)
 
 

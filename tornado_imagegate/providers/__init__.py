@@ -6,7 +6,7 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -77,6 +77,15 @@ class ProviderApi(Protocol):
 
     def parse(self, response: HTTPResponse) -> list[ProviderImage]:
         """The images of a 2xx answer; raises ProviderAnswerError when there are none."""
+
+
+def with_extra(body: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """``body`` with the group's extra fields (IMAGE_GEN_EXTRA_n) added; the gateway's own win.
+
+    An extra field only adds what the gateway does not send (a model's own inputs); it never
+    replaces the prompt, size, count or seed the client asked for.
+    """
+    return {**extra, **body} if extra else body
 
 
 def json_request(endpoint: str, key: str, body: dict[str, Any]) -> HTTPRequest:

@@ -13,11 +13,13 @@ from urllib.parse import quote, urlsplit
 
 from tornado.httpclient import HTTPRequest, HTTPResponse
 
+from tornado_imagegate.provider_kinds import provider_kind
 from tornado_imagegate.providers import (
     ProviderAnswerError,
     ProviderCall,
     ProviderImage,
     json_object_answer,
+    with_extra,
 )
 from tornado_imagegate.providers.task_engine import (
     TaskApiDefaults,
@@ -28,14 +30,8 @@ from tornado_imagegate.providers.task_engine import (
 from tornado_imagegate.providers.task_links import keyed_request, service_url, text_of
 from tornado_imagegate.sizing import ratio_text
 
-# Width and height: multiples of 32 from 256 to 1440, as BFL documents for FLUX 1.1 [pro]
-# (FLUX.2 takes more; these sizes suit every model that takes a size).
-SIDE_STEP = 32
-MIN_SIDE = 256
-MAX_SIDE = 1440
-# Models sized by ``aspect_ratio`` (Kontext: "between 21:9 and 9:21"; 1.1 [pro] Ultra).
+# Models sized by ``aspect_ratio`` rather than width and height (Kontext, 1.1 [pro] Ultra).
 ASPECT_RATIO_MODELS = ("kontext", "ultra")
-WIDEST, TALLEST = 21 / 9, 9 / 21
 
 _REJECTED = {"content moderated", "request moderated"}
 _FAILED = {"error", "failed", "task not found"}
@@ -52,24 +48,12 @@ def takes_aspect_ratio(model: str) -> bool:
     return any(name in model.lower() for name in ASPECT_RATIO_MODELS)
 
 
-def _side(value: float) -> int:
-    return min(MAX_SIDE, max(MIN_SIDE, round(value / SIDE_STEP) * SIDE_STEP))
-
-
 class BflApi(TaskApiDefaults):
     """FLUX models by BFL's endpoint name (``flux-pro-1.1``, ``flux-kontext-pro``...)."""
 
     def fit_size(self, model: str, width: int, height: int) -> tuple[int, int]:
-        """Both sides multiples of 32 from 256 to 1440, the ratio kept as well as they allow."""
-        scale = min(1.0, MAX_SIDE / max(width, height))
-        fitted = _side(width * scale), _side(height * scale)
-        if takes_aspect_ratio(model):  # Kontext takes ratios from 21:9 to 9:21
-            w, h = fitted
-            if w / h > WIDEST:
-                fitted = (w, _side(w / WIDEST))
-            elif w / h < TALLEST:
-                fitted = (_side(h * TALLEST), h)
-        return fitted
+        """Multiples of 32 from 256 to 1440 a side (Kontext: ratios from 21:9 to 9:21)."""
+        return provider_kind("bfl").sizes_for(model).fit(width, height)
 
     def images_per_call(self, model: str) -> int:
         """One image a task."""
@@ -82,9 +66,8 @@ class BflApi(TaskApiDefaults):
             body["aspect_ratio"] = ratio_text(*call.size)
         else:
             body["width"], body["height"] = call.size
-        body.update(call.extra)
         url = f"{api_base(call.endpoint)}/{quote(call.model.strip('/'), safe='/')}"
-        return keyed_request(url, {"x-key": call.key}, "POST", body)
+        return keyed_request(url, {"x-key": call.key}, "POST", with_extra(body, call.extra))
 
     def read_submission(self, response: HTTPResponse) -> TaskState:
         """The task ``id`` and ``polling_url``."""

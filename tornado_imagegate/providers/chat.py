@@ -21,6 +21,7 @@ from tornado_imagegate.providers import (
     images_from_data_list,
     json_answer,
     json_request,
+    with_extra,
 )
 from tornado_imagegate.sizing import ratio_text
 
@@ -50,7 +51,7 @@ class ChatImagesApi:
             "messages": [{"role": "user", "content": content}],
             "stream": False,
         }
-        return json_request(call.endpoint, call.key, body)
+        return json_request(call.endpoint, call.key, with_extra(body, call.extra))
 
     def parse(self, response: HTTPResponse) -> list[ProviderImage]:
         """Find the images, whatever the shape of the answer."""

@@ -15,12 +15,14 @@ from urllib.parse import quote
 
 from tornado.httpclient import HTTPRequest, HTTPResponse
 
+from tornado_imagegate.provider_kinds import provider_kind
 from tornado_imagegate.providers import (
     ProviderAnswerError,
     ProviderCall,
     ProviderImage,
     decode_base64_image,
     json_object_answer,
+    with_extra,
 )
 from tornado_imagegate.providers.task_engine import TaskHandle, TaskState, TaskStatus
 from tornado_imagegate.providers.task_links import (
@@ -30,9 +32,6 @@ from tornado_imagegate.providers.task_links import (
     text_of,
 )
 
-SIDE_STEP = 16
-MIN_SIDE = 256
-MAX_SIDE = 2048
 # fal's named sizes (``image_size``); any other size goes as {"width", "height"}.
 IMAGE_SIZE_PRESETS = {
     (1024, 1024): "square_hd",
@@ -52,16 +51,12 @@ def app_path(model: str) -> str:
     return "/".join(model.strip("/").split("/")[:2])
 
 
-def _side(value: int) -> int:
-    return min(MAX_SIDE, max(MIN_SIDE, round(value / SIDE_STEP) * SIDE_STEP))
-
-
 class FalApi:
     """Any image app on fal's queue, by app id."""
 
     def fit_size(self, model: str, width: int, height: int) -> tuple[int, int]:
         """Sides rounded to multiples of 16, from 256 to 2048."""
-        return _side(width), _side(height)
+        return provider_kind("fal").sizes_for(model).fit(width, height)
 
     def images_per_call(self, model: str) -> int:
         """One image a request (not every app takes ``num_images``)."""
@@ -75,9 +70,8 @@ class FalApi:
             body["negative_prompt"] = call.request.negative_prompt
         if call.request.cfg is not None:
             body["guidance_scale"] = call.request.cfg
-        body.update(call.extra)
         url = f"{call.endpoint.rstrip('/')}/{quote(call.model.strip('/'), safe='/')}"
-        return keyed_request(url, _auth(call), "POST", body)
+        return keyed_request(url, _auth(call), "POST", with_extra(body, call.extra))
 
     def read_submission(self, response: HTTPResponse) -> TaskState:
         """The ``request_id`` and its status, response and cancel URLs."""

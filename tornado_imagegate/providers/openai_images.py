@@ -11,6 +11,7 @@ from tornado_imagegate.providers import (
     images_from_data_list,
     json_answer,
     json_request,
+    with_extra,
 )
 from tornado_imagegate.sizing import nearest_size
 
@@ -56,7 +57,7 @@ class OpenAIImagesApi:
         }
         if _family(call.model) != "gpt-image":
             body["response_format"] = "b64_json"
-        return json_request(call.endpoint, call.key, body)
+        return json_request(call.endpoint, call.key, with_extra(body, call.extra))
 
     def parse(self, response: HTTPResponse) -> list[ProviderImage]:
         """``data[].b64_json`` or ``data[].url``."""

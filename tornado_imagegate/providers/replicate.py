@@ -17,12 +17,14 @@ from urllib.parse import quote, urlsplit
 
 from tornado.httpclient import HTTPRequest, HTTPResponse
 
+from tornado_imagegate.provider_kinds import REPLICATE_ASPECT_RATIOS, provider_kind
 from tornado_imagegate.providers import (
     ProviderAnswerError,
     ProviderCall,
     ProviderImage,
     decode_base64_image,
     json_object_answer,
+    with_extra,
 )
 from tornado_imagegate.providers.task_engine import (
     TaskApiDefaults,
@@ -36,17 +38,11 @@ from tornado_imagegate.providers.task_links import (
     service_url,
     text_of,
 )
-from tornado_imagegate.sizing import nearest_size, size_for_ratio
 
 DEFAULT_TIMEOUT = 180.0
 # Prefer: wait holds the creation call open for up to 60 s.
 MAX_WAIT_SECONDS = 60
 MIN_CANCEL_AFTER_SECONDS = 5
-# The aspect_ratio values FLUX and most image models on Replicate take; sizes to fit them to.
-ASPECT_RATIOS = ("1:1", "16:9", "21:9", "3:2", "2:3", "4:5", "5:4", "3:4", "4:3", "9:16", "9:21")
-_SIZES = {size_for_ratio(*map(int, ratio.split(":")), 1024): ratio for ratio in ASPECT_RATIOS}
-SIZES = tuple(_SIZES)
-
 VERSION_ID = re.compile(r"^[0-9a-f]{64}$")
 # Words of a safety refusal in a failed prediction's error.
 _REFUSAL = re.compile(
@@ -58,6 +54,17 @@ def api_base(endpoint: str) -> str:
     """The API's base (``https://api.replicate.com/v1``): a bare host gets ``/v1``."""
     trimmed = endpoint.rstrip("/")
     return trimmed if urlsplit(trimmed).path else trimmed + "/v1"
+
+
+def aspect_ratio(width: int, height: int) -> str:
+    """The value of ``REPLICATE_ASPECT_RATIOS`` nearest ``width`` x ``height``."""
+    wanted = math.log(width / height)
+    return min(
+        REPLICATE_ASPECT_RATIOS,
+        key=lambda ratio: abs(
+            math.log(int(ratio.split(":")[0]) / int(ratio.split(":")[1])) - wanted
+        ),
+    )
 
 
 def model_and_version(model: str) -> tuple[str, str]:
@@ -76,7 +83,7 @@ class ReplicateApi(TaskApiDefaults):
 
     def fit_size(self, model: str, width: int, height: int) -> tuple[int, int]:
         """The size of the nearest ``aspect_ratio`` Replicate's image models take."""
-        return nearest_size(SIZES, width, height)
+        return provider_kind("replicate").sizes_for(model).fit(width, height)
 
     def images_per_call(self, model: str) -> int:
         """One image a prediction (not every model takes ``num_outputs``)."""
@@ -90,12 +97,12 @@ class ReplicateApi(TaskApiDefaults):
         """
         inputs: dict[str, Any] = {
             "prompt": call.prompt,
-            "aspect_ratio": _SIZES.get(call.size, "1:1"),
+            "aspect_ratio": aspect_ratio(*call.size),
             "seed": call.seed,
         }
         if call.request.negative_prompt:
             inputs["negative_prompt"] = call.request.negative_prompt
-        inputs.update(call.extra)
+        inputs = with_extra(inputs, call.extra)
         name, version = model_and_version(call.model)
         base = api_base(call.endpoint)
         if version:

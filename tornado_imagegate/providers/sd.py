@@ -10,6 +10,7 @@ from tornado_imagegate.providers import (
     ProviderImage,
     json_object_answer,
     json_request,
+    with_extra,
 )
 
 DEFAULT_STEPS = 8
@@ -45,7 +46,7 @@ class SdApi:
         }
         if call.request.negative_prompt:
             body["negative_prompt"] = call.request.negative_prompt
-        return json_request(call.endpoint, call.key, body)
+        return json_request(call.endpoint, call.key, with_extra(body, call.extra))
 
     def parse(self, response: HTTPResponse) -> list[ProviderImage]:
         """Success needs ``"success": true`` and ``data.image_url``."""

@@ -11,6 +11,7 @@ from tornado_imagegate.providers import (
     images_from_data_list,
     json_object_answer,
     json_request,
+    with_extra,
 )
 from tornado_imagegate.sizing import RATIOS_1024, nearest_size
 
@@ -45,7 +46,7 @@ class SiliconFlowApi:
             body["negative_prompt"] = call.request.negative_prompt
         if call.request.cfg is not None:
             body["guidance_scale"] = call.request.cfg
-        return json_request(call.endpoint, call.key, body)
+        return json_request(call.endpoint, call.key, with_extra(body, call.extra))
 
     def parse(self, response: HTTPResponse) -> list[ProviderImage]:
         """``images[].url`` (SiliconFlow), or ``data[].url`` / ``data[].b64_json`` (compatibles)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -164,6 +165,20 @@ class TaskApiDefaults:
     def cancel(self, handle: TaskHandle, call: ProviderCall) -> HTTPRequest | None:
         """None: the API has no cancel call."""
         return None
+
+
+# Words in a failed task's code or message that say it was refused by a content check (APIs
+# report moderation as a failed status with a code, such as DashScope's DataInspectionFailed).
+_REFUSAL_WORDS = re.compile(
+    r"moderat|safety|unsafe|nsfw|inappropriate|sensitive|inspection|content.?polic|"
+    r"prohibited|审核|敏感|违规|不合规",
+    re.IGNORECASE,
+)
+
+
+def looks_refused(*texts: object) -> bool:
+    """Whether a failed task's code or message says a content check refused it."""
+    return any(isinstance(text, str) and _REFUSAL_WORDS.search(text) for text in texts)
 
 
 def progress_line(state: TaskState) -> str:
@@ -424,14 +439,3 @@ class TaskProvider(GroupProvider):
         logger.info(
             "%s: task %s cancelled (HTTP %d)", self.group.name, handle.task_id, response.code
         )
-
-
-__all__ = [
-    "TaskApi",
-    "TaskApiDefaults",
-    "TaskHandle",
-    "TaskProvider",
-    "TaskState",
-    "TaskStatus",
-    "progress_line",
-]

@@ -1,0 +1,151 @@
+"""Alibaba DashScope image synthesis (kind ``dashscope``), asynchronous: Wan and Qwen-Image.
+
+``POST {base}/services/aigc/text2image/image-synthesis`` with ``X-DashScope-Async: enable``
+answers ``output.task_id``; ``GET {base}/tasks/{task_id}`` answers ``output.task_status`` and,
+once ``SUCCEEDED``, ``output.results[].url`` (links that expire after 24 hours).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from tornado.httpclient import HTTPRequest, HTTPResponse
+
+from tornado_imagegate.provider_kinds import provider_kind
+from tornado_imagegate.providers import (
+    ProviderAnswerError,
+    ProviderCall,
+    ProviderImage,
+    json_object_answer,
+    json_request,
+    with_extra,
+)
+from tornado_imagegate.providers.task_engine import (
+    TaskApiDefaults,
+    TaskHandle,
+    TaskState,
+    TaskStatus,
+    looks_refused,
+)
+
+# Where the API's base ends: the submission endpoints are under {base}/services/.
+SERVICES = "/services/"
+MAX_IMAGES = 4  # Wan's parameters.n
+FAILED = frozenset({"FAILED", "CANCELED", "CANCELLED", "UNKNOWN"})
+
+
+def api_base(endpoint: str) -> str:
+    """``https://host/api/v1`` of an endpoint ``https://host/api/v1/services/aigc/...``."""
+    parts = urlsplit(endpoint)
+    path = parts.path
+    base = path[: path.index(SERVICES)] if SERVICES in path else "/api/v1"
+    return urlunsplit(parts._replace(path=base, query="", fragment=""))
+
+
+def _failure(holder: dict[str, Any]) -> TaskState:
+    """A failed task: refused when its code or message says a content check stopped it."""
+    code, message = holder.get("code"), holder.get("message")
+    reason = ": ".join(str(part) for part in (code, message) if isinstance(part, str) and part)
+    refused = looks_refused(code, message)
+    return TaskState(TaskStatus.REJECTED if refused else TaskStatus.FAILED, reason=reason)
+
+
+class DashScopeApi(TaskApiDefaults):
+    """``{model, input: {prompt}, parameters: {size: "W*H", n, seed}}`` -> ``output.task_id``."""
+
+    def fit_size(self, model: str, width: int, height: int) -> tuple[int, int]:
+        """Within the model's limits (wan2.1/2.2 sides, wan2.5/2.6 pixels, qwen-image sizes)."""
+        return provider_kind("dashscope").sizes_for(model).fit(width, height)
+
+    def images_per_call(self, model: str) -> int:
+        """Up to four images a task (Wan); Qwen-Image makes one."""
+        return 1 if "qwen-image" in model.lower() else MAX_IMAGES
+
+    def submit(self, call: ProviderCall) -> HTTPRequest:
+        """The asynchronous submission; extra fields join ``parameters`` (``watermark``...)."""
+        prompt: dict[str, Any] = {"prompt": call.prompt}
+        if call.request.negative_prompt:
+            prompt["negative_prompt"] = call.request.negative_prompt
+        parameters = {
+            "size": f"{call.size[0]}*{call.size[1]}",
+            "n": call.count,
+            "seed": call.seed,
+        }
+        body = {
+            "model": call.model,
+            "input": prompt,
+            "parameters": with_extra(parameters, call.extra),
+        }
+        request = json_request(call.endpoint, call.key, body)
+        request.headers["X-DashScope-Async"] = "enable"
+        return request
+
+    def read_submission(self, response: HTTPResponse) -> TaskState:
+        """``output.task_id`` (and its first status); a ``code`` without ``output`` failed."""
+        answer = json_object_answer(response)
+        output = answer.get("output")
+        if not isinstance(output, dict):
+            if answer.get("code"):
+                return _failure(answer)
+            raise ProviderAnswerError("the answer names no task")
+        task_id = output.get("task_id")
+        if not isinstance(task_id, str) or not task_id:
+            raise ProviderAnswerError("the answer names no task")
+        state = self._state(output)
+        return TaskState(state.status, handle=TaskHandle(task_id), reason=state.reason)
+
+    def poll(self, handle: TaskHandle, call: ProviderCall) -> HTTPRequest:
+        """``GET {base}/tasks/{task_id}``."""
+        return HTTPRequest(
+            handle.poll_url or f"{api_base(call.endpoint)}/tasks/{handle.task_id}",
+            method="GET",
+            headers={"Authorization": f"Bearer {call.key}", "Accept": "application/json"},
+            follow_redirects=False,
+        )
+
+    def read_poll(self, response: HTTPResponse) -> TaskState:
+        """``output.task_status``; SUCCEEDED with ``output.results[].url``."""
+        answer = json_object_answer(response)
+        output = answer.get("output")
+        if not isinstance(output, dict):
+            if answer.get("code"):
+                return _failure(answer)
+            raise ProviderAnswerError("the answer holds no task status")
+        return self._state(output)
+
+    def cancel(self, handle: TaskHandle, call: ProviderCall) -> HTTPRequest | None:
+        """``POST {base}/tasks/{task_id}/cancel`` (it stops a task still waiting in the queue)."""
+        return HTTPRequest(
+            f"{api_base(call.endpoint)}/tasks/{handle.task_id}/cancel",
+            method="POST",
+            headers={"Authorization": f"Bearer {call.key}", "Accept": "application/json"},
+            body=b"",
+            follow_redirects=False,
+        )
+
+    @staticmethod
+    def _state(output: dict[str, Any]) -> TaskState:
+        status = str(output.get("task_status") or "").upper()
+        if status == "SUCCEEDED":
+            results = output.get("results")
+            items = [r for r in results if isinstance(r, dict)] if isinstance(results, list) else []
+            images = tuple(
+                ProviderImage(url=item["url"])
+                for item in items
+                if isinstance(item.get("url"), str) and item["url"]
+            )
+            if images:
+                return TaskState(TaskStatus.DONE, images=images)
+            # Every image failed (with n > 1 the task succeeds if one does): say why.
+            return _failure(next((item for item in items if item.get("code")), output))
+        if status in FAILED:
+            failure = _failure(output)
+            if status == "UNKNOWN" and not failure.reason:
+                return replace(failure, reason="the task is unknown or has expired")
+            return failure
+        if status == "RUNNING":
+            return TaskState(TaskStatus.RUNNING)
+        # PENDING, and any status this gateway does not know: wait (the deadline bounds it).
+        return TaskState(TaskStatus.QUEUED if status == "PENDING" else TaskStatus.RUNNING)
