@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qs
 
+from .origin import FakeOrigin
 from .providers import Answer, Recorded
 from .task_service import DONE, FAILED, MODERATED, FakeTask, FakeTaskService
 
@@ -19,9 +20,16 @@ DEFAULT_MODERATION_REASON = "Derivative Works Filter"
 
 
 class FakeBFL(FakeTaskService):
-    """BFL's FLUX API: submit to ``/v1/{model}``, poll ``/v1/get_result?id=``."""
+    """BFL's FLUX API: submit to ``/v1/{model}``, poll ``/v1/get_result?id=``.
+
+    ``polling_host``: the host name its polling URLs carry (BFL's may name another host).
+    """
 
     image_prefix = "bfl"
+
+    def __init__(self, image_host: FakeOrigin, host: str = "127.0.0.1", **listening: int) -> None:
+        super().__init__(image_host, host, **listening)
+        self.polling_host = self.host
 
     def key_of(self, headers: dict[str, str]) -> str | None:
         """The ``x-key`` header."""
@@ -46,7 +54,7 @@ class FakeBFL(FakeTaskService):
         return Answer(
             json={
                 "id": task.id,
-                "polling_url": self.url(f"v1/get_result?id={task.id}"),
+                "polling_url": f"http://{self.polling_host}:{self.port}/v1/get_result?id={task.id}",
                 "cost": 4.0,
                 "input_mp": 0.0,
                 "output_mp": 1.0,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from .origin import FakeOrigin
 from .providers import Answer, Recorded, bearer_key
 from .task_service import DONE, FAILED, MODERATED, FakeTask, FakeTaskService
 
@@ -26,8 +27,8 @@ class FakeReplicate(FakeTaskService):
 
     image_prefix = "replicate"
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, image_host: FakeOrigin, host: str = "127.0.0.1", **listening: int) -> None:
+        super().__init__(image_host, host, **listening)
         # Models whose output is one URL rather than a list.
         self.single_output = False
 
