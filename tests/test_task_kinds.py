@@ -190,6 +190,7 @@ async def test_replicate_request_shape_extra_inputs_and_a_version_id(http_client
 @pytest.mark.gen_test(timeout=TIMEOUT)
 async def test_replicate_output_of_one_url_is_read_too(http_client, base_url, fakes):
     fakes.replicate.single_output = True
+    fakes.replicate.next_tasks(TaskScript(pending=0))
     response = await post_chat(http_client, base_url, chat_body("a fox", REPLICATE.model))
     assert (await image_of(http_client, response))["width"] > 0
 
@@ -292,17 +293,14 @@ def reasoning_of(payloads: list[Any]) -> list[str]:
 async def test_fal_queue_position_and_percent_stream_as_reasoning_a_line_per_change(
     http_client, base_url, fakes
 ):
-    fakes.fal.next_tasks(TaskScript(pending=3, queued=2))
+    fakes.fal.next_tasks(TaskScript(pending=2, queued=1))
     # A poll that says the same as the one before it adds no line.
-    fakes.fal.script_polls(
-        Answer(202, {"status": "IN_QUEUE", "queue_position": 2}),
-    )
+    fakes.fal.script_polls(Answer(202, {"status": "IN_QUEUE", "queue_position": 1}))
     payloads = await streamed(http_client, base_url, chat_body("a fox", FAL.model))
     assert reasoning_of(payloads) == [
-        "queued: position 2\n",
         "queued: position 1\n",
         "queued: position 0\n",
-        "running: 75%\n",
+        "running: 67%\n",
     ]
     content = "".join(c["delta"].get("content") or "" for p in payloads for c in p["choices"])
     assert LINK.search(content)
@@ -472,7 +470,7 @@ async def test_a_client_leaving_stops_the_polling_and_cancels_the_task(
         await wait_for_cancel(fake, task.id)
     polls = len(fake.polls())
     # Longer than the next few poll intervals: none comes.
-    await asyncio.sleep(3)
+    await asyncio.sleep(2)
     assert len(fake.polls()) == polls
     if not kind.cancels:
         assert fake.cancels == []
