@@ -794,6 +794,8 @@ def test_bad_public_base_url_is_not_echoed(value: str) -> None:
         {"UPSTREAM_PROXY": "http://user:SECRET123@proxy.example:99999"},
         {"IMAGE_FETCH_PROXY": "https://user:SECRET123@proxy.example:3128"},
         {"IMAGE_FETCH_PROXY": "http://user:SECRET123@proxy.example:3128/path"},
+        {**group_env(1, "m1"), "IMAGE_GEN_EXTRA_1": '{"webhook_secret": SECRET123}'},
+        {**group_env(1, "m1"), "IMAGE_GEN_EXTRA_1": '["SECRET123"]'},
     ],
     ids=lambda env: next(iter(env)) if len(env) == 1 else "group",
 )
@@ -802,6 +804,25 @@ def test_a_bad_secret_value_is_named_never_echoed(env: dict[str, str]) -> None:
     report = problems_report(problems, ())
     assert "SECRET123" not in report
     assert all(re.match(r"^[A-Z_0-9]+: ", problem) for problem in problems), problems
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("{steps: 30}", "is not valid JSON at line 1 column 2"),
+        ("[1, 2]", "must be a JSON object ({...}), not list"),
+        ('"steps"', "must be a JSON object ({...}), not str"),
+    ],
+)
+def test_extra_fields_must_be_a_json_object(text: str, reason: str) -> None:
+    problem = one_problem({**group_env(2, "m2"), "IMAGE_GEN_EXTRA_2": text})
+    assert problem == f"IMAGE_GEN_EXTRA_2: {reason}"
+
+
+def test_extra_fields_reach_the_group() -> None:
+    env = {**group_env(1, "m1"), "IMAGE_GEN_EXTRA_1": '{"steps": 30, "loras": {"a/b": 1}}'}
+    group = next(g for g in load_settings(env).groups if g.name == "IMAGE_GEN_1")
+    assert group.extra == {"steps": 30, "loras": {"a/b": 1}}
 
 
 def test_a_bad_key_is_named_by_its_position() -> None:

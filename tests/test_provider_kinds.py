@@ -145,6 +145,14 @@ def test_a_kind_without_an_official_base_still_needs_one() -> None:
         )
 
 
+def test_report_says_which_groups_poll() -> None:
+    lines = settings_report(load_settings(every_group_kind_env())).splitlines()
+    for n, name in enumerate(GROUP_KINDS, start=1):
+        at = next(i for i, line in enumerate(lines) if line.strip().startswith(f"IMAGE_GEN_{n}:"))
+        expected = "answers: with a task, polled" if KINDS[name].polls else "answers: at once"
+        assert lines[at + 1].strip().startswith(expected), name
+
+
 def test_report_says_what_each_kind_is() -> None:
     lines = settings_report(load_settings(every_group_kind_env())).splitlines()
     for n, name in enumerate(GROUP_KINDS, start=1):

@@ -191,6 +191,26 @@ async def test_chat_kind_gets_the_seed_body_with_the_ratio_in_words(http_client,
     }
 
 
+@pytest.mark.gen_test
+@with_env(
+    {
+        "IMAGE_GEN_EXTRA_1": '{"modalities": ["image", "text"], "stream": true}',
+        "IMAGE_GEN_EXTRA_2": '{"quality": "high", "n": 5, "moderation": "low"}',
+    }
+)
+async def test_extra_fields_join_a_synchronous_kinds_body_without_replacing_its_own(
+    http_client, base_url, fakes
+):
+    await generate(http_client, base_url, "chat-test")
+    chat = fakes.chat.last().json
+    assert chat["modalities"] == ["image", "text"]  # OpenRouter's way to ask for an image
+    assert chat["stream"] is False  # the gateway's own field stays
+    await generate(http_client, base_url, "compat-images")
+    images = fakes.oi.last().json
+    assert images["quality"] == "high" and images["moderation"] == "low"
+    assert images["n"] == 1
+
+
 def _chat_shapes(fakes, image_url, image):
     return {
         "markdown": FakeChatImages.content_answer(f"Here you go:\n\n![result]({image_url})"),

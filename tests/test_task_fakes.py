@@ -168,7 +168,7 @@ async def test_replicate_failures_single_output_and_expiring_links(client, repli
     link = answer["output"]
     assert isinstance(link, str)
     assert (await client.fetch(link, raise_error=False)).code == 200
-    assert (await client.fetch(link, raise_error=False)).code == 410
+    assert (await client.fetch(link, raise_error=False)).code == 403
     replicate.script(FakeReplicate.throttled("3"))
     code, _, response = await fetch(client, url, "POST", {"input": {}}, key)
     assert (code, response.headers["Retry-After"]) == (429, "3")

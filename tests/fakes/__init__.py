@@ -8,6 +8,8 @@ Each service the gateway calls has one fake here, used by every test and bench:
 - ``providers``: ``FakeUpstream``, a scriptable service that records every request (``Answer``,
   ``Recorded``), and one subclass per provider kind and the prompt optimiser's LLM:
   ``FakeSiliconFlow``, ``FakeChatImages``, ``FakeOpenAIImages``, ``FakeSD``, ``FakeLLM``.
+- ``tasks``: asynchronous task APIs, each task following a scripted plan of poll answers:
+  ``FakeModelScope``, ``FakeDashScope`` (on ``FakeTaskApi``).
 - ``task_service``: ``FakeTaskService``, what the fakes of task APIs share (``TaskScript``: polls
   still running, then an outcome; links that expire once downloaded), and one module per task
   API: ``bfl`` (``FakeBFL``), ``replicate`` (``FakeReplicate``), ``fal`` (``FakeFal``).
@@ -55,6 +57,7 @@ from .proxy import RecordingProxy, server_name
 from .replicate import FakeReplicate
 from .sets import FakeSet
 from .task_service import DONE, FAILED, MODERATED, NEVER, FakeTask, FakeTaskService, TaskScript
+from .tasks import FakeDashScope, FakeModelScope, FakeTaskApi
 
 __all__ = [
     "DEFAULT_OPTIMISED_PROMPT",
@@ -68,8 +71,10 @@ __all__ = [
     "CountingListener",
     "FakeBFL",
     "FakeChatImages",
+    "FakeDashScope",
     "FakeFal",
     "FakeLLM",
+    "FakeModelScope",
     "FakeOpenAIImages",
     "FakeOrigin",
     "FakeReplicate",
@@ -77,6 +82,7 @@ __all__ = [
     "FakeSet",
     "FakeSiliconFlow",
     "FakeTask",
+    "FakeTaskApi",
     "FakeTaskService",
     "FakeUpstream",
     "Held",

@@ -81,6 +81,16 @@ class FakeOrigin:
 
         self.routes[path] = behaviour
 
+    def serve_once(self, path: str, body: bytes, content_type: str = "image/png") -> None:
+        """Answer ``path`` with these bytes once, then 403, as a signed link that has expired."""
+
+        def behaviour(handler: RequestHandler) -> None:
+            handler.set_header("Content-Type", content_type)
+            handler.finish(body)
+            self.status(path, 403, b"<Error><Code>AccessDenied</Code>Request has expired</Error>")
+
+        self.routes[path] = behaviour
+
     def status(self, path: str, code: int, body: bytes = b"gone") -> None:
         """Answer ``path`` with an error status."""
 

@@ -151,7 +151,7 @@ class FakeTaskService(FakeUpstream):
         path = f"{self.image_prefix}/{next(_image_numbers)}.png"
         png = self.make_png(next(_image_numbers))
         if task.script.expires:
-            self.image_host.routes[path] = _served_once(png)
+            self.image_host.serve_once(path, png)
         else:
             self.image_host.serve(path, png)
         url = self.image_host.url(path)
@@ -191,19 +191,3 @@ class FakeTaskService(FakeUpstream):
             return self.result(task, recorded)
         task.polls += 1
         return self.polled(task, recorded)
-
-
-def _served_once(png: bytes):
-    """An image route that answers once, then 410 as an expired signed link does."""
-    served = []
-
-    def behaviour(handler: RequestHandler) -> None:
-        if served:
-            handler.set_status(410)
-            handler.finish(b"this link has expired")
-            return
-        served.append(True)
-        handler.set_header("Content-Type", "image/png")
-        handler.finish(png)
-
-    return behaviour
