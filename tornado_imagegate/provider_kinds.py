@@ -187,7 +187,7 @@ KINDS: dict[str, ProviderKind] = {
         ),
         ProviderKind(
             name="bfl",
-            description="Black Forest Labs FLUX API (submits a task, polls it)",
+            description="Black Forest Labs FLUX API, asynchronous: FLUX 1.1, Kontext, FLUX.2",
             implementation="tornado_imagegate.providers.bfl:BflApi",
             ratios=RATIOS_1024,
             default_endpoint="https://api.bfl.ai/v1",
@@ -204,7 +204,7 @@ KINDS: dict[str, ProviderKind] = {
         ),
         ProviderKind(
             name="replicate",
-            description="Replicate predictions (waits, then polls)",
+            description="Replicate predictions, asynchronous: owner/name or a version id",
             implementation="tornado_imagegate.providers.replicate:ReplicateApi",
             ratios=RATIOS_1024,
             default_endpoint="https://api.replicate.com/v1",
@@ -221,7 +221,7 @@ KINDS: dict[str, ProviderKind] = {
         ),
         ProviderKind(
             name="fal",
-            description="fal queue (submits a request, polls it)",
+            description="fal queue, asynchronous: the app id as the model",
             implementation="tornado_imagegate.providers.fal:FalApi",
             ratios=RATIOS_1024,
             default_endpoint="https://queue.fal.run",
