@@ -30,6 +30,7 @@ DS_KEY = "sk-dashscope-task-key-9f8e7d6c"
 register_secret(MS_KEY, DS_KEY)
 MS_MODEL = "Tongyi-MAI/Z-Image-Turbo"
 DS_MODEL = "wan2.2-t2i-flash"
+DS_ONE_IMAGE_MODEL = "qwen-image-plus"  # one image a task: n images take n tasks
 TIMEOUT = 20.0
 MODELS = {"modelscope": MS_MODEL, "dashscope": DS_MODEL}
 KINDS = list(MODELS)
@@ -69,7 +70,7 @@ def gateway_env(modelscope, dashscope, request):
         "IMAGE_GEN_API_KEY_1": MS_KEY,
         "IMAGE_GEN_KIND_1": "modelscope",
         "IMAGE_GEN_API_BASE_1": modelscope.base(),
-        "IMAGE_GEN_MODEL_2": DS_MODEL,
+        "IMAGE_GEN_MODEL_2": f"{DS_MODEL},{DS_ONE_IMAGE_MODEL}",
         "IMAGE_GEN_API_KEY_2": DS_KEY,
         "IMAGE_GEN_KIND_2": "dashscope",
         "IMAGE_GEN_API_BASE_2": dashscope.base(),
@@ -194,6 +195,28 @@ async def test_the_images_api_gets_several_images_from_one_dashscope_task(
         await assert_png(http_client, item["url"])
     [submission] = [r for r in dashscope.requests if r.method == "POST"]
     assert submission.json["parameters"]["n"] == 3  # one task, not three
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_when_one_of_several_tasks_fails_the_others_are_cancelled(
+    http_client, base_url, dashscope
+):
+    dashscope.next_plans = [["pending", "failed"], ["pending"]]
+    response = await call(
+        http_client,
+        base_url,
+        "/v1/images/generations",
+        method="POST",
+        body={"model": DS_ONE_IMAGE_MODEL, "prompt": "two pears", "n": 2},
+    )
+
+    assert_error(response, 502, "upstream_error")
+    assert len(dashscope.tasks) == 2
+    await cancelled(dashscope)
+    [failed] = [task for task, steps in dashscope.tasks.items() if steps[0] == "failed"]
+    [unfinished] = [task for task in dashscope.tasks if task != failed]
+    assert dashscope.cancels == [unfinished]
+    assert dashscope.task_bodies[unfinished]["parameters"]["size"] == "1328*1328"
 
 
 @pytest.mark.gen_test(timeout=30)

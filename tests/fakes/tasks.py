@@ -3,8 +3,9 @@
 Each submitted task follows the fake's ``plan``, one step per poll (the last step repeats):
 ``"pending"``, ``"running"``, ``"done"``, ``"failed"``, ``"refused"`` (moderation), or an
 ``Answer`` sent as it is (a 429 with ``Retry-After``, a 500). ``plan = ["pending"]`` is a task
-that never finishes. With ``expire_results`` a result link downloads once, then is 403, as a
-signed link that has expired. ``polls`` and ``cancels`` record what the gateway asked.
+that never finishes; ``next_plans`` gives the next tasks plans of their own. With
+``expire_results`` a result link downloads once, then is 403, as a signed link that has expired.
+``polls`` and ``cancels`` record what the gateway asked.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ class FakeTaskApi(FakeUpstream):
     def __init__(self, image_host: FakeOrigin, host: str = "127.0.0.1", **listening: int) -> None:
         super().__init__(host, image_host, **listening)
         self.plan: list[str | Answer] = ["pending", "running", "done"]
+        # Plans for the next tasks, one each, in order of submission (then ``plan``).
+        self.next_plans: list[list[str | Answer]] = []
         self.expire_results = False
         self.reason = "the model failed to render the image"
         self.refusal = "the content may be inappropriate (moderation)"
@@ -75,7 +78,7 @@ class FakeTaskApi(FakeUpstream):
             if not valid:
                 return Answer(400, self.error_json(400, "the request body is not a JSON object"))
             task_id = f"{uuid.uuid4().hex[:8]}-{next(_task_numbers)}"
-            self.tasks[task_id] = deque(self.plan)
+            self.tasks[task_id] = deque(self.next_plans.pop(0) if self.next_plans else self.plan)
             self.task_bodies[task_id] = recorded.json
             return Answer(json=self.submitted_json(task_id))
         return Answer(404, self.error_json(404, f"no endpoint at {path}"))

@@ -125,8 +125,8 @@ class GroupProvider:
             )
         # Each call's images start at their own seed (seed, seed + 1, ...): calls that all sent
         # the same seed would get the same picture back.
-        batches = await asyncio.gather(
-            *[
+        calls = [
+            asyncio.ensure_future(
                 self._call(
                     request,
                     prompt,
@@ -136,9 +136,17 @@ class GroupProvider:
                     request.seed + done,
                     on_progress,
                 )
-                for done in range(0, request.n, per_call)
-            ]
-        )
+            )
+            for done in range(0, request.n, per_call)
+        ]
+        try:
+            batches = await asyncio.gather(*calls)
+        except BaseException:
+            # One call failed (or the client left): the others' images would not be used, so
+            # they stop now (a task API's tasks are cancelled upstream too).
+            for pending in calls:
+                pending.cancel()
+            raise
         return [image for batch in batches for image in batch]
 
     def _error(self, status: int, code: str, reason: str, detail: str = "") -> GatewayError:
