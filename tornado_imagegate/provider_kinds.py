@@ -15,7 +15,29 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tornado_imagegate.sizing import RATIOS_1024, RATIOS_2048, RATIOS_GEMINI, Size, SizeRules
+from tornado_imagegate.sizing import (
+    RATIOS_1024,
+    RATIOS_2048,
+    RATIOS_GEMINI,
+    Size,
+    SizeRules,
+    size_for_ratio,
+)
+
+# The aspect_ratio values FLUX and most image models on Replicate take.
+REPLICATE_ASPECT_RATIOS = (
+    "1:1",
+    "16:9",
+    "21:9",
+    "3:2",
+    "2:3",
+    "4:5",
+    "5:4",
+    "3:4",
+    "4:3",
+    "9:16",
+    "9:21",
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -178,6 +200,51 @@ KINDS: dict[str, ProviderKind] = {
                     ),
                 ),
             ),
+        ),
+        ProviderKind(
+            name="bfl",
+            description="Black Forest Labs FLUX API, asynchronous: FLUX 1.1, Kontext, FLUX.2",
+            implementation="tornado_imagegate.providers.bfl:BflApi",
+            ratios=RATIOS_1024,
+            default_endpoint="https://api.bfl.ai/v1",
+            native_n=False,
+            polls=True,
+            # Width and height: multiples of 32 from 256 to 1440, as BFL documents them for
+            # FLUX 1.1 [pro] (FLUX.2 takes more; these suit every model that takes a size).
+            # Kontext and Ultra take an aspect_ratio, "between 21:9 and 9:21".
+            size_rules=SizeRules(min_side=256, max_side=1440, multiple=32),
+            model_size_rules=(
+                ("kontext", SizeRules(min_side=256, max_side=1440, multiple=32, max_ratio=21 / 9)),
+                ("ultra", SizeRules(min_side=256, max_side=1440, multiple=32, max_ratio=21 / 9)),
+            ),
+        ),
+        ProviderKind(
+            name="replicate",
+            description="Replicate predictions, asynchronous: owner/name or a version id",
+            implementation="tornado_imagegate.providers.replicate:ReplicateApi",
+            ratios=RATIOS_1024,
+            default_endpoint="https://api.replicate.com/v1",
+            settings_fields={"timeout": "image_gen_timeout"},
+            native_n=False,
+            polls=True,
+            # Sized by aspect_ratio: the one of REPLICATE_ASPECT_RATIOS nearest the size asked.
+            size_rules=SizeRules(
+                sizes=tuple(
+                    size_for_ratio(*map(int, ratio.split(":")), 1024)
+                    for ratio in REPLICATE_ASPECT_RATIOS
+                )
+            ),
+        ),
+        ProviderKind(
+            name="fal",
+            description="fal queue, asynchronous: the app id as the model",
+            implementation="tornado_imagegate.providers.fal:FalApi",
+            ratios=RATIOS_1024,
+            default_endpoint="https://queue.fal.run",
+            native_n=False,
+            polls=True,
+            # image_size: a preset, or any width and height (FLUX apps: multiples of 16).
+            size_rules=SizeRules(min_side=256, max_side=2048, multiple=16),
         ),
         ProviderKind(
             name="demo",

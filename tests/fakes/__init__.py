@@ -12,6 +12,9 @@ Each service the gateway calls has one fake here, used by every test and bench:
   refusals as 200s, Google's error body).
 - ``tasks``: asynchronous task APIs, each task following a scripted plan of poll answers:
   ``FakeModelScope``, ``FakeDashScope`` (on ``FakeTaskApi``).
+- ``task_service``: ``FakeTaskService``, what the fakes of task APIs share (``TaskScript``: polls
+  still running, then an outcome; links that expire once downloaded), and one module per task
+  API: ``bfl`` (``FakeBFL``), ``replicate`` (``FakeReplicate``), ``fal`` (``FakeFal``).
 - ``sets``: ``FakeSet``, the fakes of one test started together on one image host.
 - ``proxy``: ``RecordingProxy``, a forwarding proxy (CONNECT, absolute-URI HTTP, SOCKS5).
 - ``listener``: ``CountingListener``, a host that must never be reached.
@@ -24,7 +27,9 @@ Tests import it as ``fakes`` (tests/ is on pytest's path); a bench puts tests/ o
 first. It is not part of the installed gateway.
 """
 
+from .bfl import FakeBFL
 from .child import emit, serve_until_stdin_closes
+from .fal import FakeFal
 from .gemini import FakeGemini
 from .images import (
     PNG_SIGNATURE,
@@ -55,30 +60,42 @@ from .providers import (
     openai_error,
 )
 from .proxy import RecordingProxy, server_name
+from .replicate import FakeReplicate
 from .sets import FakeSet
+from .task_service import DONE, FAILED, MODERATED, NEVER, FakeTask, FakeTaskService, TaskScript
 from .tasks import FakeDashScope, FakeModelScope, FakeTaskApi
 
 __all__ = [
     "DEFAULT_OPTIMISED_PROMPT",
+    "DONE",
+    "FAILED",
+    "MODERATED",
+    "NEVER",
     "PNG_SIGNATURE",
     "Answer",
     "BareImageHandler",
     "CountingListener",
+    "FakeBFL",
     "FakeChatImages",
     "FakeDashScope",
+    "FakeFal",
     "FakeGemini",
     "FakeLLM",
     "FakeModelScope",
     "FakeOpenAIImages",
     "FakeOrigin",
+    "FakeReplicate",
     "FakeSD",
     "FakeSet",
     "FakeSiliconFlow",
+    "FakeTask",
     "FakeTaskApi",
+    "FakeTaskService",
     "FakeUpstream",
     "Held",
     "Recorded",
     "RecordingProxy",
+    "TaskScript",
     "b64_png",
     "bare_image_app",
     "bearer_key",

@@ -1,0 +1,232 @@
+"""Self-test of the task-API fakes (BFL, Replicate, fal): each speaks its documented shape."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from fakes import (
+    FAILED,
+    MODERATED,
+    NEVER,
+    Answer,
+    FakeBFL,
+    FakeFal,
+    FakeOrigin,
+    FakeReplicate,
+    TaskScript,
+)
+from pngcheck import png_info
+from tornado.httpclient import AsyncHTTPClient, HTTPResponse
+
+
+@pytest.fixture
+def client(io_loop):
+    """The (curl) async HTTP client of this test's loop."""
+    http = AsyncHTTPClient()
+    yield http
+    http.close()
+
+
+@pytest.fixture
+def image_host(io_loop):
+    """The image host the fakes put their images on."""
+    host = FakeOrigin()
+    yield host
+    host.close()
+
+
+@pytest.fixture
+def bfl(io_loop, image_host):
+    """A fake BFL API."""
+    fake = FakeBFL(image_host)
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
+def replicate(io_loop, image_host):
+    """A fake Replicate."""
+    fake = FakeReplicate(image_host)
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
+def fal(io_loop, image_host):
+    """A fake fal queue."""
+    fake = FakeFal(image_host)
+    yield fake
+    fake.close()
+
+
+async def fetch(
+    client: AsyncHTTPClient,
+    url: str,
+    method: str = "GET",
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Any, HTTPResponse]:
+    """One request; (status, decoded JSON or None, response)."""
+    response = await client.fetch(
+        url,
+        method=method,
+        body=None if body is None else json.dumps(body),
+        headers=headers or {},
+        raise_error=False,
+        allow_nonstandard_methods=True,
+    )
+    try:
+        decoded = json.loads(response.body or b"")
+    except ValueError:
+        decoded = None
+    return response.code, decoded, response
+
+
+@pytest.mark.gen_test
+async def test_bfl_submission_pending_polls_then_a_ready_sample(client, bfl):
+    key = {"x-key": "bfl-k1"}
+    code, task, _ = await fetch(
+        client, bfl.url("v1/flux-pro-1.1"), "POST", {"prompt": "a cat", "width": 1024}, key
+    )
+    assert code == 200 and set(task) >= {"id", "polling_url"}
+    statuses = []
+    for _ in range(3):
+        code, answer, _ = await fetch(client, task["polling_url"], headers=key)
+        statuses.append(answer["status"])
+    assert statuses == ["Pending", "Pending", "Ready"]
+    assert png_info((await client.fetch(answer["result"]["sample"])).body)
+    assert bfl.only_task().body["prompt"] == "a cat"
+    assert [r.key for r in bfl.requests] == ["bfl-k1"] * 4
+    code, missing, _ = await fetch(client, bfl.url("v1/get_result?id=nope"), headers=key)
+    assert (code, missing["status"]) == (200, "Task not found")
+
+
+@pytest.mark.gen_test
+async def test_bfl_moderation_failure_key_and_429(client, bfl):
+    key = {"x-key": "bfl-k1"}
+    bfl.next_tasks(
+        TaskScript(pending=0, outcome=MODERATED), TaskScript(pending=0, outcome=FAILED, reason="x")
+    )
+    outcomes = []
+    for _ in range(2):
+        _, task, _ = await fetch(client, bfl.url("v1/flux-2-pro"), "POST", {"prompt": "p"}, key)
+        _, answer, _ = await fetch(client, task["polling_url"], headers=key)
+        outcomes.append((answer["status"], answer["details"]))
+    assert outcomes == [
+        ("Content Moderated", {"Moderation Reasons": ["Derivative Works Filter"]}),
+        ("Error", {"error": "x"}),
+    ]
+    code, answer, _ = await fetch(client, bfl.url("v1/flux-2-pro"), "POST", {"prompt": "p"})
+    assert code == 401 and "detail" in answer
+    bfl.script(FakeBFL.error_answer(429, "too many active tasks", **{"Retry-After": "2"}))
+    code, _, response = await fetch(client, bfl.url("v1/flux-2-pro"), "POST", {}, key)
+    assert (code, response.headers["Retry-After"]) == (429, "2")
+
+
+@pytest.mark.gen_test
+async def test_replicate_prefer_wait_may_finish_at_once_else_poll_then_cancel(client, replicate):
+    key = {"Authorization": "Bearer r8-k1", "Prefer": "wait"}
+    replicate.next_tasks(TaskScript(pending=0), TaskScript(outcome=NEVER))
+    url = replicate.url("v1/models/black-forest-labs/flux-schnell/predictions")
+    code, done, _ = await fetch(client, url, "POST", {"input": {"num_outputs": 2}}, key)
+    assert (code, done["status"], len(done["output"])) == (201, "succeeded", 2)
+    code, started, _ = await fetch(
+        client, replicate.url("v1/predictions"), "POST", {"version": "a" * 64, "input": {}}, key
+    )
+    assert (code, started["status"]) == (201, "starting")
+    _, running, _ = await fetch(client, started["urls"]["get"], headers=key)
+    assert running["status"] == "processing" and "%|" in running["logs"]
+    _, cancelled, _ = await fetch(client, started["urls"]["cancel"], "POST", {}, key)
+    assert cancelled["status"] == "canceled"
+    assert replicate.cancels == [started["id"]]
+    _, after, _ = await fetch(client, started["urls"]["get"], headers=key)
+    assert after["status"] == "canceled"
+
+
+@pytest.mark.gen_test
+async def test_replicate_failures_single_output_and_expiring_links(client, replicate, image_host):
+    key = {"Authorization": "Bearer r8-k1"}
+    url = replicate.url("v1/predictions")
+    replicate.next_tasks(
+        TaskScript(pending=0, outcome=MODERATED),
+        TaskScript(pending=0, outcome=FAILED, reason="boom"),
+        TaskScript(pending=0, expires=True),
+    )
+    replicate.single_output = True
+    seen = []
+    for _ in range(3):
+        _, started, _ = await fetch(client, url, "POST", {"version": "v", "input": {}}, key)
+        _, answer, _ = await fetch(client, started["urls"]["get"], headers=key)
+        seen.append((answer["status"], answer["error"]))
+    assert seen == [
+        ("failed", "NSFW content detected. Try running it again, or try a different prompt."),
+        ("failed", "boom"),
+        ("succeeded", None),
+    ]
+    link = answer["output"]
+    assert isinstance(link, str)
+    assert (await client.fetch(link, raise_error=False)).code == 200
+    assert (await client.fetch(link, raise_error=False)).code == 403
+    replicate.script(FakeReplicate.throttled("3"))
+    code, _, response = await fetch(client, url, "POST", {"input": {}}, key)
+    assert (code, response.headers["Retry-After"]) == (429, "3")
+
+
+@pytest.mark.gen_test
+async def test_fal_queue_status_result_and_cancel(client, fal):
+    key = {"Authorization": "Key fal-k1"}
+    fal.next_tasks(TaskScript(pending=3, queued=2), TaskScript(outcome=NEVER))
+    code, task, _ = await fetch(
+        client, fal.url("fal-ai/flux/dev"), "POST", {"prompt": "a cat", "num_images": 2}, key
+    )
+    assert code == 200
+    assert task["status_url"].endswith(f"/fal-ai/flux/requests/{task['request_id']}/status")
+    assert task["response_url"].endswith(f"/fal-ai/flux/requests/{task['request_id']}")
+    code, _, _ = await fetch(client, task["response_url"], headers=key)
+    assert code == 400
+    seen = []
+    for _ in range(4):
+        code, status, _ = await fetch(client, task["status_url"] + "?logs=1", headers=key)
+        seen.append((code, status["status"], status.get("queue_position")))
+    assert seen == [
+        (202, "IN_QUEUE", 1),
+        (202, "IN_QUEUE", 0),
+        (202, "IN_PROGRESS", None),
+        (200, "COMPLETED", None),
+    ]
+    code, result, _ = await fetch(client, task["response_url"], headers=key)
+    assert code == 200 and len(result["images"]) == 2
+    assert result["has_nsfw_concepts"] == [False, False]
+    code, answer, _ = await fetch(client, task["cancel_url"], "PUT", {}, key)
+    assert (code, answer["status"]) == (400, "ALREADY_COMPLETED")
+    _, second, _ = await fetch(client, fal.url("fal-ai/flux/dev"), "POST", {"prompt": "p"}, key)
+    code, answer, _ = await fetch(client, second["cancel_url"], "PUT", {}, key)
+    assert (code, answer["status"]) == (202, "CANCELLATION_REQUESTED")
+    assert fal.cancels == [task["request_id"], second["request_id"]]
+
+
+@pytest.mark.gen_test
+async def test_fal_failure_moderation_and_scripted_polls(client, fal):
+    key = {"Authorization": "Key fal-k1"}
+    fal.next_tasks(
+        TaskScript(pending=0, outcome=FAILED, reason="out of memory"),
+        TaskScript(pending=0, outcome=MODERATED),
+    )
+    _, failed, _ = await fetch(client, fal.url("fal-ai/flux/dev"), "POST", {}, key)
+    _, status, _ = await fetch(client, failed["status_url"], headers=key)
+    assert status["status"] == "COMPLETED"
+    code, answer, response = await fetch(client, failed["response_url"], headers=key)
+    assert (code, answer["detail"]) == (500, "out of memory")
+    assert response.headers["X-Fal-Error-Type"] == "internal_error"
+    _, flagged, _ = await fetch(client, fal.url("fal-ai/flux/dev"), "POST", {}, key)
+    await fetch(client, flagged["status_url"], headers=key)
+    _, result, _ = await fetch(client, flagged["response_url"], headers=key)
+    assert result["has_nsfw_concepts"] == [True]
+    fal.script_polls(Answer(429, {"detail": "slow down"}, headers={"Retry-After": "1"}))
+    code, _, _ = await fetch(client, flagged["status_url"], headers=key)
+    assert code == 429
+    code, _, _ = await fetch(client, fal.url("fal-ai/flux/dev"), "POST", {})
+    assert code == 401
+    assert [len(fal.submissions()), len(fal.polls())] == [3, 5]
