@@ -194,6 +194,8 @@ async def test_the_optimisers_recent_turns_are_bounded(http_client, base_url, fa
         ("换成夜晚", "夜晚"),
         ("改成水彩风格", "水彩风格"),
         ("让它更大", "更大"),
+        ("can you make the fox bigger", "make the fox bigger"),
+        ("is it possible at dawn", "is it possible at dawn"),
     ],
 )
 def test_the_rule_recognises_follow_ups_and_their_change(text, change):
@@ -201,6 +203,15 @@ def test_the_rule_recognises_follow_ups_and_their_change(text, change):
     assert change_of(text) == change
 
 
-@pytest.mark.parametrize("text", ["a blue car", "一辆蓝色的汽车", "Now a blue car", "draw a dog"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a blue car",
+        "一辆蓝色的汽车",
+        "Now a blue car",
+        "draw a dog",
+        "a lighthouse on a cliff while it storms",
+    ],
+)
 def test_the_rule_leaves_fresh_topics_alone(text):
     assert not is_follow_up(text)

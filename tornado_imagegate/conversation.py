@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from tornado_imagegate.openai_api import ChatBody, ChatMessage
 from tornado_imagegate.sizing import Size, find_ratio, tidy_prompt
 
-MODES = ("refine", "standalone")
 # What the optimiser sees of a conversation: the last few messages, within a character budget.
 RECENT_MESSAGES = 6
 RECENT_CHARS = 2000
+# A message points at the previous image when "it" (它, 这张...) comes within its first words.
+REFERENCE_WORDS = 5
 
 _OPT_OUT = re.compile(r"(?<![\w-])no[-_ ]refine(?![\w-])", re.IGNORECASE)
 _NO_ENHANCE = re.compile(r"(?<![\w-])no[-_ ]enhance(?![\w-])", re.IGNORECASE)
@@ -32,7 +33,8 @@ _PROMPT_LINE = re.compile(r"^\s*(?:Optimized prompt|Prompt)\s*[:：]\s*(?P<promp
 
 # Leading words that carry no change ("ok, now ..."), taken off before the rule looks.
 _FILLER = re.compile(
-    r"^(?:(?:ok(?:ay)?|great|nice|cool|good|thanks|please|now|then|and|also|so|hmm|yes)\b[\s,.!]*"
+    r"^(?:(?:ok(?:ay)?|great|nice|cool|good|thanks|please|now|then|and|also|so|hmm|yes"
+    r"|can\s+you|could\s+you)\b[\s,.!]*"
     r"|(?:好的|不错|很好|谢谢|请|现在|然后|接着|那么)[\s,，。!！]*)+",
     re.IGNORECASE,
 )
@@ -50,6 +52,7 @@ _MARKER = re.compile(
 # Openings that are themselves the change: kept ("add a cat" -> "with a cat").
 _CHANGE_START = re.compile(
     r"^(?:add|remove|without|with|more|less|no\s+more|change|replace|put|keep|zoom|give"
+    r"|make\s+(?:the|her|him|his|its)"
     r"|wider|taller|square|brighter|darker|bigger|smaller|closer|(?:at|in)\s+(?:night|day|dusk|dawn)"
     r")\b|^(?:加|去掉|去除|删掉|删除|添加|增加|更|换|改|放大|缩小)",
     re.IGNORECASE,
@@ -105,7 +108,8 @@ def opt_out(prompt: str) -> tuple[str, bool]:
 def is_follow_up(text: str) -> bool:
     """Whether a message continues the previous image rather than starting afresh."""
     rest = _FILLER.sub("", text.strip())
-    return bool(_MARKER.match(rest) or _CHANGE_START.match(rest) or _REFERS.search(rest))
+    opening = " ".join(rest.split()[:REFERENCE_WORDS])  # "it" later on is the scene's own
+    return bool(_MARKER.match(rest) or _CHANGE_START.match(rest) or _REFERS.search(opening))
 
 
 def change_of(text: str) -> str:
