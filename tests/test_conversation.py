@@ -215,3 +215,35 @@ def test_the_rule_recognises_follow_ups_and_their_change(text, change):
 )
 def test_the_rule_leaves_fresh_topics_alone(text):
     assert not is_follow_up(text)
+
+
+@pytest.mark.gen_test
+async def test_a_top_level_prompt_is_taken_alone(http_client, base_url, fakes):
+    history = await converse(http_client, base_url, FOX)
+    history.append({"role": "user", "content": "now make it at night"})
+    body = {"model": MODEL, "messages": history, "prompt": "now make it at dawn"}
+    response = await post_chat(http_client, base_url, body)
+    assert response.code == 200, response.body
+    assert sent(fakes) == ("now make it at dawn", "1024x1024")
+
+
+@pytest.mark.gen_test
+@with_env(OPTIMISER)
+async def test_with_the_optimiser_a_fresh_topic_gets_its_fresh_prompt(http_client, base_url, fakes):
+    history = await converse(http_client, base_url, FOX)
+    fakes.llm.script(FakeLLM.reply_answer("a shiny blue car on a coastal road"))
+    history.append({"role": "user", "content": "a blue car"})
+    await say(http_client, base_url, history)
+    assert fakes.llm.last().json["messages"][1]["content"].startswith("Conversation:\nUser: a red")
+    assert sent(fakes) == ("a shiny blue car on a coastal road", "1024x1024")
+
+
+@pytest.mark.gen_test
+async def test_a_streamed_follow_up_refines_too(http_client, base_url, fakes):
+    history = await converse(http_client, base_url, FOX)
+    history.append({"role": "user", "content": "再加一只猫"})
+    body = {"model": MODEL, "messages": history, "stream": True}
+    response = await post_chat(http_client, base_url, body)
+    assert response.code == 200
+    assert "Prompt: a red fox in snow, 加上一只猫" in response.body.decode()
+    assert sent(fakes) == ("a red fox in snow, 加上一只猫", "1024x576")
