@@ -101,6 +101,7 @@ class Settings:
     sd_steps: int = setting("SD_STEPS")
     stream_reasoning: bool = setting("STREAM_REASONING")
     answer_task_requests: bool = setting("ANSWER_TASK_REQUESTS")
+    conversation_mode: str = setting("CONVERSATION_MODE")
     images_default_model: str = setting("IMAGES_DEFAULT_MODEL")
     metrics_access: str = setting("METRICS_ACCESS")
     shutdown_grace_seconds: float = setting("SHUTDOWN_GRACE_SECONDS")

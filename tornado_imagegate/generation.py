@@ -7,10 +7,10 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from tornado_imagegate import errors, openai_api
+from tornado_imagegate import conversation, errors, openai_api
 from tornado_imagegate.config import ProviderGroup, Settings
 from tornado_imagegate.images.store import ImageStore, KeptImage
 from tornado_imagegate.keys import cooldown_policy
@@ -47,6 +47,8 @@ class Generation:
         parts = [openai_api.markdown_image(self.request.prompt, i.link) for i in self.images]
         if self.optimised:
             parts.append(f"Optimized prompt: {self.prompt}")
+        elif self.request.refined:  # so that the next follow-up can build on it
+            parts.append(f"Prompt: {self.prompt}")
         return "\n\n".join(parts)
 
 
@@ -134,8 +136,18 @@ class ImageService:
     def chat_request(self, chat: ChatBody) -> ImageRequest:
         """Validate a chat request into an ImageRequest for its model's provider."""
         group = self.group_for(chat.model)
-        prompt = openai_api.chat_prompt(chat)
-        return openai_api.image_request(chat.fields, chat.model, prompt, group.kind)
+        prompt, opted_out = conversation.opt_out(openai_api.chat_prompt(chat))
+        follow_up = None
+        if (
+            self.settings.conversation_mode == "refine"
+            and not opted_out
+            and not chat.fields.get("prompt")
+        ):
+            follow_up = conversation.follow_up(chat, prompt, provider_kind(group.kind).ratios)
+        if follow_up is None:
+            return openai_api.image_request(chat.fields, chat.model, prompt, group.kind)
+        request = openai_api.image_request(chat.fields, chat.model, follow_up.prompt, group.kind)
+        return replace(request, refined=follow_up.continues, conversation=follow_up.turns)
 
     def images_request(self, body: dict[str, Any]) -> openai_api.ImagesApiRequest:
         """Validate an Images API body; an absent or unknown model gets the default model."""
@@ -150,6 +162,8 @@ class ImageService:
         if self.optimiser is None or not request.enhance:
             return OptimisedPrompt(request.prompt, changed=False)
         with self.timed("optimise"):
+            if request.conversation:
+                return await self.optimiser.refine(request.conversation, request.prompt)
             return await self.optimiser.optimise(request.prompt)
 
     @contextmanager

@@ -51,6 +51,10 @@ class ImageRequest:
     # The gpt-image fields the client sent (IMAGE_OPTIONS, output_compression), for the
     # providers that take them.
     options: dict[str, Any] = field(default_factory=dict, hash=False)
+    # A follow-up: the prompt was composed from the conversation's last image and this message.
+    refined: bool = False
+    # The conversation's recent turns, for the optimiser to write the next prompt from.
+    conversation: str = field(default="", hash=False)
 
     @property
     def size(self) -> str:

@@ -290,7 +290,8 @@ SCHEMAS: dict[str, Schema] = {
     "ChatCompletion": {
         "type": "object",
         "description": "The content is markdown: `![alt](IMAGE_LINK)`, then, when the prompt was "
-        "optimised, a blank line and `Optimized prompt: ...`. A client's housekeeping task "
+        "optimised, a blank line and `Optimized prompt: ...` (for a follow-up refined without "
+        "the optimiser, `Prompt: ...`). A client's housekeeping task "
         "(title, tags) gets short text instead.",
         "required": ["id", "object", "created", "model", "choices", "usage"],
         "properties": {

@@ -155,6 +155,12 @@ OPTIONS: tuple[Option, ...] = (
         ),
         Option("CORS_ALLOW_ORIGINS", NAMES, ("*",), "origins allowed from a browser"),
         Option("ANSWER_TASK_REQUESTS", BOOLEAN, True, "answer housekeeping requests with text"),
+        Option(
+            "CONVERSATION_MODE",
+            one_of("refine", "standalone"),
+            "refine",
+            "follow-up messages refine the conversation's last image",
+        ),
     ),
     *_section(
         "optimiser",

@@ -51,6 +51,29 @@ Then, right after </think>, write the final prompt and nothing else.
 
 {_RULES}"""
 
+_CONVERSATION = """You write the prompt for the next picture of a conversation between a \
+person and an image generator. The conversation is given as lines "User: ..." and \
+"Assistant: ..."; "[image]" is a picture the generator made, and an "Optimized prompt" or \
+"Prompt" line says what it was made from. The last "User:" line is what the person asks now.
+
+If it changes or continues the last picture ("now make it at night", "add a cat", "再加一只猫"), \
+write the complete prompt for the new picture: keep everything the conversation established \
+(subject, style, scene) unless the person changes it, and apply the change. If the person \
+starts a new topic, write a prompt for that alone. The prompt must stand on its own: the image \
+model sees nothing of the conversation."""
+
+CONVERSATION_PROMPT = f"""{_CONVERSATION}
+
+{_RULES}"""
+
+REASONING_CONVERSATION_PROMPT = f"""{_CONVERSATION}
+
+Think before you write: plan inside <think> and </think> (does the person continue the last \
+picture or start afresh, what stays, what changes), then, right after </think>, write the final \
+prompt and nothing else.
+
+{_RULES}"""
+
 _THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL | re.IGNORECASE)
 
 
@@ -119,14 +142,32 @@ class PromptOptimiser:
             return REASONING_SYSTEM_PROMPT
         return NON_REASONING_SYSTEM_PROMPT
 
+    @property
+    def conversation_prompt(self) -> str:
+        """The system prompt for a conversation's next image, in the configured mode."""
+        if self.settings.reasoning:
+            return REASONING_CONVERSATION_PROMPT
+        return CONVERSATION_PROMPT
+
     async def optimise(self, text: str) -> OptimisedPrompt:
         """The optimised prompt, or ``text`` itself if the LLM fails, is slow or says nothing."""
+        return await self._complete(self.system_prompt, f"Input: {text}\nOutput:", text)
+
+    async def refine(self, turns: str, fallback: str) -> OptimisedPrompt:
+        """The complete prompt of a conversation's next image, written from its recent ``turns``;
+        ``fallback`` if the LLM fails, is slow or says nothing."""
+        return await self._complete(
+            self.conversation_prompt, f"Conversation:\n{turns}\nOutput:", fallback
+        )
+
+    async def _complete(self, system: str, user: str, text: str) -> OptimisedPrompt:
+        """Ask the LLM (keys in turn); ``text`` unchanged on any failure."""
         deadline = asyncio.get_running_loop().time() + self.timeout
         body = {
             "model": self.settings.model,
             "messages": [
-                {"role": "system", "content": self.system_prompt},
-                {"role": "user", "content": f"Input: {text}\nOutput:"},
+                {"role": "system", "content": system},
+                {"role": "user", "content": user},
             ],
         }
         reason = "no key available"

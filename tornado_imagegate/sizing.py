@@ -84,18 +84,24 @@ def extract_ratio(prompt: str, table: dict[str, Size]) -> tuple[str, Size | None
     A ratio is one of the table's, or a common one (``4:3``, ``21:9``...); other ``a:b`` pairs
     such as times are left alone. Both ``:`` and the full-width ``：`` count.
     """
+    found = find_ratio(prompt, table)
+    if found is None:
+        return prompt.strip(), None
+    match, size = found
+    cleaned = prompt[: match.start()] + " " + prompt[match.end() :]
+    return tidy_prompt(cleaned), size
+
+
+def find_ratio(prompt: str, table: dict[str, Size]) -> tuple[re.Match[str], Size] | None:
+    """The first aspect ratio written in ``prompt`` (its match, ``w`` and ``h`` groups) and size."""
     for match in _RATIO.finditer(prompt):
         w, h = int(match.group("w")), int(match.group("h"))
         key = f"{w}:{h}"
         if key in table:
-            size = table[key]
-        elif key in COMMON_RATIOS:
-            size = size_for_ratio(w, h, max(table["1:1"]))
-        else:
-            continue
-        cleaned = prompt[: match.start()] + " " + prompt[match.end() :]
-        return tidy_prompt(cleaned), size
-    return prompt.strip(), None
+            return match, table[key]
+        if key in COMMON_RATIOS:
+            return match, size_for_ratio(w, h, max(table["1:1"]))
+    return None
 
 
 def size_for_ratio(w: int, h: int, longest: int) -> Size:
