@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -12,10 +13,11 @@ from typing import Any
 
 from tornado_imagegate import errors, openai_api
 from tornado_imagegate.config import ProviderGroup, Settings
+from tornado_imagegate.images.inputs import load_input
 from tornado_imagegate.images.store import ImageStore, KeptImage
 from tornado_imagegate.keys import cooldown_policy
 from tornado_imagegate.metrics import Metrics
-from tornado_imagegate.openai_api import ChatBody, ImageRequest
+from tornado_imagegate.openai_api import ChatBody, ImageRequest, InputImage
 from tornado_imagegate.prompt import OptimisedPrompt, PromptOptimiser
 from tornado_imagegate.provider_kinds import provider_kind
 from tornado_imagegate.providers import Provider, ProviderImage
@@ -136,6 +138,31 @@ class ImageService:
         group = self.group_for(chat.model)
         prompt = openai_api.chat_prompt(chat)
         return openai_api.image_request(chat.fields, chat.model, prompt, group.kind)
+
+    def check_inputs(self, model: str, count: int, param: str = "messages") -> None:
+        """400 when ``count`` input images are more than ``model`` takes (none: not supported)."""
+        if count == 0:
+            return
+        takes = self.group_for(model).image_inputs
+        if takes == 0:
+            raise errors.image_input_not_supported(model)
+        if count > takes:
+            raise errors.invalid_image_input(
+                f"The model '{model}' takes at most {takes} input image(s); {count} were sent.",
+                param,
+            )
+
+    async def with_inputs(self, request: ImageRequest, urls: tuple[str, ...]) -> ImageRequest:
+        """``request`` with the images ``urls`` name loaded (data URIs, the gateway's own links
+        from its store, other links through the guarded fetcher), checked before any upstream
+        call to the provider."""
+        self.check_inputs(request.model, len(urls))
+        if not urls:
+            return request
+        inputs: list[InputImage] = []
+        for url in urls:
+            inputs.append(await load_input(self.store, url, self.settings.image_input_max_bytes))
+        return dataclasses.replace(request, inputs=tuple(inputs))
 
     def images_request(self, body: dict[str, Any]) -> openai_api.ImagesApiRequest:
         """Validate an Images API body; an absent or unknown model gets the default model."""

@@ -38,6 +38,8 @@ REPLICATE_ASPECT_RATIOS = (
     "9:16",
     "9:21",
 )
+# The most input images one request may carry, whatever its kind or group says.
+MAX_INPUT_IMAGES = 4
 
 
 @dataclass(frozen=True, eq=False)
@@ -62,7 +64,7 @@ class ProviderKind:
     # Its configuration: constructor argument of the implementation -> the Settings field it gets.
     settings_fields: Mapping[str, str] = field(default_factory=dict)
     takes_text: bool = True
-    # How many input images a request may carry (edits, references); no kind takes any yet.
+    # How many input images (to edit, or as references) one request may carry; 0: none.
     image_inputs: int = 0
     # One upstream request can make several images; otherwise n images take n requests.
     native_n: bool = True
@@ -104,6 +106,8 @@ KINDS: dict[str, ProviderKind] = {
             implementation="tornado_imagegate.providers.chat:ChatImagesApi",
             ratios=RATIOS_1024,
             endpoint_path="/chat/completions",
+            # Forwarded as image_url parts of the user message.
+            image_inputs=4,
             native_n=False,
         ),
         ProviderKind(
@@ -112,6 +116,8 @@ KINDS: dict[str, ProviderKind] = {
             implementation="tornado_imagegate.providers.openai_images:OpenAIImagesApi",
             ratios=RATIOS_1024,
             endpoint_path="/images/generations",
+            # Sent to the edits endpoint (/images/edits) beside it.
+            image_inputs=4,
         ),
         ProviderKind(
             name="siliconflow",
@@ -136,6 +142,8 @@ KINDS: dict[str, ProviderKind] = {
             ratios=RATIOS_GEMINI,
             # The model is part of the path: the API appends /models/{model}:generateContent.
             default_endpoint="https://generativelanguage.googleapis.com/v1beta",
+            # inlineData parts beside the prompt; the Flash image models work best with three.
+            image_inputs=3,
             native_n=False,
         ),
         ProviderKind(

@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 class ChatCompletionsHandler(GenerationHandler):
     """Answers a chat completion whose content is a markdown image of the gateway's own link."""
 
+    takes_images = True  # image_url parts as data URIs
+
     def initialize(self, service: ImageService, metrics: Metrics) -> None:
         """Take the generation service and the metrics (open streams) from the route table."""
         super().initialize(service)
@@ -36,6 +38,7 @@ class ChatCompletionsHandler(GenerationHandler):
             await self.answer_text(chat, housekeeping.task_reply(chat))
             return
         request = self.service.chat_request(chat)
+        request = await self.service.with_inputs(request, chat.last_user_images())
         if request.stream:
             await self.stream(request, chat)
             return
