@@ -1,0 +1,245 @@
+"""Image inputs: images sent with a chat completion reach the provider intact, in its own field."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import random
+import re
+
+import pytest
+from conftest import assert_error, call, chat_body, json_of, post_chat, register_secret
+from fakes import (
+    FakeChatImages,
+    FakeGemini,
+    FakeOpenAIImages,
+    FakeSet,
+    data_uri,
+    noise_png_of_size,
+    png_bytes,
+)
+
+OI_KEY = "sk-edits-key-5791"
+CHAT_KEY = "sk-chat-inputs-key-2468"
+GEMINI_KEY = "AIza-inputs-key-1357"
+register_secret(OI_KEY, CHAT_KEY, GEMINI_KEY)
+LINK = re.compile(r"!\[[^\]]*\]\((\S+?)\)")
+INPUT_MAX_BYTES = 64 * 1024
+
+
+@pytest.fixture
+def fakes(io_loop):
+    """An edit-capable fake of each kind that takes images."""
+    started = FakeSet(oi=FakeOpenAIImages, chat=FakeChatImages, gemini=FakeGemini)
+    yield started
+    started.close()
+
+
+@pytest.fixture
+def gateway_env(fakes, request):
+    """gpt-image on the Images API, a chat-kind model, a Gemini model (images off for one)."""
+    return {
+        "IMAGE_GEN_MODEL_1": "gpt-image-1",
+        "IMAGE_GEN_API_BASE_1": fakes.oi.url("v1"),
+        "IMAGE_GEN_API_KEY_1": OI_KEY,
+        "IMAGE_GEN_KIND_1": "openai-images",
+        "IMAGE_GEN_MODEL_2": "chat-image-model",
+        "IMAGE_GEN_API_BASE_2": fakes.chat.url("v1"),
+        "IMAGE_GEN_API_KEY_2": CHAT_KEY,
+        "IMAGE_GEN_KIND_2": "chat",
+        "IMAGE_GEN_MODEL_3": "gemini-2.5-flash-image",
+        "IMAGE_GEN_API_BASE_3": fakes.gemini.base_url(),
+        "IMAGE_GEN_API_KEY_3": GEMINI_KEY,
+        "IMAGE_GEN_KIND_3": "gemini",
+        "IMAGE_GEN_MODEL_4": "gemini-text-only",
+        "IMAGE_GEN_API_BASE_4": fakes.gemini.base_url(),
+        "IMAGE_GEN_API_KEY_4": GEMINI_KEY,
+        "IMAGE_GEN_KIND_4": "gemini",
+        "IMAGE_GEN_INPUTS_4": "false",
+        "IMAGE_INPUT_MAX_BYTES": str(INPUT_MAX_BYTES),
+        "IMAGE_PROXY_ALLOW_PRIVATE_NETWORKS": "true",
+        **getattr(request, "param", {}),
+    }
+
+
+def with_images(model: str, text: str, *urls: str) -> dict:
+    """A chat body whose user message is ``text`` and an image_url part per URL."""
+    parts = [{"type": "text", "text": text}]
+    parts += [{"type": "image_url", "image_url": {"url": url}} for url in urls]
+    return chat_body(parts, model=model)
+
+
+async def links_of(http_client, base_url, body) -> list[str]:
+    """A chat completion that must succeed: its image links."""
+    response = await post_chat(http_client, base_url, body)
+    assert response.code == 200, response.body
+    return LINK.findall(json_of(response)["choices"][0]["message"]["content"])
+
+
+def received(fakes) -> int:
+    """How many requests the providers received, together."""
+    return len(fakes.oi.requests) + len(fakes.chat.requests) + len(fakes.gemini.requests)
+
+
+@pytest.mark.gen_test
+async def test_an_uploaded_png_reaches_the_edits_endpoint_intact(http_client, base_url, fakes):
+    png = png_bytes(seed=11)
+    await links_of(http_client, base_url, with_images("gpt-image-1", "make it blue", data_uri(png)))
+    sent = fakes.oi.last()
+    assert sent.path == "/v1/images/edits"
+    assert sent.key == OI_KEY
+    assert sent.json["prompt"] == "make it blue"
+    assert sent.json["model"] == "gpt-image-1"
+    [(_, content_type, data)] = sent.files["image"]
+    assert (content_type, data) == ("image/png", png)
+
+
+@pytest.mark.gen_test
+async def test_several_images_go_as_image_brackets(http_client, base_url, fakes):
+    first, second = png_bytes(seed=12), png_bytes(seed=13)
+    body = with_images("gpt-image-1", "merge them", data_uri(first), data_uri(second))
+    await links_of(http_client, base_url, body)
+    assert [data for _, _, data in fakes.oi.last().files["image[]"]] == [first, second]
+
+
+@pytest.mark.gen_test
+async def test_text_only_still_goes_to_generations(http_client, base_url, fakes):
+    await links_of(http_client, base_url, chat_body("a kite", model="gpt-image-1"))
+    assert fakes.oi.last().path == "/v1/images/generations"
+
+
+@pytest.mark.gen_test
+async def test_the_chat_kind_gets_image_url_parts(http_client, base_url, fakes):
+    png = png_bytes(seed=14)
+    await links_of(http_client, base_url, with_images("chat-image-model", "a hat", data_uri(png)))
+    [message] = fakes.chat.last().json["messages"]
+    text, image = message["content"]
+    assert text == {"type": "text", "text": "a hat"}
+    url = image["image_url"]["url"]
+    assert url.startswith("data:image/png;base64,")
+    assert base64.b64decode(url.split(",", 1)[1]) == png
+
+
+@pytest.mark.gen_test
+async def test_gemini_gets_inline_data_parts(http_client, base_url, fakes):
+    png = png_bytes(seed=15)
+    body = with_images("gemini-2.5-flash-image", "watercolour", data_uri(png))
+    await links_of(http_client, base_url, body)
+    [content] = fakes.gemini.last().json["contents"]
+    text, image = content["parts"]
+    assert text == {"text": "watercolour"}
+    assert image["inlineData"]["mimeType"] == "image/png"
+    assert base64.b64decode(image["inlineData"]["data"]) == png
+
+
+@pytest.mark.gen_test
+async def test_an_http_link_is_fetched_and_passed(http_client, base_url, fakes):
+    png = png_bytes(seed=16)
+    fakes.images.serve("photo", png, content_type="application/octet-stream")
+    body = with_images("gemini-2.5-flash-image", "at night", fakes.images.url("photo"))
+    await links_of(http_client, base_url, body)
+    image = fakes.gemini.last().json["contents"][0]["parts"][1]["inlineData"]
+    assert base64.b64decode(image["data"]) == png
+    assert fakes.images.hits["photo"] == 1
+
+
+@pytest.mark.gen_test
+async def test_the_gateways_own_link_is_read_from_its_store(http_client, base_url, fakes, caplog):
+    [link] = await links_of(http_client, base_url, chat_body("a fox", model="gpt-image-1"))
+    caplog.set_level(logging.INFO, logger="tornado.access")
+    caplog.clear()
+    relative = link[len(base_url) :]
+    for own in (link, relative, link.replace("127.0.0.1", "gateway.example")):
+        await links_of(http_client, base_url, with_images("gemini-2.5-flash-image", "wider", own))
+    assert not [r for r in caplog.records if "/image-proxy" in r.getMessage()]
+    served = await http_client.fetch(link)
+    assert [r for r in caplog.records if "/image-proxy" in r.getMessage()]
+    for sent in fakes.gemini.requests:
+        image = sent.json["contents"][0]["parts"][1]["inlineData"]
+        assert base64.b64decode(image["data"]) == served.body
+
+
+@pytest.mark.gen_test
+async def test_a_model_that_takes_no_images_is_400_before_any_call(http_client, base_url, fakes):
+    body = with_images("gemini-text-only", "blue", data_uri(png_bytes(seed=17)))
+    response = await post_chat(http_client, base_url, body)
+    assert_error(response, 400, "image_input_not_supported")
+    assert "gemini-text-only" in json_of(response)["error"]["message"]
+    assert received(fakes) == 0
+
+
+@pytest.mark.gen_test
+async def test_more_images_than_the_model_takes_is_400(http_client, base_url, fakes):
+    urls = [data_uri(png_bytes(seed=s)) for s in range(4)]
+    response = await post_chat(
+        http_client, base_url, with_images("gemini-2.5-flash-image", "x", *urls)
+    )
+    assert_error(response, 400, "invalid_image_input")
+    assert received(fakes) == 0
+
+
+@pytest.mark.gen_test
+async def test_an_image_over_the_byte_limit_is_413(http_client, base_url, fakes):
+    big = noise_png_of_size(INPUT_MAX_BYTES + 1, random.Random(3))
+    response = await post_chat(
+        http_client, base_url, with_images("gpt-image-1", "x", data_uri(big))
+    )
+    assert_error(response, 413, "image_input_too_large")
+    fakes.images.serve("big", big)
+    body = with_images("gpt-image-1", "x", fakes.images.url("big"))
+    assert_error(await post_chat(http_client, base_url, body), 413, "image_input_too_large")
+    assert received(fakes) == 0
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize(
+    "url",
+    [
+        "data:image/svg+xml;base64,"
+        + base64.b64encode(b'<svg xmlns="http://www.w3.org/2000/svg"/>').decode(),
+        "data:image/png;base64," + base64.b64encode(b"not a png at all").decode(),
+        "data:image/png;base64,%%%",
+        "data:image/png,rawbytes",
+        "ftp://example.com/a.png",
+    ],
+)
+async def test_what_is_not_a_raster_image_is_400(http_client, base_url, fakes, url):
+    response = await post_chat(http_client, base_url, with_images("gpt-image-1", "x", url))
+    assert_error(response, 400, "invalid_image_input")
+    assert received(fakes) == 0
+
+
+@pytest.mark.gen_test
+async def test_an_unreachable_or_html_link_is_400(http_client, base_url, fakes):
+    fakes.images.serve("page", b"<html>hi</html>", content_type="text/html")
+    fakes.images.status("gone", 404)
+    for path in ("page", "gone"):
+        body = with_images("gpt-image-1", "x", fakes.images.url(path))
+        assert_error(await post_chat(http_client, base_url, body), 400, "invalid_image_input")
+    assert received(fakes) == 0
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize(
+    "gateway_env", [{"IMAGE_PROXY_ALLOW_PRIVATE_NETWORKS": "false"}], indirect=True
+)
+async def test_a_link_to_a_private_address_is_refused(http_client, base_url, fakes):
+    fakes.images.serve("photo", png_bytes(seed=18))
+    body = with_images("gpt-image-1", "x", fakes.images.url("photo"))
+    assert_error(await post_chat(http_client, base_url, body), 400, "invalid_image_input")
+    assert fakes.images.hits["photo"] == 0
+    assert received(fakes) == 0
+
+
+@pytest.mark.gen_test
+async def test_an_image_under_the_limit_fits_the_chat_body(http_client, base_url, fakes):
+    png = noise_png_of_size(INPUT_MAX_BYTES, random.Random(4))
+    await links_of(http_client, base_url, with_images("gpt-image-1", "x", data_uri(png)))
+    assert fakes.oi.last().files["image"][0][2] == png
+
+
+@pytest.mark.gen_test
+async def test_images_endpoint_limit_is_unchanged(http_client, base_url):
+    body = {"model": "gpt-image-1", "prompt": "x" * (5 * 1024 * 1024)}
+    response = await call(http_client, base_url, "/v1/images/generations", method="POST", body=body)
+    assert_error(response, 413, "request_too_large")
