@@ -7,8 +7,17 @@ import logging
 import random
 import re
 
+import openai
 import pytest
-from conftest import assert_error, call, chat_body, json_of, post_chat, register_secret
+from conftest import (
+    CLIENT_KEYS,
+    assert_error,
+    call,
+    chat_body,
+    json_of,
+    post_chat,
+    register_secret,
+)
 from fakes import (
     FakeChatImages,
     FakeGemini,
@@ -243,3 +252,93 @@ async def test_images_endpoint_limit_is_unchanged(http_client, base_url):
     body = {"model": "gpt-image-1", "prompt": "x" * (5 * 1024 * 1024)}
     response = await call(http_client, base_url, "/v1/images/generations", method="POST", body=body)
     assert_error(response, 413, "request_too_large")
+
+
+def sdk(base_url: str) -> openai.AsyncOpenAI:
+    """The real openai SDK, pointed at the gateway."""
+    return openai.AsyncOpenAI(
+        base_url=f"{base_url}/v1", api_key=CLIENT_KEYS[0], max_retries=0, timeout=30
+    )
+
+
+@pytest.mark.gen_test
+async def test_images_edit_through_the_openai_sdk(base_url, fakes):
+    png, mask = png_bytes(seed=21), png_bytes(seed=22)
+    async with sdk(base_url) as client:
+        result = await client.images.edit(
+            model="gpt-image-1",
+            image=("photo.png", png, "image/png"),
+            mask=("mask.png", mask, "image/png"),
+            prompt="make this a watercolour",
+            n=2,
+            size="1536x1024",
+        )
+    assert len(result.data) == 2
+    assert all(base64.b64decode(entry.b64_json)[:4] == b"\x89PNG" for entry in result.data)
+    sent = fakes.oi.last()
+    assert sent.path == "/v1/images/edits"
+    assert sent.json["prompt"] == "make this a watercolour"
+    assert (sent.json["n"], sent.json["size"]) == (2, "1536x1024")
+    assert sent.files["image"][0][2] == png
+    assert sent.files["mask"][0][2] == mask
+
+
+@pytest.mark.gen_test
+async def test_images_edit_with_several_images_and_links(base_url, fakes):
+    first, second = png_bytes(seed=23), png_bytes(seed=24)
+    async with sdk(base_url) as client:
+        result = await client.images.edit(
+            model="gemini-2.5-flash-image",
+            image=[("a.png", first, "image/png"), ("b.png", second, "image/png")],
+            prompt="put them together",
+            response_format="url",
+        )
+    assert result.data[0].url.startswith(f"{base_url}/image-proxy?id=")
+    parts = fakes.gemini.last().json["contents"][0]["parts"]
+    assert [base64.b64decode(p["inlineData"]["data"]) for p in parts[1:]] == [first, second]
+
+
+@pytest.mark.gen_test
+async def test_images_edit_refuses_what_the_model_cannot_take(base_url, fakes):
+    async with sdk(base_url) as client:
+        with pytest.raises(openai.BadRequestError) as refused:
+            await client.images.edit(
+                model="gemini-text-only", image=("a.png", png_bytes(), "image/png"), prompt="x"
+            )
+        assert refused.value.code == "image_input_not_supported"
+        with pytest.raises(openai.BadRequestError) as refused:
+            await client.images.edit(
+                model="gpt-image-1", image=("a.svg", b"<svg/>", "image/png"), prompt="x"
+            )
+        assert refused.value.code == "invalid_image_input"
+        big = noise_png_of_size(INPUT_MAX_BYTES + 1, random.Random(5))
+        with pytest.raises(openai.APIStatusError) as refused:
+            await client.images.edit(model="gpt-image-1", image=("a.png", big), prompt="x")
+        assert refused.value.status_code == 413
+        assert refused.value.code == "image_input_too_large"
+    assert received(fakes) == 0
+
+
+@pytest.mark.gen_test
+async def test_an_edit_must_be_a_form_with_an_image(http_client, base_url, fakes):
+    as_json = await call(
+        http_client, base_url, "/v1/images/edits", method="POST", body={"prompt": "x"}
+    )
+    assert_error(as_json, 400, "invalid_parameters")
+    boundary = "b0undary"
+    form = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="prompt"\r\n\r\nx\r\n'
+        f"--{boundary}--\r\n"
+    ).encode()
+    response = await http_client.fetch(
+        f"{base_url}/v1/images/edits",
+        method="POST",
+        body=form,
+        headers={
+            "Authorization": f"Bearer {CLIENT_KEYS[0]}",
+            "Content-Type": f"multipart/form-data; boundary={boundary}",
+        },
+        raise_error=False,
+    )
+    assert_error(response, 400, "invalid_parameters")
+    assert received(fakes) == 0
