@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import logging
 import random
 import re
@@ -27,6 +28,8 @@ from fakes import (
     noise_png_of_size,
     png_bytes,
 )
+
+from tornado_imagegate.images.inputs import previous_link
 
 OI_KEY = "sk-edits-key-5791"
 CHAT_KEY = "sk-chat-inputs-key-2468"
@@ -342,3 +345,65 @@ async def test_an_edit_must_be_a_form_with_an_image(http_client, base_url, fakes
     )
     assert_error(response, 400, "invalid_parameters")
     assert received(fakes) == 0
+
+
+def conversation(model: str, link: str, follow_up: str) -> dict:
+    """A chat whose earlier turn made the image at ``link`` (as the gateway wrote it)."""
+    return {
+        "model": model,
+        "messages": [
+            {"role": "user", "content": "a red fox in snow"},
+            {"role": "assistant", "content": f"![a red fox in snow]({link})"},
+            {"role": "user", "content": follow_up},
+        ],
+    }
+
+
+@pytest.mark.gen_test
+async def test_a_follow_up_passes_the_previous_image_from_the_store(
+    http_client, base_url, fakes, app, caplog
+):
+    model = "gemini-2.5-flash-image"
+    [link] = await links_of(http_client, base_url, chat_body("a red fox in snow", model=model))
+    service = app.services.generation
+    chat = service.read_chat(conversation(model, link, "now make it at night"))
+    # As the conversation's follow-up rule marks a message that continues the last image.
+    request = dataclasses.replace(service.chat_request(chat), refined=True)
+    caplog.set_level(logging.INFO, logger="tornado.access")
+    caplog.clear()
+    request = await service.with_inputs(request, chat.last_user_images(), previous_link(chat))
+    await service.generate(request, base_url)
+    assert not [r for r in caplog.records if "/image-proxy" in r.getMessage()]
+    served = await http_client.fetch(link)
+    parts = fakes.gemini.last().json["contents"][0]["parts"]
+    assert base64.b64decode(parts[1]["inlineData"]["data"]) == served.body
+
+
+@pytest.mark.gen_test
+async def test_the_users_own_image_wins_over_the_previous_one(http_client, base_url, fakes, app):
+    model = "gemini-2.5-flash-image"
+    [link] = await links_of(http_client, base_url, chat_body("a red fox", model=model))
+    service = app.services.generation
+    png = png_bytes(seed=31)
+    body = conversation(model, link, "now make it at night")
+    body["messages"][-1]["content"] = [
+        {"type": "text", "text": "now make it at night"},
+        {"type": "image_url", "image_url": {"url": data_uri(png)}},
+    ]
+    chat = service.read_chat(body)
+    request = dataclasses.replace(service.chat_request(chat), refined=True)
+    request = await service.with_inputs(request, chat.last_user_images(), previous_link(chat))
+    assert [image.data for image in request.inputs] == [png]
+
+
+@pytest.mark.gen_test
+async def test_a_fresh_topic_or_a_text_only_model_gets_no_previous_image(
+    http_client, base_url, fakes
+):
+    model = "gemini-2.5-flash-image"
+    [link] = await links_of(http_client, base_url, chat_body("a red fox", model=model))
+    await links_of(http_client, base_url, conversation(model, link, "a blue car"))
+    assert fakes.gemini.last().json["contents"][0]["parts"] == [{"text": "a blue car"}]
+    text_only = conversation("gemini-text-only", link, "a blue car")
+    await links_of(http_client, base_url, text_only)
+    assert fakes.gemini.last().json["contents"][0]["parts"] == [{"text": "a blue car"}]

@@ -152,11 +152,27 @@ class ImageService:
                 param,
             )
 
-    async def with_inputs(self, request: ImageRequest, urls: tuple[str, ...]) -> ImageRequest:
+    async def with_inputs(
+        self, request: ImageRequest, urls: tuple[str, ...], previous: str | None = None
+    ) -> ImageRequest:
         """``request`` with the images ``urls`` name loaded (data URIs, the gateway's own links
         from its store, other links through the guarded fetcher), checked before any upstream
-        call to the provider."""
+        call to the provider.
+
+        With no image of its own, a follow-up (``request.refined``) on a model that takes
+        images gets the conversation's ``previous`` image, read from the store; one no longer
+        kept is left out (the prompt still carries the change).
+        """
         self.check_inputs(request.model, len(urls))
+        if not urls and previous and request.refined:
+            if self.group_for(request.model).image_inputs == 0:
+                return request
+            try:
+                image = await load_input(self.store, previous, self.settings.image_input_max_bytes)
+            except errors.GatewayError as exc:
+                logger.info("the previous image is not passed on: %s", exc.message)
+                return request
+            return dataclasses.replace(request, inputs=(image,))
         if not urls:
             return request
         inputs: list[InputImage] = []

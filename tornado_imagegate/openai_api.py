@@ -59,6 +59,8 @@ class ImageRequest:
     # The gpt-image fields the client sent (IMAGE_OPTIONS, output_compression), for the
     # providers that take them.
     options: dict[str, Any] = field(default_factory=dict, hash=False)
+    # A follow-up: the prompt was composed from the conversation's last image and this message.
+    refined: bool = False
     # The images to edit (or draw from), in the order given; empty for a text-only request.
     inputs: tuple[InputImage, ...] = field(default=(), hash=False, repr=False)
     # The Images API's edit mask (transparent where to draw), for the providers that take one.

@@ -18,11 +18,25 @@ from tornado_imagegate.errors import GatewayError
 from tornado_imagegate.images import imagetype
 from tornado_imagegate.images.links import link_query
 from tornado_imagegate.images.store import ImageStore
-from tornado_imagegate.openai_api import InputImage
+from tornado_imagegate.openai_api import ChatBody, InputImage
 
 logger = logging.getLogger(__name__)
 
 _DATA_URI = re.compile(r"^data:([a-z0-9.+/-]*)(;[^,]*)?,", re.IGNORECASE)
+_MARKDOWN_LINK = re.compile(r"!\[(?:[^\]\\]|\\.)*\]\(\s*<?([^)\s>]+)>?\s*\)")
+
+
+def previous_link(chat: ChatBody) -> str | None:
+    """The gateway's own image link in the last assistant message before the last user message
+    (the conversation's previous image), or None."""
+    messages = [m for m in chat.messages or () if m is not None]
+    users = [i for i, m in enumerate(messages) if m.role == "user"]
+    for message in reversed(messages[: users[-1]] if users else []):
+        if message.role != "assistant":
+            continue
+        links = [url for url in _MARKDOWN_LINK.findall(message.text) if link_query(url)]
+        return links[-1] if links else None
+    return None
 
 
 def checked_image(data: bytes, max_bytes: int, param: str = "messages") -> InputImage:
