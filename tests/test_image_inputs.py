@@ -29,7 +29,9 @@ from fakes import (
     png_bytes,
 )
 
+from tornado_imagegate.config import ConfigError, load_settings
 from tornado_imagegate.images.inputs import previous_link
+from tornado_imagegate.report import settings_report
 
 OI_KEY = "sk-edits-key-5791"
 CHAT_KEY = "sk-chat-inputs-key-2468"
@@ -407,3 +409,46 @@ async def test_a_fresh_topic_or_a_text_only_model_gets_no_previous_image(
     text_only = conversation("gemini-text-only", link, "a blue car")
     await links_of(http_client, base_url, text_only)
     assert fakes.gemini.last().json["contents"][0]["parts"] == [{"text": "a blue car"}]
+
+
+def group_env(kind: str, inputs: str | None = None) -> dict[str, str]:
+    """One group of ``kind`` (with ``IMAGE_GEN_INPUTS_1`` when given)."""
+    env = {
+        "IMAGE_GEN_MODEL_1": "m",
+        "IMAGE_GEN_API_BASE_1": "https://api.example.com/v1",
+        "IMAGE_GEN_API_KEY_1": "sk-inputs-config-1",
+        "IMAGE_GEN_KIND_1": kind,
+    }
+    if inputs is not None:
+        env["IMAGE_GEN_INPUTS_1"] = inputs
+    return env
+
+
+@pytest.mark.parametrize(
+    ("kind", "inputs", "takes"),
+    [
+        ("chat", None, 4),
+        ("openai-images", None, 4),
+        ("gemini", None, 3),
+        ("sd", None, 0),
+        ("siliconflow", None, 0),
+        ("gemini", "false", 0),
+        ("gemini", "true", 3),
+        ("siliconflow", "true", 4),
+        ("siliconflow", "2", 2),
+        ("chat", "9", 4),
+        ("chat", "0", 0),
+    ],
+)
+def test_which_groups_take_input_images(kind, inputs, takes):
+    settings = load_settings(group_env(kind, inputs))
+    group = settings.groups[0]  # then the demo group
+    assert group.name == "IMAGE_GEN_1"
+    assert group.image_inputs == takes
+    expected = f"up to {takes}" if takes else "none"
+    assert f"    input images: {expected}" in settings_report(settings).splitlines()
+
+
+def test_a_wrong_inputs_value_stops_start_up_naming_it():
+    with pytest.raises(ConfigError, match="IMAGE_GEN_INPUTS_1"):
+        load_settings(group_env("chat", "sometimes"))
