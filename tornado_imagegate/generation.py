@@ -17,7 +17,7 @@ from tornado_imagegate.images.inputs import load_input
 from tornado_imagegate.images.store import ImageStore, KeptImage
 from tornado_imagegate.keys import cooldown_policy
 from tornado_imagegate.metrics import Metrics
-from tornado_imagegate.openai_api import ChatBody, ImageRequest, InputImage
+from tornado_imagegate.openai_api import ChatBody, ImageRequest
 from tornado_imagegate.prompt import OptimisedPrompt, PromptOptimiser
 from tornado_imagegate.provider_kinds import provider_kind
 from tornado_imagegate.providers import Provider, ProviderImage
@@ -164,21 +164,18 @@ class ImageService:
         kept is left out (the prompt still carries the change).
         """
         self.check_inputs(request.model, len(urls))
-        if not urls and previous and request.refined:
-            if self.group_for(request.model).image_inputs == 0:
-                return request
-            try:
-                image = await load_input(self.store, previous, self.settings.image_input_max_bytes)
-            except errors.GatewayError as exc:
-                logger.info("the previous image is not passed on: %s", exc.message)
-                return request
-            return dataclasses.replace(request, inputs=(image,))
-        if not urls:
+        limit = self.settings.image_input_max_bytes
+        if urls:
+            loaded = await asyncio.gather(*(load_input(self.store, url, limit) for url in urls))
+            return dataclasses.replace(request, inputs=tuple(loaded))
+        if not previous or not request.refined or not self.group_for(request.model).image_inputs:
             return request
-        inputs: list[InputImage] = []
-        for url in urls:
-            inputs.append(await load_input(self.store, url, self.settings.image_input_max_bytes))
-        return dataclasses.replace(request, inputs=tuple(inputs))
+        try:
+            image = await load_input(self.store, previous, limit)
+        except errors.GatewayError as exc:
+            logger.info("the previous image is not passed on: %s", exc.message)
+            return request
+        return dataclasses.replace(request, inputs=(image,))
 
     def images_request(self, body: dict[str, Any]) -> openai_api.ImagesApiRequest:
         """Validate an Images API body; an absent or unknown model gets the default model."""
