@@ -24,6 +24,7 @@ from fakes import (
     FakeGemini,
     FakeOpenAIImages,
     FakeSet,
+    FakeSiliconFlow,
     data_uri,
     noise_png_of_size,
     png_bytes,
@@ -36,7 +37,8 @@ from tornado_imagegate.report import settings_report
 OI_KEY = "sk-edits-key-5791"
 CHAT_KEY = "sk-chat-inputs-key-2468"
 GEMINI_KEY = "AIza-inputs-key-1357"
-register_secret(OI_KEY, CHAT_KEY, GEMINI_KEY)
+SF_KEY = "sk-siliconflow-inputs-8080"
+register_secret(OI_KEY, CHAT_KEY, GEMINI_KEY, SF_KEY)
 LINK = re.compile(r"!\[[^\]]*\]\((\S+?)\)")
 INPUT_MAX_BYTES = 64 * 1024
 
@@ -44,7 +46,9 @@ INPUT_MAX_BYTES = 64 * 1024
 @pytest.fixture
 def fakes(io_loop):
     """An edit-capable fake of each kind that takes images."""
-    started = FakeSet(oi=FakeOpenAIImages, chat=FakeChatImages, gemini=FakeGemini)
+    started = FakeSet(
+        oi=FakeOpenAIImages, chat=FakeChatImages, gemini=FakeGemini, sf=FakeSiliconFlow
+    )
     yield started
     started.close()
 
@@ -70,6 +74,10 @@ def gateway_env(fakes, request):
         "IMAGE_GEN_API_KEY_4": GEMINI_KEY,
         "IMAGE_GEN_KIND_4": "gemini",
         "IMAGE_GEN_INPUTS_4": "false",
+        "IMAGE_GEN_MODEL_5": "Qwen/Qwen-Image-Edit-2509,Kwai-Kolors/Kolors",
+        "IMAGE_GEN_API_BASE_5": fakes.sf.url("v1"),
+        "IMAGE_GEN_API_KEY_5": SF_KEY,
+        "IMAGE_GEN_KIND_5": "siliconflow",
         "IMAGE_INPUT_MAX_BYTES": str(INPUT_MAX_BYTES),
         "IMAGE_PROXY_ALLOW_PRIVATE_NETWORKS": "true",
         **getattr(request, "param", {}),
@@ -92,7 +100,8 @@ async def links_of(http_client, base_url, body) -> list[str]:
 
 def received(fakes) -> int:
     """How many requests the providers received, together."""
-    return len(fakes.oi.requests) + len(fakes.chat.requests) + len(fakes.gemini.requests)
+    every = (fakes.oi, fakes.chat, fakes.gemini, fakes.sf)
+    return sum(len(fake.requests) for fake in every)
 
 
 @pytest.mark.gen_test
@@ -144,6 +153,21 @@ async def test_gemini_gets_inline_data_parts(http_client, base_url, fakes):
     assert text == {"text": "watercolour"}
     assert image["inlineData"]["mimeType"] == "image/png"
     assert base64.b64decode(image["inlineData"]["data"]) == png
+
+
+@pytest.mark.gen_test
+async def test_siliconflow_edit_models_get_image_image2_image3(http_client, base_url, fakes):
+    pngs = [png_bytes(seed=s) for s in (41, 42, 43)]
+    body = with_images("Qwen/Qwen-Image-Edit-2509", "a hat", *map(data_uri, pngs))
+    await links_of(http_client, base_url, body)
+    sent = fakes.sf.last().json
+    decoded = [base64.b64decode(sent[f].split(",", 1)[1]) for f in ("image", "image2", "image3")]
+    assert decoded == pngs
+    refused = with_images("Kwai-Kolors/Kolors", "a hat", data_uri(pngs[0]))
+    response = await post_chat(http_client, base_url, refused)
+    assert_error(response, 400, "image_input_not_supported")
+    assert "Kwai-Kolors/Kolors" in json_of(response)["error"]["message"]
+    assert len(fakes.sf.requests) == 1
 
 
 @pytest.mark.gen_test

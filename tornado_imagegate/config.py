@@ -59,8 +59,12 @@ class ProviderGroup:
 
     @property
     def image_inputs(self) -> int:
-        """How many input images a request to this group may carry (0: none)."""
-        declared = provider_kind(self.kind).image_inputs
+        """The most input images a request to one of this group's models may carry (0: none)."""
+        return max((self.image_inputs_for(model) for model in self.models), default=0)
+
+    def image_inputs_for(self, model: str) -> int:
+        """How many input images a request to ``model`` may carry (0: none)."""
+        declared = provider_kind(self.kind).image_inputs_for(model)
         if self.inputs is None:
             return declared
         if self.inputs < 0:

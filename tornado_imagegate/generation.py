@@ -143,7 +143,7 @@ class ImageService:
         """400 when ``count`` input images are more than ``model`` takes (none: not supported)."""
         if count == 0:
             return
-        takes = self.group_for(model).image_inputs
+        takes = self.group_for(model).image_inputs_for(model)
         if takes == 0:
             raise errors.image_input_not_supported(model)
         if count > takes:
@@ -168,7 +168,8 @@ class ImageService:
         if urls:
             loaded = await asyncio.gather(*(load_input(self.store, url, limit) for url in urls))
             return dataclasses.replace(request, inputs=tuple(loaded))
-        if not previous or not request.refined or not self.group_for(request.model).image_inputs:
+        group = self.group_for(request.model)
+        if not previous or not request.refined or not group.image_inputs_for(request.model):
             return request
         try:
             image = await load_input(self.store, previous, limit)

@@ -66,6 +66,9 @@ class ProviderKind:
     takes_text: bool = True
     # How many input images (to edit, or as references) one request may carry; 0: none.
     image_inputs: int = 0
+    # Per model family (a piece of the model id, lower case), how many it takes when that differs
+    # from the kind's number; the first family that matches wins.
+    model_image_inputs: tuple[tuple[str, int], ...] = ()
     # One upstream request can make several images; otherwise n images take n requests.
     native_n: bool = True
     # An asynchronous task API: its implementation is a TaskApi, driven by the task engine
@@ -80,6 +83,13 @@ class ProviderKind:
     def default_size(self) -> Size:
         """The size used when the prompt names no ratio and the request no size."""
         return self.ratios["1:1"]
+
+    def image_inputs_for(self, model: str) -> int:
+        """How many input images ``model`` takes: its family's number, else the kind's."""
+        lowered = model.lower()
+        return next(
+            (n for part, n in self.model_image_inputs if part in lowered), self.image_inputs
+        )
 
     def sizes_for(self, model: str) -> SizeRules:
         """The size rules of ``model``: its family's, else the kind's."""
@@ -125,6 +135,8 @@ KINDS: dict[str, ProviderKind] = {
             implementation="tornado_imagegate.providers.siliconflow:SiliconFlowApi",
             ratios=RATIOS_1024,
             endpoint_path="/images/generations",
+            # The Qwen-Image-Edit models, in image (and image2, image3 for the 2509 one).
+            model_image_inputs=(("qwen-image-edit-2509", 3), ("qwen-image-edit", 1)),
         ),
         ProviderKind(
             name="sd",
