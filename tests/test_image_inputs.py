@@ -20,6 +20,7 @@ from conftest import (
     register_secret,
 )
 from fakes import (
+    FakeBFL,
     FakeChatImages,
     FakeGemini,
     FakeOpenAIImages,
@@ -38,7 +39,8 @@ OI_KEY = "sk-edits-key-5791"
 CHAT_KEY = "sk-chat-inputs-key-2468"
 GEMINI_KEY = "AIza-inputs-key-1357"
 SF_KEY = "sk-siliconflow-inputs-8080"
-register_secret(OI_KEY, CHAT_KEY, GEMINI_KEY, SF_KEY)
+BFL_KEY = "bfl-inputs-key-6060"
+register_secret(OI_KEY, CHAT_KEY, GEMINI_KEY, SF_KEY, BFL_KEY)
 LINK = re.compile(r"!\[[^\]]*\]\((\S+?)\)")
 INPUT_MAX_BYTES = 64 * 1024
 
@@ -47,7 +49,11 @@ INPUT_MAX_BYTES = 64 * 1024
 def fakes(io_loop):
     """An edit-capable fake of each kind that takes images."""
     started = FakeSet(
-        oi=FakeOpenAIImages, chat=FakeChatImages, gemini=FakeGemini, sf=FakeSiliconFlow
+        oi=FakeOpenAIImages,
+        chat=FakeChatImages,
+        gemini=FakeGemini,
+        sf=FakeSiliconFlow,
+        bfl=FakeBFL,
     )
     yield started
     started.close()
@@ -78,6 +84,10 @@ def gateway_env(fakes, request):
         "IMAGE_GEN_API_BASE_5": fakes.sf.url("v1"),
         "IMAGE_GEN_API_KEY_5": SF_KEY,
         "IMAGE_GEN_KIND_5": "siliconflow",
+        "IMAGE_GEN_MODEL_6": "flux-kontext-pro,flux-pro-1.1",
+        "IMAGE_GEN_API_BASE_6": fakes.bfl.url("v1"),
+        "IMAGE_GEN_API_KEY_6": BFL_KEY,
+        "IMAGE_GEN_KIND_6": "bfl",
         "IMAGE_INPUT_MAX_BYTES": str(INPUT_MAX_BYTES),
         "IMAGE_PROXY_ALLOW_PRIVATE_NETWORKS": "true",
         **getattr(request, "param", {}),
@@ -100,7 +110,7 @@ async def links_of(http_client, base_url, body) -> list[str]:
 
 def received(fakes) -> int:
     """How many requests the providers received, together."""
-    every = (fakes.oi, fakes.chat, fakes.gemini, fakes.sf)
+    every = (fakes.oi, fakes.chat, fakes.gemini, fakes.sf, fakes.bfl)
     return sum(len(fake.requests) for fake in every)
 
 
@@ -168,6 +178,21 @@ async def test_siliconflow_edit_models_get_image_image2_image3(http_client, base
     assert_error(response, 400, "image_input_not_supported")
     assert "Kwai-Kolors/Kolors" in json_of(response)["error"]["message"]
     assert len(fakes.sf.requests) == 1
+
+
+@pytest.mark.gen_test
+async def test_bfl_kontext_gets_input_image_fields(http_client, base_url, fakes):
+    pngs = [png_bytes(seed=s) for s in (51, 52)]
+    body = with_images("flux-kontext-pro", "a hat", *map(data_uri, pngs))
+    await links_of(http_client, base_url, body)
+    [sent] = fakes.bfl.submissions()
+    assert sent.path == "/v1/flux-kontext-pro"
+    fields = ("input_image", "input_image_2")
+    assert [base64.b64decode(sent.json[f]) for f in fields] == pngs
+    refused = with_images("flux-pro-1.1", "a hat", data_uri(pngs[0]))
+    response = await post_chat(http_client, base_url, refused)
+    assert_error(response, 400, "image_input_not_supported")
+    assert len(fakes.bfl.submissions()) == 1
 
 
 @pytest.mark.gen_test
