@@ -149,7 +149,6 @@ async def test_prompt_is_the_last_user_message_with_text_parts_joined(http_clien
                 "role": "user",
                 "content": [
                     {"type": "text", "text": "a blue"},
-                    {"type": "image_url", "image_url": {"url": "http://x/ref.png"}},
                     {"type": "text", "text": "whale"},
                 ],
             },
@@ -158,6 +157,18 @@ async def test_prompt_is_the_last_user_message_with_text_parts_joined(http_clien
     }
     _, alt, _ = await complete(http_client, base_url, body)
     assert alt == "a blue whale"
+
+
+@pytest.mark.gen_test
+async def test_an_image_part_for_a_model_that_takes_none_is_400_naming_it(http_client, base_url):
+    body = chat_body("a blue whale")
+    body["messages"][-1]["content"] = [
+        {"type": "text", "text": "a blue whale"},
+        {"type": "image_url", "image_url": {"url": "http://x/ref.png"}},
+    ]
+    response = await post_chat(http_client, base_url, body)
+    assert_error(response, 400, "image_input_not_supported")
+    assert "imagegate-demo" in json_of(response)["error"]["message"]
 
 
 @pytest.mark.gen_test

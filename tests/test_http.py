@@ -9,7 +9,11 @@ import pytest
 from conftest import CLIENT_KEYS, assert_error, call, chat_body, json_of, post_chat, with_env
 from tornado.iostream import IOStream, StreamClosedError
 
-from tornado_imagegate.handlers.base import MAX_REQUEST_BYTES
+from tornado_imagegate.handlers.base import upload_body_limit
+from tornado_imagegate.options import OPTION
+
+# Chat completions takes input images as data URIs: its body limit has room for them.
+CHAT_BODY_LIMIT = upload_body_limit(OPTION["IMAGE_INPUT_MAX_BYTES"].default)
 
 
 @pytest.mark.gen_test
@@ -175,7 +179,7 @@ async def test_cors_origins_can_be_restricted(http_client, base_url):
 
 @pytest.mark.gen_test
 async def test_body_over_the_limit_is_413(http_client, base_url):
-    body = json.dumps(chat_body("x" * (MAX_REQUEST_BYTES + 10)))
+    body = json.dumps(chat_body("x" * (CHAT_BODY_LIMIT + 10)))
     response = await post_chat(http_client, base_url, body)
     assert_error(response, 413, "request_too_large")
 
@@ -191,7 +195,7 @@ async def test_chunked_body_over_the_limit_is_413(http_server, http_port):
     )
     chunk = b"x" * 65536
     try:
-        for _ in range(MAX_REQUEST_BYTES // len(chunk) + 4):
+        for _ in range(CHAT_BODY_LIMIT // len(chunk) + 4):
             await stream.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
         await stream.write(b"0\r\n\r\n")
     except StreamClosedError:
@@ -203,7 +207,7 @@ async def test_chunked_body_over_the_limit_is_413(http_server, http_port):
 
 @pytest.mark.gen_test
 async def test_server_keeps_serving_after_a_413(http_client, base_url):
-    body = b"{" + b" " * (MAX_REQUEST_BYTES + 1) + b"}"
+    body = b"{" + b" " * (CHAT_BODY_LIMIT + 1) + b"}"
     await post_chat(http_client, base_url, body)
     response = await call(http_client, base_url, "/health")
     assert response.code == 200

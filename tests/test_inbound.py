@@ -19,8 +19,9 @@ from processes import Gateway, clean_env
 from tornado.iostream import IOStream, StreamClosedError
 from tornado.netutil import bind_sockets
 
-from tornado_imagegate.handlers.base import MAX_REQUEST_BYTES
+from tornado_imagegate.handlers.base import upload_body_limit
 from tornado_imagegate.listener import GatewayHTTPServer, default_connection_cap
+from tornado_imagegate.options import OPTION
 from tornado_imagegate.server import (
     IDLE_CONNECTION_TIMEOUT,
     SERVER_MAX_BODY_BYTES,
@@ -33,6 +34,9 @@ HEALTH = b"GET /health HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\r\n"
 # Headers of a request whose body never comes: the connection is busy, not idle.
 BUSY = b"POST /health HTTP/1.1\r\nHost: gateway\r\nContent-Length: 10\r\n\r\n"
 QUIET_LOG_LINES = 50
+
+# Chat completions takes input images as data URIs: its body limit has room for them.
+CHAT_BODY_LIMIT = upload_body_limit(OPTION["IMAGE_INPUT_MAX_BYTES"].default)
 
 
 def parse_answer(raw: bytes) -> tuple[int, dict[str, str], bytes]:
@@ -221,7 +225,7 @@ async def test_a_chunked_body_far_over_the_limit_gets_413_as_soon_as_it_passes(
     chunk = b"x" * 65536
     try:
         # A little over the limit and never the last chunk: only an early answer can come.
-        for _ in range(MAX_REQUEST_BYTES // len(chunk) + 8):
+        for _ in range(CHAT_BODY_LIMIT // len(chunk) + 8):
             await stream.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
     except StreamClosedError:
         pass  # the server answered and closed while this was still sending

@@ -130,6 +130,7 @@ def test_document_is_valid_openapi_3_1_and_describes_the_public_api(served):
         "GET /v1/models",
         "POST /v1/chat/completions",
         "POST /v1/images/generations",
+        "POST /v1/images/edits",
         "GET /image-proxy",
     }
     document = loaded.raw_schema
@@ -138,6 +139,7 @@ def test_document_is_valid_openapi_3_1_and_describes_the_public_api(served):
         ("/v1/models", "get"),
         ("/v1/chat/completions", "post"),
         ("/v1/images/generations", "post"),
+        ("/v1/images/edits", "post"),
     ]:
         operation = document["paths"][path][method]
         assert operation["security"] == [{"bearerAuth": []}]

@@ -15,7 +15,7 @@ from tornado_imagegate.generation import ImageService
 from tornado_imagegate.handlers.base import NotFoundHandler, StaticHandler
 from tornado_imagegate.handlers.chat import ChatCompletionsHandler
 from tornado_imagegate.handlers.image_proxy import ImageProxyHandler
-from tornado_imagegate.handlers.images_api import ImagesGenerationsHandler
+from tornado_imagegate.handlers.images_api import ImagesEditsHandler, ImagesGenerationsHandler
 from tornado_imagegate.handlers.meta import (
     HealthHandler,
     MetricsHandler,
@@ -166,6 +166,7 @@ def make_app(settings: Settings, store: ImageStore | None = None) -> GatewayAppl
             metrics=metrics,
         ),
         route(r"/(?:v1/)?images/generations/?", ImagesGenerationsHandler, service=generation),
+        route(r"/(?:v1/)?images/edits/?", ImagesEditsHandler, service=generation),
         route(r"/static/(.+)", StaticHandler, path=STATIC_DIR),
     ]
     return GatewayApplication(

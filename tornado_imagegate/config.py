@@ -23,7 +23,7 @@ from tornado_imagegate.options import (
     Option,
     setting,
 )
-from tornado_imagegate.provider_kinds import KINDS, provider_kind
+from tornado_imagegate.provider_kinds import KINDS, MAX_INPUT_IMAGES, provider_kind
 from tornado_imagegate.typos import near_misses
 
 
@@ -54,6 +54,22 @@ class ProviderGroup:
     model_variable: str = ""
     # Extra request fields for this group's upstream (IMAGE_GEN_EXTRA_n), merged into each body.
     extra: Mapping[str, Any] = field(default_factory=dict, repr=False, hash=False)
+    # IMAGE_GEN_INPUTS_n: None as the kind, -1 (true) the kind's number, else how many.
+    inputs: int | None = None
+
+    @property
+    def image_inputs(self) -> int:
+        """The most input images a request to one of this group's models may carry (0: none)."""
+        return max((self.image_inputs_for(model) for model in self.models), default=0)
+
+    def image_inputs_for(self, model: str) -> int:
+        """How many input images a request to ``model`` may carry (0: none)."""
+        declared = provider_kind(self.kind).image_inputs_for(model)
+        if self.inputs is None:
+            return declared
+        if self.inputs < 0:
+            return declared or MAX_INPUT_IMAGES
+        return min(self.inputs, MAX_INPUT_IMAGES)
 
     @property
     def owned_by(self) -> str:
@@ -98,6 +114,7 @@ class Settings:
     image_cache_dir: str = setting("IMAGE_CACHE_DIR")  # "": no disk tier
     image_cache_dir_max_bytes: int = setting("IMAGE_CACHE_DIR_MAX_BYTES")
     image_max_bytes: int = setting("IMAGE_MAX_BYTES")
+    image_input_max_bytes: int = setting("IMAGE_INPUT_MAX_BYTES")
     sd_steps: int = setting("SD_STEPS")
     stream_reasoning: bool = setting("STREAM_REASONING")
     answer_task_requests: bool = setting("ANSWER_TASK_REQUESTS")
@@ -300,6 +317,7 @@ def _read_group(reader: _Reader, family: GroupFamily, number: str) -> ProviderGr
         keys=read["API_KEY"] or (),
         model_variable=names["MODEL"],
         extra=read.get("EXTRA") or {},
+        inputs=read.get("INPUTS"),
     )
 
 

@@ -122,6 +122,33 @@ def request_too_large(limit: int) -> GatewayError:
     )
 
 
+def image_input_not_supported(model: str) -> GatewayError:
+    """400: the request carries images for a model that takes none."""
+    shown = model if len(model) <= 100 else model[:100] + "..."
+    return GatewayError(
+        400,
+        "image_input_not_supported",
+        f"The model '{shown}' does not take input images; send text only, or pick a model "
+        "that edits images.",
+        param="model",
+    )
+
+
+def invalid_image_input(message: str, param: str = "messages") -> GatewayError:
+    """400: an input image that cannot be used (not a raster image, unreachable, too many)."""
+    return GatewayError(400, "invalid_image_input", message, param=param)
+
+
+def image_input_too_large(limit: int, param: str = "messages") -> GatewayError:
+    """413: an input image over IMAGE_INPUT_MAX_BYTES."""
+    return GatewayError(
+        413,
+        "image_input_too_large",
+        f"An input image is larger than {limit // 1024} KiB.",
+        param=param,
+    )
+
+
 def path_not_found(path: str) -> GatewayError:
     """No route matches."""
     shown = path if len(path) <= 100 else path[:100] + "..."

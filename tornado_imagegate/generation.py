@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -12,6 +13,7 @@ from typing import Any
 
 from tornado_imagegate import conversation, errors, openai_api
 from tornado_imagegate.config import ProviderGroup, Settings
+from tornado_imagegate.images.inputs import load_input
 from tornado_imagegate.images.store import ImageStore, KeptImage
 from tornado_imagegate.keys import cooldown_policy
 from tornado_imagegate.metrics import Metrics
@@ -148,6 +150,45 @@ class ImageService:
             return openai_api.image_request(chat.fields, chat.model, prompt, group.kind)
         request = openai_api.image_request(chat.fields, chat.model, follow_up.prompt, group.kind)
         return replace(request, refined=follow_up.continues, conversation=follow_up.turns)
+
+    def check_inputs(self, model: str, count: int, param: str = "messages") -> None:
+        """400 when ``count`` input images are more than ``model`` takes (none: not supported)."""
+        if count == 0:
+            return
+        takes = self.group_for(model).image_inputs_for(model)
+        if takes == 0:
+            raise errors.image_input_not_supported(model)
+        if count > takes:
+            raise errors.invalid_image_input(
+                f"The model '{model}' takes at most {takes} input image(s); {count} were sent.",
+                param,
+            )
+
+    async def with_inputs(
+        self, request: ImageRequest, urls: tuple[str, ...], previous: str | None = None
+    ) -> ImageRequest:
+        """``request`` with the images ``urls`` name loaded (data URIs, the gateway's own links
+        from its store, other links through the guarded fetcher), checked before any upstream
+        call to the provider.
+
+        With no image of its own, a follow-up (``request.refined``) on a model that takes
+        images gets the conversation's ``previous`` image, read from the store; one no longer
+        kept is left out (the prompt still carries the change).
+        """
+        self.check_inputs(request.model, len(urls))
+        limit = self.settings.image_input_max_bytes
+        if urls:
+            loaded = await asyncio.gather(*(load_input(self.store, url, limit) for url in urls))
+            return dataclasses.replace(request, inputs=tuple(loaded))
+        group = self.group_for(request.model)
+        if not previous or not request.refined or not group.image_inputs_for(request.model):
+            return request
+        try:
+            image = await load_input(self.store, previous, limit)
+        except errors.GatewayError as exc:
+            logger.info("the previous image is not passed on: %s", exc.message)
+            return request
+        return dataclasses.replace(request, inputs=(image,))
 
     def images_request(self, body: dict[str, Any]) -> openai_api.ImagesApiRequest:
         """Validate an Images API body; an absent or unknown model gets the default model."""

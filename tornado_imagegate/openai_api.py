@@ -34,6 +34,14 @@ OPTION_WORD = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 
 
 @dataclass(frozen=True)
+class InputImage:
+    """An image a client gave to edit or draw from: its bytes and their sniffed raster type."""
+
+    data: bytes = field(repr=False)
+    content_type: str
+
+
+@dataclass(frozen=True)
 class ImageRequest:
     """One generation asked for by a client, validated and normalised."""
 
@@ -55,6 +63,10 @@ class ImageRequest:
     refined: bool = False
     # The conversation's recent turns, for the optimiser to write the next prompt from.
     conversation: str = field(default="", hash=False)
+    # The images to edit (or draw from), in the order given; empty for a text-only request.
+    inputs: tuple[InputImage, ...] = field(default=(), hash=False, repr=False)
+    # The Images API's edit mask (transparent where to draw), for the providers that take one.
+    mask: InputImage | None = field(default=None, hash=False, repr=False)
 
     @property
     def size(self) -> str:
@@ -97,6 +109,8 @@ class ChatMessage:
     role: object
     text: str  # "" when the content has no text, or cannot be read
     unreadable: errors.GatewayError | None = None  # why the content cannot be read
+    # The URLs of its image_url parts (data URIs, http(s) links), in order.
+    images: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -120,6 +134,13 @@ class ChatBody:
         users = self.texts("user")
         return users[-1] if users else ""
 
+    def last_user_images(self) -> tuple[str, ...]:
+        """The image URLs of the last user message (data URIs or links), in order."""
+        for message in reversed(self.messages or ()):
+            if message is not None and message.role == "user":
+                return message.images
+        return ()
+
 
 def read_chat(body: dict[str, Any]) -> ChatBody:
     """Read a chat completions body (400 when the model is missing).
@@ -139,7 +160,8 @@ def _chat_message(message: Any) -> ChatMessage | None:
         return None
     role = message.get("role")
     try:
-        return ChatMessage(role, message_text(message.get("content")))
+        content = message.get("content")
+        return ChatMessage(role, message_text(content), images=message_images(content))
     except errors.GatewayError as unreadable:
         return ChatMessage(role, "", unreadable)
 
@@ -189,6 +211,24 @@ def message_text(content: Any) -> str:
             if isinstance(text, str):
                 texts.append(text)
     return " ".join(t.strip() for t in texts if t.strip())
+
+
+def message_images(content: Any) -> tuple[str, ...]:
+    """The URLs of a content list's ``image_url`` parts (``{"url": ...}`` or a bare string)."""
+    if not isinstance(content, list):
+        return ()
+    urls = []
+    for part in content:
+        if not isinstance(part, dict) or part.get("type") != "image_url":
+            continue
+        image_url = part.get("image_url")
+        url = image_url.get("url") if isinstance(image_url, dict) else image_url
+        if not isinstance(url, str) or not url.strip():
+            raise errors.invalid_parameter(
+                "messages", "An image_url part must carry a 'url' string."
+            )
+        urls.append(url.strip())
+    return tuple(urls)
 
 
 def _number(body: dict[str, Any], name: str) -> float | None:

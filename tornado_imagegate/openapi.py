@@ -69,6 +69,11 @@ _RETRY_AFTER = {
 }
 _UNAUTHORIZED = _error("Missing or wrong client key", "invalid_api_key")
 _TOO_LARGE = _error("The request body is too large", "request_too_large")
+_TOO_LARGE_WITH_IMAGES = _error(
+    "The request body, or an input image (IMAGE_INPUT_MAX_BYTES), is too large",
+    "request_too_large",
+    "image_input_too_large",
+)
 _BAD_GATEWAY = _error(
     "Every key of the provider failed, or it answered without a usable image",
     "upstream_error",
@@ -395,6 +400,22 @@ SCHEMAS: dict[str, Schema] = {
             **_GENERATION_FIELDS,
         },
     },
+    "ImageEditRequest": {
+        "type": "object",
+        "description": "The Images API's edit form: the image(s) to edit, an optional mask, "
+        "and the generation's fields as text.",
+        "required": ["image", "prompt"],
+        "properties": {
+            "image": {"type": "string", "format": "binary"},
+            "image[]": {"type": "array", "items": {"type": "string", "format": "binary"}},
+            "mask": {"type": "string", "format": "binary"},
+            "prompt": {"type": "string", "pattern": r"\S", "examples": ["make it a watercolour"]},
+            "model": {"type": "string", "examples": [DEMO_MODEL]},
+            "n": {"type": "integer", "minimum": 1, "maximum": 10},
+            "size": {"type": "string", "examples": ["1024x1024"]},
+            "response_format": {"type": "string", "enum": ["url", "b64_json"]},
+        },
+    },
     "ImagesResponse": {
         "type": "object",
         "required": ["created", "data"],
@@ -497,11 +518,12 @@ PATHS: dict[str, Schema] = {
                     "invalid_parameters",
                     "missing_model_field",
                     "image_input_not_supported",
+                    "invalid_image_input",
                     "upstream_rejected",
                 ),
                 "401": _UNAUTHORIZED,
                 "404": _error("The model is not configured", "model_not_found"),
-                "413": _TOO_LARGE,
+                "413": _TOO_LARGE_WITH_IMAGES,
                 "502": _BAD_GATEWAY,
                 "503": _UNAVAILABLE,
                 "504": _TIMEOUT,
@@ -524,6 +546,36 @@ PATHS: dict[str, Schema] = {
                 ),
                 "401": _UNAUTHORIZED,
                 "413": _TOO_LARGE,
+                "502": _BAD_GATEWAY,
+                "503": _UNAVAILABLE,
+                "504": _TIMEOUT,
+            },
+        }
+    },
+    "/v1/images/edits": {
+        "post": {
+            "summary": "OpenAI Images API: edit images (as the openai SDK's images.edit sends)",
+            "description": "For models that take input images; others answer 400 "
+            "`image_input_not_supported`. Each image at most IMAGE_INPUT_MAX_BYTES, a raster "
+            "type recognised from its bytes.",
+            "security": BEARER,
+            "requestBody": {
+                "required": True,
+                "content": {"multipart/form-data": {"schema": _ref("ImageEditRequest")}},
+            },
+            "responses": {
+                "200": _ok("The images.", _ref("ImagesResponse")),
+                "400": _error(
+                    "Not a form, no image, a field has the wrong type or range, an image that "
+                    "is not a raster image, a model that takes no images, or the provider "
+                    "refused the prompt",
+                    "invalid_parameters",
+                    "invalid_image_input",
+                    "image_input_not_supported",
+                    "upstream_rejected",
+                ),
+                "401": _UNAUTHORIZED,
+                "413": _TOO_LARGE_WITH_IMAGES,
                 "502": _BAD_GATEWAY,
                 "503": _UNAVAILABLE,
                 "504": _TIMEOUT,

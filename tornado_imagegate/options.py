@@ -24,6 +24,7 @@ from tornado_imagegate.values import (
     ENDPOINT,
     FETCH_PROXY,
     HOST,
+    IMAGE_INPUTS,
     INDEX,
     JSON_OBJECT,
     KEYS,
@@ -225,6 +226,12 @@ OPTIONS: tuple[Option, ...] = (
         Option("IMAGE_CACHE_DIR_MAX_BYTES", BYTES, 2 * 1024**3, "bound of the disk tier"),
         Option("IMAGE_MAX_BYTES", BYTES, 32 * 1024**2, "largest image the gateway fetches"),
         Option(
+            "IMAGE_INPUT_MAX_BYTES",
+            BYTES,
+            4 * 1024**2,
+            "largest input image a client may send (each)",
+        ),
+        Option(
             "IMAGE_PROXY_ALLOW_PRIVATE_NETWORKS",
             BOOLEAN,
             False,
@@ -333,7 +340,14 @@ _EXTRA = GroupField(
     "never replacing a field the gateway sets",
     "",
 )
-_IMAGE_GEN_FIELDS = (_MODEL, _API_BASE, _API_KEY, _KIND, _EXTRA)
+_INPUTS = GroupField(
+    "INPUTS",
+    IMAGE_INPUTS,
+    "whether its models take input images (to edit): true, false or how many; "
+    "unset, as its kind does",
+    "",
+)
+_IMAGE_GEN_FIELDS = (_MODEL, _API_BASE, _API_KEY, _KIND, _EXTRA, _INPUTS)
 
 # In the order /v1/models lists their models.
 FAMILIES: tuple[GroupFamily, ...] = (

@@ -38,6 +38,8 @@ REPLICATE_ASPECT_RATIOS = (
     "9:16",
     "9:21",
 )
+# The most input images one request may carry, whatever its kind or group says.
+MAX_INPUT_IMAGES = 4
 
 
 @dataclass(frozen=True, eq=False)
@@ -62,8 +64,11 @@ class ProviderKind:
     # Its configuration: constructor argument of the implementation -> the Settings field it gets.
     settings_fields: Mapping[str, str] = field(default_factory=dict)
     takes_text: bool = True
-    # How many input images a request may carry (edits, references); no kind takes any yet.
+    # How many input images (to edit, or as references) one request may carry; 0: none.
     image_inputs: int = 0
+    # Per model family (a piece of the model id, lower case), how many it takes when that differs
+    # from the kind's number; the first family that matches wins.
+    model_image_inputs: tuple[tuple[str, int], ...] = ()
     # One upstream request can make several images; otherwise n images take n requests.
     native_n: bool = True
     # An asynchronous task API: its implementation is a TaskApi, driven by the task engine
@@ -78,6 +83,13 @@ class ProviderKind:
     def default_size(self) -> Size:
         """The size used when the prompt names no ratio and the request no size."""
         return self.ratios["1:1"]
+
+    def image_inputs_for(self, model: str) -> int:
+        """How many input images ``model`` takes: its family's number, else the kind's."""
+        lowered = model.lower()
+        return next(
+            (n for part, n in self.model_image_inputs if part in lowered), self.image_inputs
+        )
 
     def sizes_for(self, model: str) -> SizeRules:
         """The size rules of ``model``: its family's, else the kind's."""
@@ -104,6 +116,8 @@ KINDS: dict[str, ProviderKind] = {
             implementation="tornado_imagegate.providers.chat:ChatImagesApi",
             ratios=RATIOS_1024,
             endpoint_path="/chat/completions",
+            # Forwarded as image_url parts of the user message.
+            image_inputs=4,
             native_n=False,
         ),
         ProviderKind(
@@ -112,6 +126,8 @@ KINDS: dict[str, ProviderKind] = {
             implementation="tornado_imagegate.providers.openai_images:OpenAIImagesApi",
             ratios=RATIOS_1024,
             endpoint_path="/images/generations",
+            # Sent to the edits endpoint (/images/edits) beside it.
+            image_inputs=4,
         ),
         ProviderKind(
             name="siliconflow",
@@ -119,6 +135,8 @@ KINDS: dict[str, ProviderKind] = {
             implementation="tornado_imagegate.providers.siliconflow:SiliconFlowApi",
             ratios=RATIOS_1024,
             endpoint_path="/images/generations",
+            # The Qwen-Image-Edit models, in image (and image2, image3 for the 2509 one).
+            model_image_inputs=(("qwen-image-edit-2509", 3), ("qwen-image-edit", 1)),
         ),
         ProviderKind(
             name="sd",
@@ -136,6 +154,8 @@ KINDS: dict[str, ProviderKind] = {
             ratios=RATIOS_GEMINI,
             # The model is part of the path: the API appends /models/{model}:generateContent.
             default_endpoint="https://generativelanguage.googleapis.com/v1beta",
+            # inlineData parts beside the prompt; the Flash image models work best with three.
+            image_inputs=3,
             native_n=False,
         ),
         ProviderKind(
@@ -207,6 +227,8 @@ KINDS: dict[str, ProviderKind] = {
             implementation="tornado_imagegate.providers.bfl:BflApi",
             ratios=RATIOS_1024,
             default_endpoint="https://api.bfl.ai/v1",
+            # Kontext (input_image to input_image_4) and FLUX.2 (to input_image_8) edit.
+            model_image_inputs=(("kontext", 4), ("flux-2", 4)),
             native_n=False,
             polls=True,
             # Width and height: multiples of 32 from 256 to 1440, as BFL documents them for

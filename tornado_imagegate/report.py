@@ -38,6 +38,8 @@ def describe_groups(groups: tuple[ProviderGroup, ...]) -> list[str]:
                 f"{redact_url(group.endpoint)}, {_plural(len(group.keys), 'key')}"
             )
             lines.append(f"    answers: {_answers(kind.polls)}")
+            takes = group.image_inputs
+            lines.append(f"    input images: {f'up to {takes}' if takes else 'none'}")
             if group.extra:
                 lines.append(f"    extra request fields: {show_json_object(dict(group.extra))}")
         lines.append(f"    models: {', '.join(group.models) or '(none)'}")

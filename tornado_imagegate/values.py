@@ -118,6 +118,24 @@ def boolean(text: str) -> bool:
     raise ValueError("must be true or false")
 
 
+def image_inputs(text: str) -> int | None:
+    """How many input images a group takes: true (its kind's number, at least one), false (none)
+    or a number; empty: its kind's number (None)."""
+    stripped = text.strip()
+    if not stripped:
+        return None
+    if _WHOLE.match(stripped):
+        return non_negative_int(stripped)
+    return -1 if boolean(stripped) else 0
+
+
+def show_image_inputs(value: int | None) -> str:
+    """The --check-config form of an ``IMAGE_GEN_INPUTS_n`` value."""
+    if value is None:
+        return "as the kind"
+    return "true" if value < 0 else str(value)
+
+
 def host(text: str) -> str:
     """A host name or address, not empty."""
     value = text.strip()
@@ -363,6 +381,7 @@ ENDPOINT = ValueType(http_url, "the provider's base URL or its full endpoint", r
 API_URL = ValueType(plain_base_url, "a base URL or full endpoint, no query", redact_url, True)
 PROXY = ValueType(upstream_proxy, "env, or an http(s) or socks5(h) proxy URL", show_proxy, True)
 FETCH_PROXY = ValueType(image_fetch_proxy, "an http://host:port proxy", show_proxy, True)
+IMAGE_INPUTS = ValueType(image_inputs, "true, false or a number of images", show_image_inputs)
 JSON_OBJECT = ValueType(json_object, "a JSON object", show_json_object, secret=True)
 REDIS_URL = ValueType(redis_url, "a redis://, rediss:// or unix:// URL", show_redis_url, True)
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from tornado.httpserver import HTTPServer
+from tornado.httputil import HTTPFile, parse_body_arguments
 from tornado.ioloop import IOLoop
 from tornado.web import Application, RequestHandler
 
@@ -56,6 +57,8 @@ class Recorded:
     query: str = ""
     received_at: float = 0.0  # time.time() when it arrived
     answered_at: float | None = None  # time.time() when the answer was sent
+    # A multipart form's files: field name -> [(file name, content type, bytes)], in order.
+    files: dict[str, list[tuple[str, str, bytes]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -478,6 +481,25 @@ class FakeOpenAIImages(FakeUpstream):
     ) -> None:
         super().__init__(host, image_host, **listening)
         self.default = Answer(json=self._success)
+
+    def _record(self, handler: RequestHandler) -> tuple[Recorded, bool]:
+        """A JSON body as any fake's; an edit's multipart form as its fields (``json``, ``n``
+        a number as OpenAI reads it) and its files (``files``)."""
+        recorded, valid = super()._record(handler)
+        content_type = recorded.headers.get("content-type", "")
+        if content_type.startswith("multipart/form-data"):
+            arguments: dict[str, list[bytes]] = {}
+            files: dict[str, list[HTTPFile]] = {}
+            parse_body_arguments(content_type, recorded.body, arguments, files)
+            form: dict[str, Any] = {k: v[0].decode() for k, v in arguments.items()}
+            if str(form.get("n", "")).isdigit():
+                form["n"] = int(form["n"])
+            recorded.json, valid = form, True
+            recorded.files = {
+                name: [(f.filename, f.content_type, f.body) for f in parts]
+                for name, parts in files.items()
+            }
+        return recorded, valid
 
     def _choose(self, recorded: Recorded, valid: bool) -> Answer:
         body = recorded.json if valid else {}

@@ -24,6 +24,7 @@ from tornado_imagegate.config import Settings
 from tornado_imagegate.errors import GatewayError
 from tornado_imagegate.lifecycle import Lifecycle
 from tornado_imagegate.openai_api import decode_json_object
+from tornado_imagegate.provider_kinds import MAX_INPUT_IMAGES
 from tornado_imagegate.urlpolicy import base_url
 
 logger = logging.getLogger(__name__)
@@ -202,9 +203,25 @@ class ApiHandler(BaseHandler):
             raise errors.invalid_api_key()
 
 
+def upload_body_limit(image_input_max_bytes: int) -> int:
+    """The body limit of a route that takes input images: the most images it takes, each
+    ``IMAGE_INPUT_MAX_BYTES`` written as base64, and the usual limit for the rest."""
+    return MAX_REQUEST_BYTES + MAX_INPUT_IMAGES * image_input_max_bytes * 4 // 3
+
+
 @stream_request_body
 class JsonApiHandler(ApiHandler):
     """An authenticated POST route whose body is a JSON object of bounded size."""
+
+    # A route whose body may carry input images gets room for them (upload_body_limit).
+    takes_images = False
+
+    @property
+    def body_limit(self) -> int:
+        """The largest body this route reads."""
+        if self.takes_images:
+            return upload_body_limit(self.config.image_input_max_bytes)
+        return MAX_REQUEST_BYTES
 
     def prepare(self) -> None:
         """Check the key, then refuse a declared body over the limit before reading it."""
@@ -212,26 +229,30 @@ class JsonApiHandler(ApiHandler):
         self._received = 0
         super().prepare()
         declared = self.request.headers.get("Content-Length", "")
-        if declared.isdigit() and int(declared) > MAX_REQUEST_BYTES:
-            raise errors.request_too_large(MAX_REQUEST_BYTES)
+        if declared.isdigit() and int(declared) > self.body_limit:
+            raise errors.request_too_large(self.body_limit)
 
     def data_received(self, chunk: bytes) -> None:
         """Collect the body; past the limit, answer 413 at once rather than read the rest."""
         self._received += len(chunk)
-        if self._received <= MAX_REQUEST_BYTES:
+        if self._received <= self.body_limit:
             self._chunks.append(chunk)
             return
         self._chunks.clear()
         # Once this is out, Tornado passes no more of the body on and closes the connection.
-        error = errors.request_too_large(MAX_REQUEST_BYTES)
+        error = errors.request_too_large(self.body_limit)
         error.headers["Connection"] = "close"
         self.send_error(error.status, exc_info=(type(error), error, None))
 
+    def raw_body(self) -> bytes:
+        """The request body (413 if it was too large)."""
+        if self._received > self.body_limit:
+            raise errors.request_too_large(self.body_limit)
+        return b"".join(self._chunks)
+
     def json_body(self) -> dict[str, Any]:
         """The request body as a JSON object (400 if it is not one, 413 if it was too large)."""
-        if self._received > MAX_REQUEST_BYTES:
-            raise errors.request_too_large(MAX_REQUEST_BYTES)
-        return decode_json_object(b"".join(self._chunks))
+        return decode_json_object(self.raw_body())
 
 
 class StaticHandler(BaseHandler, StaticFileHandler):

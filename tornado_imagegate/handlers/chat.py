@@ -14,6 +14,7 @@ from tornado_imagegate.errors import GatewayError, from_status
 from tornado_imagegate.generation import ImageService
 from tornado_imagegate.handlers.base import JsonApiHandler
 from tornado_imagegate.handlers.generation import GenerationHandler
+from tornado_imagegate.images import inputs
 from tornado_imagegate.metrics import Metrics
 from tornado_imagegate.openai_api import SSE_KEEPALIVE, ChatBody, ImageRequest, sse_event
 
@@ -22,6 +23,8 @@ logger = logging.getLogger(__name__)
 
 class ChatCompletionsHandler(GenerationHandler):
     """Answers a chat completion whose content is a markdown image of the gateway's own link."""
+
+    takes_images = True  # image_url parts as data URIs
 
     def initialize(self, service: ImageService, metrics: Metrics) -> None:
         """Take the generation service and the metrics (open streams) from the route table."""
@@ -36,6 +39,9 @@ class ChatCompletionsHandler(GenerationHandler):
             await self.answer_text(chat, housekeeping.task_reply(chat))
             return
         request = self.service.chat_request(chat)
+        request = await self.service.with_inputs(
+            request, chat.last_user_images(), inputs.previous_link(chat)
+        )
         if request.stream:
             await self.stream(request, chat)
             return

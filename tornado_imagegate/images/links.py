@@ -17,6 +17,7 @@ import secrets
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from urllib.parse import parse_qs, urlsplit
 
 from tornado_imagegate.urlpolicy import MAX_URL_LENGTH, LinkRefused
 
@@ -107,6 +108,18 @@ def signed_link(base_url: str, signer: LinkSigner, url: str) -> str:
     query = signer.query_for_url(url)
     # Unpadded URL-safe base64 and digits: nothing in the values needs quoting.
     return f"{base_url}{IMAGE_PROXY_PATH}?u={query['u']}&e={query['e']}&s={query['s']}"
+
+
+def link_query(url: str) -> dict[str, list[bytes]] | None:
+    """The query of a link to this gateway's ``/image-proxy`` (absolute on any host, or
+    relative), as ``parse_link`` reads it; None for any other URL."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("", "http", "https") or not parts.path.endswith(IMAGE_PROXY_PATH):
+        return None
+    query = parse_qs(parts.query, keep_blank_values=True)
+    if not ("id" in query or {"u", "e", "s"} <= set(query)):
+        return None
+    return {name: [value.encode("utf-8") for value in values] for name, values in query.items()}
 
 
 def derive_secret(configured: str, material: Iterable[str]) -> bytes:

@@ -243,6 +243,30 @@ class ImageStore:
             )
         return image
 
+    async def load_link(self, query: Mapping[str, list[bytes]]) -> ServedImage:
+        """The image one of the gateway's own links names, read from the store: no HTTP request
+        to the gateway itself. Raises ``find``'s errors."""
+        image, arrival = self.find(query)
+        if image is not None:
+            return image
+        if arrival is None:  # find gives one or the other
+            raise image_gone()
+        return await asyncio.shield(arrival.done)
+
+    async def fetch_image(self, url: str) -> ServedImage:
+        """An image at an outside http(s) URL, fetched through the guarded fetcher (its address
+        filter, size limit and type checks) and kept like a provider's image."""
+        try:
+            check_fetch_url(url)
+        except LinkRefused as exc:
+            raise forbidden_link(str(exc)) from None
+        key = url_key(url)
+        image = self.cache.get(key)
+        if image is not None:
+            return image
+        # Shielded: another request may be waiting for the same download.
+        return await asyncio.shield(self.fetcher.transfer(key, url).done)
+
     def find(self, query: Mapping[str, list[bytes]]) -> Found:
         """The image a link's query names: kept, or fetched from its signed upstream URL.
 

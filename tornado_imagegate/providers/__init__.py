@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ from typing import Any, Protocol
 
 from tornado.httpclient import HTTPRequest, HTTPResponse
 
-from tornado_imagegate.openai_api import ImageRequest
+from tornado_imagegate.openai_api import ImageRequest, InputImage
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,11 @@ class ProviderCall:
     seed: int
     # Extra request fields for this group's upstream (IMAGE_GEN_EXTRA_n), merged into the body.
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def inputs(self) -> tuple[InputImage, ...]:
+        """The images the client gave to edit, checked and sniffed; empty for text only."""
+        return self.request.inputs
 
 
 class ProviderAnswerError(Exception):
@@ -111,6 +117,34 @@ def json_request(endpoint: str, key: str, body: dict[str, Any]) -> HTTPRequest:
         body=json.dumps(body, ensure_ascii=False),
         follow_redirects=False,
     )
+
+
+def data_uri(image: InputImage) -> str:
+    """An input image as a ``data:`` URI."""
+    return f"data:{image.content_type};base64,{base64.b64encode(image.data).decode('ascii')}"
+
+
+def multipart_body(
+    fields: Mapping[str, str], files: list[tuple[str, str, InputImage]]
+) -> tuple[str, bytes]:
+    """A ``multipart/form-data`` body of text fields and ``(field, file name, image)`` files;
+    returns its Content-Type (with the boundary) and the body."""
+    boundary = "imagegate-" + os.urandom(12).hex()
+    parts: list[bytes] = []
+    for name, value in fields.items():
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode()
+            + value.encode("utf-8")
+            + b"\r\n"
+        )
+    for name, filename, image in files:
+        head = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
+            f'filename="{filename}"\r\nContent-Type: {image.content_type}\r\n\r\n'
+        )
+        parts.append(head.encode() + image.data + b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return f"multipart/form-data; boundary={boundary}", b"".join(parts)
 
 
 def json_answer(response: HTTPResponse) -> Any:

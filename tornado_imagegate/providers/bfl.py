@@ -8,6 +8,7 @@ lives minutes), ``Content Moderated`` / ``Request Moderated`` (a refusal in a 20
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -66,6 +67,10 @@ class BflApi(TaskApiDefaults):
             body["aspect_ratio"] = ratio_text(*call.size)
         else:
             body["width"], body["height"] = call.size
+        # Images to edit (Kontext, FLUX.2): raw base64 in input_image, input_image_2, ...
+        for number, image in enumerate(call.inputs, 1):
+            field = "input_image" if number == 1 else f"input_image_{number}"
+            body[field] = base64.b64encode(image.data).decode("ascii")
         url = f"{api_base(call.endpoint)}/{quote(call.model.strip('/'), safe='/')}"
         return keyed_request(url, {"x-key": call.key}, "POST", with_extra(body, call.extra))
 

@@ -17,6 +17,7 @@ from tornado_imagegate.providers import (
     ProviderAnswerError,
     ProviderCall,
     ProviderImage,
+    data_uri,
     decode_base64_image,
     images_from_data_list,
     json_answer,
@@ -31,7 +32,7 @@ _BARE_URL = re.compile(r"https?://[^\s<>\"')\]]+", re.IGNORECASE)
 
 
 class ChatImagesApi:
-    """``POST {model, messages: [user prompt], stream: false}`` -> an image in the answer."""
+    """``POST {model, messages: [user prompt (and images)], stream: false}`` -> an image."""
 
     def fit_size(self, model: str, width: int, height: int) -> tuple[int, int]:
         """The size is not sent (nor was it by the Flux gateway): its ratio goes into the prompt."""
@@ -43,9 +44,16 @@ class ChatImagesApi:
 
     def build(self, call: ProviderCall) -> HTTPRequest:
         """One user message; a non-square size is said in words: a chat model hears no other."""
-        content = call.prompt
+        text = call.prompt
         if call.size[0] != call.size[1]:
-            content = f"{call.prompt}, aspect ratio {ratio_text(*call.size)}"
+            text = f"{call.prompt}, aspect ratio {ratio_text(*call.size)}"
+        content: str | list[dict[str, Any]] = text
+        if call.inputs:
+            # Images to edit: image_url parts after the text, as OpenAI-style chat APIs take them.
+            content = [{"type": "text", "text": text}] + [
+                {"type": "image_url", "image_url": {"url": data_uri(image)}}
+                for image in call.inputs
+            ]
         body = {
             "model": call.model,
             "messages": [{"role": "user", "content": content}],

@@ -7,6 +7,7 @@ reason) and is reported as such, not as a broken answer.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import logging
@@ -91,7 +92,8 @@ class GeminiApi:
         return 1
 
     def build(self, call: ProviderCall) -> HTTPRequest:
-        """The prompt as one user part, text and image output, the aspect ratio in imageConfig."""
+        """The prompt (and any input images) as one user turn, text and image output, the
+        aspect ratio in imageConfig."""
         aspect_ratio = _RATIO_OF_SIZE.get(call.size) or ratio_text(*call.size)
         generation_config: dict[str, Any] = {
             "responseModalities": ["TEXT", "IMAGE"],
@@ -99,8 +101,19 @@ class GeminiApi:
         }
         if call.request.seed_given:
             generation_config["seed"] = call.seed % _SEED_RANGE
+        parts: list[dict[str, Any]] = [{"text": call.prompt}]
+        # Images to edit go as inlineData parts after the prompt.
+        parts += [
+            {
+                "inlineData": {
+                    "mimeType": image.content_type,
+                    "data": base64.b64encode(image.data).decode("ascii"),
+                }
+            }
+            for image in call.inputs
+        ]
         body = {
-            "contents": [{"role": "user", "parts": [{"text": call.prompt}]}],
+            "contents": [{"role": "user", "parts": parts}],
             "generationConfig": generation_config,
         }
         if call.extra:

@@ -2,15 +2,19 @@
 
 gpt-image models answer base64 only, take their own fields (``quality``, ``background``,
 ``output_format``, ``output_compression``, ``moderation``: passed on as the client sent them) and
-report the tokens used (``usage``, handed on with the images).
+report the tokens used (``usage``, handed on with the images). A request with input images goes
+to the edits endpoint beside the generations one, as a multipart form.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+from typing import Any
 
 from tornado.httpclient import HTTPRequest, HTTPResponse
 
+from tornado_imagegate.openai_api import InputImage
 from tornado_imagegate.providers import (
     ProviderAnswerError,
     ProviderCall,
@@ -18,6 +22,7 @@ from tornado_imagegate.providers import (
     images_from_data_list,
     json_answer,
     json_request,
+    multipart_body,
     with_extra,
 )
 from tornado_imagegate.sizing import nearest_size
@@ -28,6 +33,19 @@ MODEL_SIZES: dict[str, tuple[tuple[int, int], ...]] = {
     "dall-e-3": ((1024, 1024), (1792, 1024), (1024, 1792)),
     "gpt-image": ((1024, 1024), (1536, 1024), (1024, 1536)),
 }
+
+
+def edits_endpoint(endpoint: str) -> str:
+    """The edits endpoint beside a generations endpoint (``.../images/edits``); an endpoint
+    of another form is called as configured."""
+    trimmed = endpoint.rstrip("/")
+    if trimmed.endswith("/images/generations"):
+        return trimmed.removesuffix("/generations") + "/edits"
+    return endpoint
+
+
+def _extension(image: InputImage) -> str:
+    return image.content_type.removeprefix("image/")
 
 
 def _family(model: str) -> str:
@@ -66,7 +84,37 @@ class OpenAIImagesApi:
         if _family(call.model) != "gpt-image":
             body["response_format"] = "b64_json"
         body.update(call.request.options)
+        if call.inputs:
+            return self.edit_request(call, with_extra(body, call.extra))
         return json_request(call.endpoint, call.key, with_extra(body, call.extra))
+
+    def edit_request(self, call: ProviderCall, body: dict[str, Any]) -> HTTPRequest:
+        """The same fields as a multipart form to the edits endpoint, with the images to edit
+        (``image``, or ``image[]`` for several) and the mask if the client gave one."""
+        fields = {
+            name: value if isinstance(value, str) else json.dumps(value)
+            for name, value in body.items()
+            if not isinstance(value, (dict, list))
+        }
+        name = "image" if len(call.inputs) == 1 else "image[]"
+        files = [
+            (name, f"image{number}.{_extension(image)}", image)
+            for number, image in enumerate(call.inputs, 1)
+        ]
+        if call.request.mask is not None:
+            files.append(("mask", f"mask.{_extension(call.request.mask)}", call.request.mask))
+        content_type, data = multipart_body(fields, files)
+        return HTTPRequest(
+            edits_endpoint(call.endpoint),
+            method="POST",
+            headers={
+                "Authorization": f"Bearer {call.key}",
+                "Content-Type": content_type,
+                "Accept": "application/json",
+            },
+            body=data,
+            follow_redirects=False,
+        )
 
     def parse(self, response: HTTPResponse) -> list[ProviderImage]:
         """``data[].b64_json`` or ``data[].url``; ``usage`` rides on the first image."""

@@ -8,6 +8,7 @@ from tornado_imagegate.providers import (
     ProviderAnswerError,
     ProviderCall,
     ProviderImage,
+    data_uri,
     images_from_data_list,
     json_object_answer,
     json_request,
@@ -46,6 +47,9 @@ class SiliconFlowApi:
             body["negative_prompt"] = call.request.negative_prompt
         if call.request.cfg is not None:
             body["guidance_scale"] = call.request.cfg
+        # Images to edit (Qwen-Image-Edit): data URIs in image, image2, image3.
+        for number, image in enumerate(call.inputs, 1):
+            body["image" if number == 1 else f"image{number}"] = data_uri(image)
         return json_request(call.endpoint, call.key, with_extra(body, call.extra))
 
     def parse(self, response: HTTPResponse) -> list[ProviderImage]:

@@ -1,0 +1,537 @@
+"""Image inputs: images sent with a chat completion reach the provider intact, in its own field."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import logging
+import random
+import re
+
+import openai
+import pytest
+from conftest import (
+    CLIENT_KEYS,
+    assert_error,
+    call,
+    chat_body,
+    json_of,
+    post_chat,
+    register_secret,
+)
+from fakes import (
+    FakeBFL,
+    FakeChatImages,
+    FakeGemini,
+    FakeOpenAIImages,
+    FakeSet,
+    FakeSiliconFlow,
+    data_uri,
+    noise_png_of_size,
+    png_bytes,
+)
+
+from tornado_imagegate.config import ConfigError, load_settings
+from tornado_imagegate.images.inputs import previous_link
+from tornado_imagegate.report import settings_report
+
+OI_KEY = "sk-edits-key-5791"
+CHAT_KEY = "sk-chat-inputs-key-2468"
+GEMINI_KEY = "AIza-inputs-key-1357"
+SF_KEY = "sk-siliconflow-inputs-8080"
+BFL_KEY = "bfl-inputs-key-6060"
+register_secret(OI_KEY, CHAT_KEY, GEMINI_KEY, SF_KEY, BFL_KEY)
+LINK = re.compile(r"!\[[^\]]*\]\((\S+?)\)")
+INPUT_MAX_BYTES = 64 * 1024
+
+
+@pytest.fixture
+def fakes(io_loop):
+    """An edit-capable fake of each kind that takes images."""
+    started = FakeSet(
+        oi=FakeOpenAIImages,
+        chat=FakeChatImages,
+        gemini=FakeGemini,
+        sf=FakeSiliconFlow,
+        bfl=FakeBFL,
+    )
+    yield started
+    started.close()
+
+
+@pytest.fixture
+def gateway_env(fakes, request):
+    """gpt-image on the Images API, a chat-kind model, a Gemini model (images off for one)."""
+    return {
+        "IMAGE_GEN_MODEL_1": "gpt-image-1",
+        "IMAGE_GEN_API_BASE_1": fakes.oi.url("v1"),
+        "IMAGE_GEN_API_KEY_1": OI_KEY,
+        "IMAGE_GEN_KIND_1": "openai-images",
+        "IMAGE_GEN_MODEL_2": "chat-image-model",
+        "IMAGE_GEN_API_BASE_2": fakes.chat.url("v1"),
+        "IMAGE_GEN_API_KEY_2": CHAT_KEY,
+        "IMAGE_GEN_KIND_2": "chat",
+        "IMAGE_GEN_MODEL_3": "gemini-2.5-flash-image",
+        "IMAGE_GEN_API_BASE_3": fakes.gemini.base_url(),
+        "IMAGE_GEN_API_KEY_3": GEMINI_KEY,
+        "IMAGE_GEN_KIND_3": "gemini",
+        "IMAGE_GEN_MODEL_4": "gemini-text-only",
+        "IMAGE_GEN_API_BASE_4": fakes.gemini.base_url(),
+        "IMAGE_GEN_API_KEY_4": GEMINI_KEY,
+        "IMAGE_GEN_KIND_4": "gemini",
+        "IMAGE_GEN_INPUTS_4": "false",
+        "IMAGE_GEN_MODEL_5": "Qwen/Qwen-Image-Edit-2509,Kwai-Kolors/Kolors",
+        "IMAGE_GEN_API_BASE_5": fakes.sf.url("v1"),
+        "IMAGE_GEN_API_KEY_5": SF_KEY,
+        "IMAGE_GEN_KIND_5": "siliconflow",
+        "IMAGE_GEN_MODEL_6": "flux-kontext-pro,flux-pro-1.1",
+        "IMAGE_GEN_API_BASE_6": fakes.bfl.url("v1"),
+        "IMAGE_GEN_API_KEY_6": BFL_KEY,
+        "IMAGE_GEN_KIND_6": "bfl",
+        "IMAGE_INPUT_MAX_BYTES": str(INPUT_MAX_BYTES),
+        "IMAGE_PROXY_ALLOW_PRIVATE_NETWORKS": "true",
+        **getattr(request, "param", {}),
+    }
+
+
+def with_images(model: str, text: str, *urls: str) -> dict:
+    """A chat body whose user message is ``text`` and an image_url part per URL."""
+    parts = [{"type": "text", "text": text}]
+    parts += [{"type": "image_url", "image_url": {"url": url}} for url in urls]
+    return chat_body(parts, model=model)
+
+
+async def links_of(http_client, base_url, body) -> list[str]:
+    """A chat completion that must succeed: its image links."""
+    response = await post_chat(http_client, base_url, body)
+    assert response.code == 200, response.body
+    return LINK.findall(json_of(response)["choices"][0]["message"]["content"])
+
+
+def received(fakes) -> int:
+    """How many requests the providers received, together."""
+    every = (fakes.oi, fakes.chat, fakes.gemini, fakes.sf, fakes.bfl)
+    return sum(len(fake.requests) for fake in every)
+
+
+@pytest.mark.gen_test
+async def test_an_uploaded_png_reaches_the_edits_endpoint_intact(http_client, base_url, fakes):
+    png = png_bytes(seed=11)
+    await links_of(http_client, base_url, with_images("gpt-image-1", "make it blue", data_uri(png)))
+    sent = fakes.oi.last()
+    assert sent.path == "/v1/images/edits"
+    assert sent.key == OI_KEY
+    assert sent.json["prompt"] == "make it blue"
+    assert sent.json["model"] == "gpt-image-1"
+    [(_, content_type, data)] = sent.files["image"]
+    assert (content_type, data) == ("image/png", png)
+
+
+@pytest.mark.gen_test
+async def test_several_images_go_as_image_brackets(http_client, base_url, fakes):
+    first, second = png_bytes(seed=12), png_bytes(seed=13)
+    body = with_images("gpt-image-1", "merge them", data_uri(first), data_uri(second))
+    await links_of(http_client, base_url, body)
+    assert [data for _, _, data in fakes.oi.last().files["image[]"]] == [first, second]
+
+
+@pytest.mark.gen_test
+async def test_text_only_still_goes_to_generations(http_client, base_url, fakes):
+    await links_of(http_client, base_url, chat_body("a kite", model="gpt-image-1"))
+    assert fakes.oi.last().path == "/v1/images/generations"
+
+
+@pytest.mark.gen_test
+async def test_the_chat_kind_gets_image_url_parts(http_client, base_url, fakes):
+    png = png_bytes(seed=14)
+    await links_of(http_client, base_url, with_images("chat-image-model", "a hat", data_uri(png)))
+    [message] = fakes.chat.last().json["messages"]
+    text, image = message["content"]
+    assert text == {"type": "text", "text": "a hat"}
+    url = image["image_url"]["url"]
+    assert url.startswith("data:image/png;base64,")
+    assert base64.b64decode(url.split(",", 1)[1]) == png
+
+
+@pytest.mark.gen_test
+async def test_gemini_gets_inline_data_parts(http_client, base_url, fakes):
+    png = png_bytes(seed=15)
+    body = with_images("gemini-2.5-flash-image", "watercolour", data_uri(png))
+    await links_of(http_client, base_url, body)
+    [content] = fakes.gemini.last().json["contents"]
+    text, image = content["parts"]
+    assert text == {"text": "watercolour"}
+    assert image["inlineData"]["mimeType"] == "image/png"
+    assert base64.b64decode(image["inlineData"]["data"]) == png
+
+
+@pytest.mark.gen_test
+async def test_siliconflow_edit_models_get_image_image2_image3(http_client, base_url, fakes):
+    pngs = [png_bytes(seed=s) for s in (41, 42, 43)]
+    body = with_images("Qwen/Qwen-Image-Edit-2509", "a hat", *map(data_uri, pngs))
+    await links_of(http_client, base_url, body)
+    sent = fakes.sf.last().json
+    decoded = [base64.b64decode(sent[f].split(",", 1)[1]) for f in ("image", "image2", "image3")]
+    assert decoded == pngs
+    refused = with_images("Kwai-Kolors/Kolors", "a hat", data_uri(pngs[0]))
+    response = await post_chat(http_client, base_url, refused)
+    assert_error(response, 400, "image_input_not_supported")
+    assert "Kwai-Kolors/Kolors" in json_of(response)["error"]["message"]
+    assert len(fakes.sf.requests) == 1
+
+
+@pytest.mark.gen_test
+async def test_bfl_kontext_gets_input_image_fields(http_client, base_url, fakes):
+    pngs = [png_bytes(seed=s) for s in (51, 52)]
+    body = with_images("flux-kontext-pro", "a hat", *map(data_uri, pngs))
+    await links_of(http_client, base_url, body)
+    [sent] = fakes.bfl.submissions()
+    assert sent.path == "/v1/flux-kontext-pro"
+    fields = ("input_image", "input_image_2")
+    assert [base64.b64decode(sent.json[f]) for f in fields] == pngs
+    refused = with_images("flux-pro-1.1", "a hat", data_uri(pngs[0]))
+    response = await post_chat(http_client, base_url, refused)
+    assert_error(response, 400, "image_input_not_supported")
+    assert len(fakes.bfl.submissions()) == 1
+
+
+@pytest.mark.gen_test
+async def test_an_http_link_is_fetched_and_passed(http_client, base_url, fakes):
+    png = png_bytes(seed=16)
+    fakes.images.serve("photo", png, content_type="application/octet-stream")
+    body = with_images("gemini-2.5-flash-image", "at night", fakes.images.url("photo"))
+    await links_of(http_client, base_url, body)
+    image = fakes.gemini.last().json["contents"][0]["parts"][1]["inlineData"]
+    assert base64.b64decode(image["data"]) == png
+    assert fakes.images.hits["photo"] == 1
+
+
+@pytest.mark.gen_test
+async def test_the_gateways_own_link_is_read_from_its_store(http_client, base_url, fakes, caplog):
+    [link] = await links_of(http_client, base_url, chat_body("a fox", model="gpt-image-1"))
+    caplog.set_level(logging.INFO, logger="tornado.access")
+    caplog.clear()
+    relative = link[len(base_url) :]
+    for own in (link, relative, link.replace("127.0.0.1", "gateway.example")):
+        await links_of(http_client, base_url, with_images("gemini-2.5-flash-image", "wider", own))
+    assert not [r for r in caplog.records if "/image-proxy" in r.getMessage()]
+    served = await http_client.fetch(link)
+    assert [r for r in caplog.records if "/image-proxy" in r.getMessage()]
+    for sent in fakes.gemini.requests:
+        image = sent.json["contents"][0]["parts"][1]["inlineData"]
+        assert base64.b64decode(image["data"]) == served.body
+
+
+@pytest.mark.gen_test
+async def test_a_model_that_takes_no_images_is_400_before_any_call(http_client, base_url, fakes):
+    body = with_images("gemini-text-only", "blue", data_uri(png_bytes(seed=17)))
+    response = await post_chat(http_client, base_url, body)
+    assert_error(response, 400, "image_input_not_supported")
+    assert "gemini-text-only" in json_of(response)["error"]["message"]
+    assert received(fakes) == 0
+
+
+@pytest.mark.gen_test
+async def test_more_images_than_the_model_takes_is_400(http_client, base_url, fakes):
+    urls = [data_uri(png_bytes(seed=s)) for s in range(4)]
+    response = await post_chat(
+        http_client, base_url, with_images("gemini-2.5-flash-image", "x", *urls)
+    )
+    assert_error(response, 400, "invalid_image_input")
+    assert received(fakes) == 0
+
+
+@pytest.mark.gen_test
+async def test_an_image_over_the_byte_limit_is_413(http_client, base_url, fakes):
+    big = noise_png_of_size(INPUT_MAX_BYTES + 1, random.Random(3))
+    response = await post_chat(
+        http_client, base_url, with_images("gpt-image-1", "x", data_uri(big))
+    )
+    assert_error(response, 413, "image_input_too_large")
+    fakes.images.serve("big", big)
+    body = with_images("gpt-image-1", "x", fakes.images.url("big"))
+    assert_error(await post_chat(http_client, base_url, body), 413, "image_input_too_large")
+    assert received(fakes) == 0
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize(
+    "url",
+    [
+        "data:image/svg+xml;base64,"
+        + base64.b64encode(b'<svg xmlns="http://www.w3.org/2000/svg"/>').decode(),
+        "data:image/png;base64," + base64.b64encode(b"not a png at all").decode(),
+        "data:image/png;base64,%%%",
+        "data:image/png,rawbytes",
+        "ftp://example.com/a.png",
+    ],
+)
+async def test_what_is_not_a_raster_image_is_400(http_client, base_url, fakes, url):
+    response = await post_chat(http_client, base_url, with_images("gpt-image-1", "x", url))
+    assert_error(response, 400, "invalid_image_input")
+    assert received(fakes) == 0
+
+
+@pytest.mark.gen_test
+async def test_an_unreachable_or_html_link_is_400(http_client, base_url, fakes):
+    fakes.images.serve("page", b"<html>hi</html>", content_type="text/html")
+    fakes.images.status("gone", 404)
+    for path in ("page", "gone"):
+        body = with_images("gpt-image-1", "x", fakes.images.url(path))
+        assert_error(await post_chat(http_client, base_url, body), 400, "invalid_image_input")
+    assert received(fakes) == 0
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize(
+    "gateway_env", [{"IMAGE_PROXY_ALLOW_PRIVATE_NETWORKS": "false"}], indirect=True
+)
+async def test_a_link_to_a_private_address_is_refused(http_client, base_url, fakes):
+    fakes.images.serve("photo", png_bytes(seed=18))
+    body = with_images("gpt-image-1", "x", fakes.images.url("photo"))
+    assert_error(await post_chat(http_client, base_url, body), 400, "invalid_image_input")
+    assert fakes.images.hits["photo"] == 0
+    assert received(fakes) == 0
+
+
+@pytest.mark.gen_test
+async def test_an_image_under_the_limit_fits_the_chat_body(http_client, base_url, fakes):
+    png = noise_png_of_size(INPUT_MAX_BYTES, random.Random(4))
+    await links_of(http_client, base_url, with_images("gpt-image-1", "x", data_uri(png)))
+    assert fakes.oi.last().files["image"][0][2] == png
+
+
+@pytest.mark.gen_test
+async def test_images_endpoint_limit_is_unchanged(http_client, base_url):
+    body = {"model": "gpt-image-1", "prompt": "x" * (5 * 1024 * 1024)}
+    response = await call(http_client, base_url, "/v1/images/generations", method="POST", body=body)
+    assert_error(response, 413, "request_too_large")
+
+
+def sdk(base_url: str) -> openai.AsyncOpenAI:
+    """The real openai SDK, pointed at the gateway."""
+    return openai.AsyncOpenAI(
+        base_url=f"{base_url}/v1", api_key=CLIENT_KEYS[0], max_retries=0, timeout=30
+    )
+
+
+@pytest.mark.gen_test
+async def test_images_edit_through_the_openai_sdk(base_url, fakes):
+    png, mask = png_bytes(seed=21), png_bytes(seed=22)
+    async with sdk(base_url) as client:
+        result = await client.images.edit(
+            model="gpt-image-1",
+            image=("photo.png", png, "image/png"),
+            mask=("mask.png", mask, "image/png"),
+            prompt="make this a watercolour",
+            n=2,
+            size="1536x1024",
+        )
+    assert len(result.data) == 2
+    assert all(base64.b64decode(entry.b64_json)[:4] == b"\x89PNG" for entry in result.data)
+    sent = fakes.oi.last()
+    assert sent.path == "/v1/images/edits"
+    assert sent.json["prompt"] == "make this a watercolour"
+    assert (sent.json["n"], sent.json["size"]) == (2, "1536x1024")
+    assert sent.files["image"][0][2] == png
+    assert sent.files["mask"][0][2] == mask
+
+
+@pytest.mark.gen_test
+async def test_images_edit_with_several_images_and_links(base_url, fakes):
+    first, second = png_bytes(seed=23), png_bytes(seed=24)
+    async with sdk(base_url) as client:
+        result = await client.images.edit(
+            model="gemini-2.5-flash-image",
+            image=[("a.png", first, "image/png"), ("b.png", second, "image/png")],
+            prompt="put them together",
+            response_format="url",
+        )
+    assert result.data[0].url.startswith(f"{base_url}/image-proxy?id=")
+    parts = fakes.gemini.last().json["contents"][0]["parts"]
+    assert [base64.b64decode(p["inlineData"]["data"]) for p in parts[1:]] == [first, second]
+
+
+@pytest.mark.gen_test
+async def test_images_edit_refuses_what_the_model_cannot_take(base_url, fakes):
+    async with sdk(base_url) as client:
+        with pytest.raises(openai.BadRequestError) as refused:
+            await client.images.edit(
+                model="gemini-text-only", image=("a.png", png_bytes(), "image/png"), prompt="x"
+            )
+        assert refused.value.code == "image_input_not_supported"
+        with pytest.raises(openai.BadRequestError) as refused:
+            await client.images.edit(
+                model="gpt-image-1", image=("a.svg", b"<svg/>", "image/png"), prompt="x"
+            )
+        assert refused.value.code == "invalid_image_input"
+        big = noise_png_of_size(INPUT_MAX_BYTES + 1, random.Random(5))
+        with pytest.raises(openai.APIStatusError) as refused:
+            await client.images.edit(model="gpt-image-1", image=("a.png", big), prompt="x")
+        assert refused.value.status_code == 413
+        assert refused.value.code == "image_input_too_large"
+    assert received(fakes) == 0
+
+
+@pytest.mark.gen_test
+async def test_an_edit_must_be_a_form_with_an_image(http_client, base_url, fakes):
+    as_json = await call(
+        http_client, base_url, "/v1/images/edits", method="POST", body={"prompt": "x"}
+    )
+    assert_error(as_json, 400, "invalid_parameters")
+    boundary = "b0undary"
+    form = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="prompt"\r\n\r\nx\r\n'
+        f"--{boundary}--\r\n"
+    ).encode()
+    response = await http_client.fetch(
+        f"{base_url}/v1/images/edits",
+        method="POST",
+        body=form,
+        headers={
+            "Authorization": f"Bearer {CLIENT_KEYS[0]}",
+            "Content-Type": f"multipart/form-data; boundary={boundary}",
+        },
+        raise_error=False,
+    )
+    assert_error(response, 400, "invalid_parameters")
+    assert received(fakes) == 0
+
+
+def conversation(model: str, link: str, follow_up: str) -> dict:
+    """A chat whose earlier turn made the image at ``link`` (as the gateway wrote it)."""
+    return {
+        "model": model,
+        "messages": [
+            {"role": "user", "content": "a red fox in snow"},
+            {"role": "assistant", "content": f"![a red fox in snow]({link})"},
+            {"role": "user", "content": follow_up},
+        ],
+    }
+
+
+@pytest.mark.gen_test
+async def test_a_follow_up_passes_the_previous_image_from_the_store(
+    http_client, base_url, fakes, app, caplog
+):
+    model = "gemini-2.5-flash-image"
+    [link] = await links_of(http_client, base_url, chat_body("a red fox in snow", model=model))
+    service = app.services.generation
+    chat = service.read_chat(conversation(model, link, "now make it at night"))
+    # As the conversation's follow-up rule marks a message that continues the last image.
+    request = dataclasses.replace(service.chat_request(chat), refined=True)
+    caplog.set_level(logging.INFO, logger="tornado.access")
+    caplog.clear()
+    request = await service.with_inputs(request, chat.last_user_images(), previous_link(chat))
+    await service.generate(request, base_url)
+    assert not [r for r in caplog.records if "/image-proxy" in r.getMessage()]
+    served = await http_client.fetch(link)
+    parts = fakes.gemini.last().json["contents"][0]["parts"]
+    assert base64.b64decode(parts[1]["inlineData"]["data"]) == served.body
+
+
+@pytest.mark.gen_test
+async def test_the_fox_follow_up_over_http_sends_the_previous_image_and_the_refined_prompt(
+    http_client, base_url, fakes, caplog
+):
+    model = "gemini-2.5-flash-image"
+    first = await post_chat(
+        http_client, base_url, chat_body("a red fox in snow, 16:9", model=model)
+    )
+    assert first.code == 200, first.body
+    answer = json_of(first)["choices"][0]["message"]["content"]
+    [link] = LINK.findall(answer)
+    register_secret(link.partition("?")[2])
+    body = {
+        "model": model,
+        "messages": [
+            {"role": "user", "content": "a red fox in snow, 16:9"},
+            {"role": "assistant", "content": answer},
+            {"role": "user", "content": "now make it at night"},
+        ],
+    }
+    caplog.set_level(logging.INFO, logger="tornado.access")
+    caplog.clear()
+    follow_up = await post_chat(http_client, base_url, body)
+    assert follow_up.code == 200, follow_up.body
+    # The previous image came from the store: no request reached the gateway's own image proxy.
+    assert not [r for r in caplog.records if "/image-proxy" in r.getMessage()]
+    sent = fakes.gemini.last().json
+    parts = sent["contents"][0]["parts"]
+    assert "fox" in parts[0]["text"] and "night" in parts[0]["text"]
+    assert sent["generationConfig"]["imageConfig"]["aspectRatio"] == "16:9"
+    served = await http_client.fetch(f"{base_url}/image-proxy?{link.partition('?')[2]}")
+    assert base64.b64decode(parts[1]["inlineData"]["data"]) == served.body
+
+
+@pytest.mark.gen_test
+async def test_the_users_own_image_wins_over_the_previous_one(http_client, base_url, fakes, app):
+    model = "gemini-2.5-flash-image"
+    [link] = await links_of(http_client, base_url, chat_body("a red fox", model=model))
+    service = app.services.generation
+    png = png_bytes(seed=31)
+    body = conversation(model, link, "now make it at night")
+    body["messages"][-1]["content"] = [
+        {"type": "text", "text": "now make it at night"},
+        {"type": "image_url", "image_url": {"url": data_uri(png)}},
+    ]
+    chat = service.read_chat(body)
+    request = dataclasses.replace(service.chat_request(chat), refined=True)
+    request = await service.with_inputs(request, chat.last_user_images(), previous_link(chat))
+    assert [image.data for image in request.inputs] == [png]
+
+
+@pytest.mark.gen_test
+async def test_a_fresh_topic_or_a_text_only_model_gets_no_previous_image(
+    http_client, base_url, fakes
+):
+    model = "gemini-2.5-flash-image"
+    [link] = await links_of(http_client, base_url, chat_body("a red fox", model=model))
+    await links_of(http_client, base_url, conversation(model, link, "a blue car"))
+    assert fakes.gemini.last().json["contents"][0]["parts"] == [{"text": "a blue car"}]
+    text_only = conversation("gemini-text-only", link, "a blue car")
+    await links_of(http_client, base_url, text_only)
+    assert fakes.gemini.last().json["contents"][0]["parts"] == [{"text": "a blue car"}]
+
+
+def group_env(kind: str, inputs: str | None = None) -> dict[str, str]:
+    """One group of ``kind`` (with ``IMAGE_GEN_INPUTS_1`` when given)."""
+    env = {
+        "IMAGE_GEN_MODEL_1": "m",
+        "IMAGE_GEN_API_BASE_1": "https://api.example.com/v1",
+        "IMAGE_GEN_API_KEY_1": "sk-inputs-config-1",
+        "IMAGE_GEN_KIND_1": kind,
+    }
+    if inputs is not None:
+        env["IMAGE_GEN_INPUTS_1"] = inputs
+    return env
+
+
+@pytest.mark.parametrize(
+    ("kind", "inputs", "takes"),
+    [
+        ("chat", None, 4),
+        ("openai-images", None, 4),
+        ("gemini", None, 3),
+        ("sd", None, 0),
+        ("siliconflow", None, 0),
+        ("gemini", "false", 0),
+        ("gemini", "true", 3),
+        ("siliconflow", "true", 4),
+        ("siliconflow", "2", 2),
+        ("chat", "9", 4),
+        ("chat", "0", 0),
+    ],
+)
+def test_which_groups_take_input_images(kind, inputs, takes):
+    settings = load_settings(group_env(kind, inputs))
+    group = settings.groups[0]  # then the demo group
+    assert group.name == "IMAGE_GEN_1"
+    assert group.image_inputs == takes
+    expected = f"up to {takes}" if takes else "none"
+    assert f"    input images: {expected}" in settings_report(settings).splitlines()
+
+
+def test_a_wrong_inputs_value_stops_start_up_naming_it():
+    with pytest.raises(ConfigError, match="IMAGE_GEN_INPUTS_1"):
+        load_settings(group_env("chat", "sometimes"))
