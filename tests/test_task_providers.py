@@ -288,6 +288,20 @@ async def test_a_task_that_never_finishes_is_a_504_and_is_cancelled_where_possib
 
 
 @pytest.mark.gen_test(timeout=30)
+async def test_a_task_given_up_on_a_refused_poll_is_cancelled_upstream(
+    http_client, base_url, fakes
+):
+    fake = fakes["dashscope"]
+    fake.plan = ["pending", Answer(404, fake.error_json(404, "no such task here"))]
+    response = await post_chat(http_client, base_url, chat_body("a cat", MODELS["dashscope"]))
+
+    assert "polling the task failed" in assert_error(response, 502, "upstream_error")["message"]
+    [task_id] = fake.tasks
+    await cancelled(fake)
+    assert fake.cancels == [task_id]
+
+
+@pytest.mark.gen_test(timeout=30)
 @pytest.mark.parametrize("kind", KINDS)
 async def test_a_throttled_or_failing_poll_waits_and_asks_again(
     http_client, base_url, fakes, app, kind

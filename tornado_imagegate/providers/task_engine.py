@@ -304,6 +304,14 @@ class TaskProvider(GroupProvider):
             logger.info("%s: client left; task %s abandoned", self.group.name, handle.task_id)
             self._cancel(handle, call)
             raise
+        except GatewayError as exc:
+            # Given up while the task may still run upstream (the deadline, polls that kept
+            # failing, a poll refused): cancel it, so it costs nothing more there.
+            if not state.finished:
+                if exc.status != 504:
+                    logger.info("%s: task %s given up", self.group.name, handle.task_id)
+                self._cancel(handle, call)
+            raise
 
     async def _poll(
         self,
@@ -411,9 +419,8 @@ class TaskProvider(GroupProvider):
         return safe_reason(state.reason, self.group.keys) or fallback
 
     def _timed_out(self, handle: TaskHandle, call: ProviderCall) -> GatewayError:
-        """The 504 of a task still unfinished at the deadline (which is cancelled upstream)."""
+        """The 504 of a task still unfinished at the deadline (``_follow`` cancels it upstream)."""
         logger.info("%s: task %s unfinished at the deadline", self.group.name, handle.task_id)
-        self._cancel(handle, call)
         return self._error(
             504, "upstream_timeout", f"the task was not finished within {self.timeout:g}s."
         )
