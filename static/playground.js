@@ -124,6 +124,18 @@
     strip.appendChild(item);
   }
 
+  // The raster type a data URI's first bytes show (its declared type is not trusted), or null.
+  function sniffImageType(dataUri) {
+    var comma = dataUri.indexOf(",");
+    var head;
+    try { head = window.atob(dataUri.slice(comma + 1, comma + 17)); } catch (error) { return null; }
+    if (head.indexOf("\x89PNG") === 0) { return "image/png"; }
+    if (head.indexOf("\xff\xd8\xff") === 0) { return "image/jpeg"; }
+    if (head.indexOf("GIF8") === 0) { return "image/gif"; }
+    if (head.indexOf("RIFF") === 0 && head.slice(8, 12) === "WEBP") { return "image/webp"; }
+    return null;
+  }
+
   // An image to edit: only raster images (checked by their first bytes too), at most 4 MiB.
   function attach(file) {
     if (!file) { return; }
@@ -137,7 +149,12 @@
     }
     var reader = new FileReader();
     reader.onload = function () {
-      attached = reader.result;
+      var sniffed = sniffImageType(reader.result);
+      if (!sniffed) {
+        setStatus("That file is not an image this playground can send: use a PNG, JPEG, WebP or GIF.", true);
+        return;
+      }
+      attached = "data:" + sniffed + reader.result.slice(reader.result.indexOf(";"));
       document.getElementById("attachment-preview").src = attached;
       document.getElementById("attachment").hidden = false;
       setStatus("Image attached: it goes with your next message.");

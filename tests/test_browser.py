@@ -293,3 +293,42 @@ def test_errors_read_as_sentences(chat_gateway, tmp_path):
             assert strip_count(page) == 0
         finally:
             browser.close()
+
+
+DROP = """([name, type, bytes]) => {
+    const transfer = new DataTransfer();
+    transfer.items.add(new File([new Uint8Array(bytes)], name, {type}));
+    document.getElementById('play').dispatchEvent(
+        new DragEvent('drop', {dataTransfer: transfer, bubbles: true, cancelable: true}));
+}"""
+BIG_DROP = """() => {
+    const transfer = new DataTransfer();
+    transfer.items.add(new File([new Uint8Array(5 * 1024 * 1024)], 'big.png', {type: 'image/png'}));
+    document.getElementById('play').dispatchEvent(
+        new DragEvent('drop', {dataTransfer: transfer, bubbles: true, cancelable: true}));
+}"""
+
+
+def test_a_dropped_image_is_attached_and_a_bad_one_refused(gateway):
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 390, "height": 844})
+            page.goto(gateway + "/")
+            status = page.locator("#status")
+            page.evaluate(BIG_DROP)
+            assert "larger than 4 MiB" in status.inner_text()
+            page.evaluate(DROP, ["fake.png", "image/png", list(b"just some text, not a PNG")])
+            page.wait_for_function(
+                "document.getElementById('status').textContent.includes('not an image')"
+            )
+            assert page.locator("#attachment").is_hidden()
+            page.evaluate(DROP, ["real.png", "image/png", list(png_bytes(size=32, seed=5))])
+            page.wait_for_function("!document.getElementById('attachment').hidden")
+            preview = page.get_attribute("#attachment-preview", "src")
+            assert preview.startswith("data:image/png;base64,")
+            assert base64.b64decode(preview.split(",", 1)[1]) == png_bytes(size=32, seed=5)
+            page.click("#detach")
+            assert page.locator("#attachment").is_hidden()
+        finally:
+            browser.close()
