@@ -196,6 +196,15 @@ def image_urls(body: dict[str, Any]) -> list[str]:
     ]
 
 
+def send_expecting_error(page, prompt: str) -> tuple[str, str]:
+    """Send ``prompt`` with the client key; wait for the error: its sentence and its detail."""
+    page.fill("#key", CLIENT_KEYS[0])
+    page.fill("#prompt", prompt)
+    page.click("#go")
+    page.wait_for_function("document.getElementById('status').className === 'error'", timeout=30000)
+    return page.locator("#status").inner_text(), page.locator("#detail").inner_text()
+
+
 def strip_count(page) -> int:
     """How many images the session strip shows."""
     return page.evaluate("document.querySelectorAll('#strip li').length")
@@ -282,53 +291,61 @@ def test_errors_read_as_sentences(chat_gateway, tmp_path):
             assert status.get_attribute("class") == "error"
             assert page.locator("#attachment").is_hidden()
 
-            page.fill("#key", CLIENT_KEYS[0])
-            page.fill("#prompt", "a red fox in snow")
-            page.click("#go")
-            page.wait_for_function(
-                "document.getElementById('status').className === 'error'", timeout=30000
-            )
-            assert "provider refused" in status.inner_text()
-            assert "safety system" in page.locator("#detail").inner_text()
+            sentence, detail = send_expecting_error(page, "a red fox in snow")
+            assert "provider refused" in sentence
+            assert "safety system" in detail
             assert strip_count(page) == 0
         finally:
             browser.close()
 
 
-DROP = """([name, type, bytes]) => {
+# Hand the page a file as a paste into the prompt or a drop on the form would.
+GIVE_FILE = """([how, name, type, bytes, size]) => {
     const transfer = new DataTransfer();
-    transfer.items.add(new File([new Uint8Array(bytes)], name, {type}));
-    document.getElementById('play').dispatchEvent(
-        new DragEvent('drop', {dataTransfer: transfer, bubbles: true, cancelable: true}));
-}"""
-BIG_DROP = """() => {
-    const transfer = new DataTransfer();
-    transfer.items.add(new File([new Uint8Array(5 * 1024 * 1024)], 'big.png', {type: 'image/png'}));
-    document.getElementById('play').dispatchEvent(
-        new DragEvent('drop', {dataTransfer: transfer, bubbles: true, cancelable: true}));
+    const content = bytes ? new Uint8Array(bytes) : new Uint8Array(size);
+    transfer.items.add(new File([content], name, {type}));
+    const init = {bubbles: true, cancelable: true};
+    const target = document.getElementById(how === 'paste' ? 'prompt' : 'play');
+    target.dispatchEvent(how === 'paste'
+        ? new ClipboardEvent('paste', {...init, clipboardData: transfer})
+        : new DragEvent('drop', {...init, dataTransfer: transfer}));
 }"""
 
 
-def test_a_dropped_image_is_attached_and_a_bad_one_refused(gateway):
+def give_file(page, how: str, name: str, data: bytes | None = None, size: int = 0) -> None:
+    """Paste (``how="paste"``) or drop a file claiming to be a PNG: ``data``, or ``size`` zeros."""
+    page.evaluate(GIVE_FILE, [how, name, "image/png", list(data) if data else None, size])
+
+
+def test_a_dropped_or_pasted_image_is_attached_and_a_bad_one_refused(gateway):
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 390, "height": 844})
             page.goto(gateway + "/")
             status = page.locator("#status")
-            page.evaluate(BIG_DROP)
+            give_file(page, "drop", "big.png", size=5 * 1024 * 1024)
             assert "larger than 4 MiB" in status.inner_text()
-            page.evaluate(DROP, ["fake.png", "image/png", list(b"just some text, not a PNG")])
+            give_file(page, "drop", "fake.png", b"just some text, not a PNG")
             page.wait_for_function(
                 "document.getElementById('status').textContent.includes('not an image')"
             )
             assert page.locator("#attachment").is_hidden()
-            page.evaluate(DROP, ["real.png", "image/png", list(png_bytes(size=32, seed=5))])
+            give_file(page, "drop", "real.png", png_bytes(size=32, seed=5))
             page.wait_for_function("!document.getElementById('attachment').hidden")
             preview = page.get_attribute("#attachment-preview", "src")
             assert preview.startswith("data:image/png;base64,")
             assert base64.b64decode(preview.split(",", 1)[1]) == png_bytes(size=32, seed=5)
+            # The demo model draws from text only: the gateway refuses the image, said plainly.
+            page.select_option("#model", "imagegate-demo")
+            sentence, detail = send_expecting_error(page, "make it blue")
+            assert "cannot edit images" in sentence
+            assert "imagegate-demo" in detail
             page.click("#detach")
             assert page.locator("#attachment").is_hidden()
+            give_file(page, "paste", "pasted.png", png_bytes(size=24, seed=6))
+            page.wait_for_function("!document.getElementById('attachment').hidden")
+            preview = page.get_attribute("#attachment-preview", "src")
+            assert base64.b64decode(preview.split(",", 1)[1]) == png_bytes(size=24, seed=6)
         finally:
             browser.close()
