@@ -196,6 +196,18 @@ def image_urls(body: dict[str, Any]) -> list[str]:
     ]
 
 
+def record_chat_requests(page) -> list[dict[str, Any]]:
+    """The bodies of the chat completions the page sends, as they are sent."""
+    bodies: list[dict[str, Any]] = []
+
+    def on_request(request) -> None:
+        if request.url.endswith("/v1/chat/completions") and request.method == "POST":
+            bodies.append(request.post_data_json)
+
+    page.on("request", on_request)
+    return bodies
+
+
 def send_expecting_error(page, prompt: str) -> tuple[str, str]:
     """Send ``prompt`` with the client key; wait for the error: its sentence and its detail."""
     page.fill("#key", CLIENT_KEYS[0])
@@ -233,6 +245,7 @@ def test_a_follow_up_refines_and_an_upload_reaches_the_provider(chat_gateway, tm
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport=viewport)
+            asked = record_chat_requests(page)
             page.goto(gateway + "/")
             assert "client-key" in page.locator("#key-hint").inner_text()
             page.fill("#key", CLIENT_KEYS[0])
@@ -244,6 +257,8 @@ def test_a_follow_up_refines_and_an_upload_reaches_the_provider(chat_gateway, tm
             page.fill("#prompt", "now make it at night")
             page.click("#go")
             wait_strip(page, 2)
+            # The page sent the conversation so far, not the follow-up alone.
+            assert [m["role"] for m in asked[1]["messages"]] == ["user", "assistant", "user"]
             follow_up = fake.received()[1]
             said = text_of(follow_up)
             assert "fox" in said and "night" in said, said
@@ -262,11 +277,20 @@ def test_a_follow_up_refines_and_an_upload_reaches_the_provider(chat_gateway, tm
             assert "watercolour" in text_of(edit)
 
             assert strip_count(page) == 3
-            markdown = page.get_attribute("#strip li:last-child button.copy", "data-markdown")
+            markdown = page.get_attribute("#strip li:nth-child(3) button.copy", "data-markdown")
             assert markdown.startswith("![") and "/image-proxy" in markdown
-            download = page.get_attribute("#strip li:last-child a.download", "href")
+            download = page.get_attribute("#strip li:nth-child(3) a.download", "href")
             assert download and "/image-proxy" in download
             assert page.locator("#chat li.user").count() == 3
+
+            # A new conversation starts afresh; the session's images stay in the strip.
+            page.click("#reset")
+            assert page.locator("#chat li").count() == 0
+            page.fill("#prompt", "a blue car")
+            page.click("#go")
+            wait_strip(page, 4)
+            assert [m["role"] for m in asked[3]["messages"]] == ["user"]
+            assert "fox" not in text_of(fake.received()[3])
             page.screenshot(path=str(tmp_path / f"chat-{viewport['width']}.png"))
             scroll_width = page.evaluate("document.documentElement.scrollWidth")
             assert scroll_width <= viewport["width"], "the page must not scroll sideways"
