@@ -225,8 +225,8 @@
   loadModels();
 
   function showAnswer(content) {
-    var match = /!\[((?:\\.|[^\]\\])*)\]\(([^)\s]+)\)/.exec(content);
-    if (!match) {
+    var match = /!\[((?:\\.|[^\]\\])*)\]\((https?:\/\/[^)\s]+)\)/.exec(content);
+    if (!match) {  // only http(s) links become images and hrefs: never javascript: or data:
       setStatus("The answer held no image.", true, content);
       addTurn("assistant error", content, null);
       return false;
