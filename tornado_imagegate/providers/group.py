@@ -179,6 +179,23 @@ class GroupProvider:
         on_progress: Callable[[str], None] | None = None,
     ) -> list[ProviderImage]:
         """One request, tried with each usable key in turn until one succeeds."""
+        call_with = self._calls(request, prompt, count, size, seed)
+        _, response = await self._first_answer(
+            call_with, self.api.build, deadline, answer_limit(self.image_max_bytes, count)
+        )
+        try:
+            return await self.decoder.parse(self.api, response)
+        except ProviderRejected as exc:
+            raise self._error(
+                400, "upstream_rejected", f"the request was refused ({exc.reason[:REASON_CHARS]})."
+            ) from None
+        except ProviderAnswerError as exc:
+            raise self._error(502, "upstream_error", exc.reason[:REASON_CHARS]) from None
+
+    def _calls(
+        self, request: ImageRequest, prompt: str, count: int, size: tuple[int, int], seed: int
+    ) -> Callable[[str], ProviderCall]:
+        """The call this group makes with a given key, for ``_first_answer`` to try in turn."""
 
         def call_with(key: str) -> ProviderCall:
             return ProviderCall(
@@ -193,17 +210,7 @@ class GroupProvider:
                 extra=dict(self.group.extra),
             )
 
-        _, response = await self._first_answer(
-            call_with, self.api.build, deadline, answer_limit(self.image_max_bytes, count)
-        )
-        try:
-            return await self.decoder.parse(self.api, response)
-        except ProviderRejected as exc:
-            raise self._error(
-                400, "upstream_rejected", f"the request was refused ({exc.reason[:REASON_CHARS]})."
-            ) from None
-        except ProviderAnswerError as exc:
-            raise self._error(502, "upstream_error", exc.reason[:REASON_CHARS]) from None
+        return call_with
 
     async def _first_answer(
         self,

@@ -245,20 +245,7 @@ class TaskProvider(GroupProvider):
         on_progress: Callable[[str], None] | None = None,
     ) -> list[ProviderImage]:
         """One task: submitted with each usable key in turn, then followed to its end."""
-
-        def call_with(key: str) -> ProviderCall:
-            return ProviderCall(
-                self.group.endpoint,
-                key,
-                request.model,
-                request,
-                prompt,
-                count,
-                size,
-                seed,
-                extra=dict(self.group.extra),
-            )
-
+        call_with = self._calls(request, prompt, count, size, seed)
         limit = answer_limit(self.image_max_bytes, count)
         call, response = await self._first_answer(call_with, self.api.submit, deadline, limit)
         state = self._read(self.api.read_submission, response)
