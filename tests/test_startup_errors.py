@@ -16,10 +16,12 @@ CLIENT_KEY = "startup-errors-client-key-5c1e"
 register_secret(CLIENT_KEY)
 
 
-def run_command(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """Run ``imagegate`` to completion (it is expected to stop by itself)."""
+def run_command(
+    *args: str, env: dict[str, str], prefix: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    """Run ``imagegate`` to completion (it is expected to stop by itself), after ``prefix``."""
     return subprocess.run(
-        [*COMMAND, *args],
+        [*prefix, *COMMAND, *args],
         env=env,
         cwd=NEUTRAL_CWD,
         capture_output=True,
@@ -52,9 +54,10 @@ def test_a_port_in_use_names_the_flag_to_change(workers: str) -> None:
 
 
 def test_an_address_not_of_this_machine_names_the_host_flag() -> None:
-    # 192.0.2.0/24 is reserved for documentation: no machine has an address there.
+    # 192.0.2.0/24 is reserved for documentation: no machine has an address there. The command
+    # runs in a private network namespace, as every test naming a non-loopback address does.
     env = clean_env(AUTHORIZED_API_KEY=CLIENT_KEY)
-    result = run_command("--host", "192.0.2.1", "--port", "0", env=env)
+    result = run_command("--host", "192.0.2.1", "--port", "0", env=env, prefix=("unshare", "-rn"))
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     [line] = problem_lines(result.stderr)
