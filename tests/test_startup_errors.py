@@ -55,9 +55,11 @@ def test_a_port_in_use_names_the_flag_to_change(workers: str) -> None:
 
 def test_an_address_not_of_this_machine_names_the_host_flag() -> None:
     # 192.0.2.0/24 is reserved for documentation: no machine has an address there. The command
-    # runs in a private network namespace, as every test naming a non-loopback address does.
+    # runs in a private network namespace, as every test naming a non-loopback address does; its
+    # loopback is brought up, since with no interface up the kernel lets any address be bound.
     env = clean_env(AUTHORIZED_API_KEY=CLIENT_KEY)
-    result = run_command("--host", "192.0.2.1", "--port", "0", env=env, prefix=("unshare", "-rn"))
+    in_namespace = ("unshare", "-rn", "sh", "-c", 'ip link set lo up && exec "$@"', "sh")
+    result = run_command("--host", "192.0.2.1", "--port", "0", env=env, prefix=in_namespace)
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     [line] = problem_lines(result.stderr)
