@@ -224,7 +224,7 @@
   });
   loadModels();
 
-  function showAnswer(content) {
+  function showAnswer(content, asked) {
     var match = /!\[((?:\\.|[^\]\\])*)\]\((https?:\/\/[^)\s]+)\)/.exec(content);
     if (!match) {  // only http(s) links become images and hrefs: never javascript: or data:
       setStatus("The answer held no image.", true, content);
@@ -242,7 +242,8 @@
     var link = document.getElementById("link");
     link.href = match[2];
     var rest = content.slice(match.index + match[0].length).trim();
-    document.getElementById("caption").textContent = rest;
+    // Without an optimised prompt in the answer, the caption is what was asked.
+    document.getElementById("caption").textContent = rest || "Prompt: " + asked;
     document.getElementById("result").hidden = false;
     addTurn("assistant", rest, match[2]);
     addToStrip(match[2], alt || "image");
@@ -322,7 +323,7 @@
       });
     }).then(function () {
       if (failed || !answer) { return; }
-      if (showAnswer(answer)) {
+      if (showAnswer(answer, prompt)) {
         // The answer's link carries the image from now on: the upload is not sent again.
         history.push({ role: "user", content: prompt });
         history.push({ role: "assistant", content: answer });

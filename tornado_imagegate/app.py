@@ -168,6 +168,8 @@ def make_app(settings: Settings, store: ImageStore | None = None) -> GatewayAppl
         route(r"/(?:v1/)?images/generations/?", ImagesGenerationsHandler, service=generation),
         route(r"/(?:v1/)?images/edits/?", ImagesEditsHandler, service=generation),
         route(r"/static/(.+)", StaticHandler, path=STATIC_DIR),
+        # Browsers ask for it on every first visit, whatever the page links.
+        route(r"/(favicon\.ico)", StaticHandler, path=STATIC_DIR),
     ]
     return GatewayApplication(
         services,

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+# First: a library that cannot be loaded (pycurl without libcurl) is named with what to install,
+# in one line instead of a traceback.
+import tornado_imagegate.dependencies  # noqa: F401
+
+# isort: split
 import argparse
 import asyncio
 import dataclasses
@@ -348,13 +353,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             runner.run(serve(settings))
     except (socket.gaierror, OSError) as exc:
         if isinstance(exc, socket.gaierror) or exc.errno in LISTEN_ERRNOS:
-            print(
-                f"imagegate: cannot listen on {settings.host}:{settings.port}: {exc.strerror}",
-                file=sys.stderr,
-            )
+            print(listen_problem(settings, exc), file=sys.stderr)
             return 1
         raise
     return 0
+
+
+def listen_problem(settings: Settings, exc: OSError) -> str:
+    """One line for a port or address the gateway cannot listen on, naming the flag to change."""
+    where = f"imagegate: cannot listen on {settings.host}:{settings.port}: {exc.strerror}"
+    if exc.errno == errno.EADDRINUSE:
+        example = f", e.g. --port {settings.port + 1}" if settings.port < 65535 else ""
+        return (
+            f"{where}: another program uses this port;"
+            f" choose another with --port (IMAGEGATE_PORT){example}"
+        )
+    if exc.errno == errno.EACCES:
+        return (
+            f"{where}: this user may not listen on port {settings.port};"
+            " choose a port above 1023 with --port (IMAGEGATE_PORT)"
+        )
+    return f"{where}: choose an address of this machine with --host (IMAGEGATE_HOST)"
 
 
 def with_one_link_secret(settings: Settings) -> Settings:
