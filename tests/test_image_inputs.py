@@ -23,6 +23,7 @@ from fakes import (
     FakeBFL,
     FakeChatImages,
     FakeGemini,
+    FakeModelScope,
     FakeOpenAIImages,
     FakeSet,
     FakeSiliconFlow,
@@ -40,7 +41,8 @@ CHAT_KEY = "sk-chat-inputs-key-2468"
 GEMINI_KEY = "AIza-inputs-key-1357"
 SF_KEY = "sk-siliconflow-inputs-8080"
 BFL_KEY = "bfl-inputs-key-6060"
-register_secret(OI_KEY, CHAT_KEY, GEMINI_KEY, SF_KEY, BFL_KEY)
+MS_KEY = "ms-inputs-key-7070"
+register_secret(OI_KEY, CHAT_KEY, GEMINI_KEY, SF_KEY, BFL_KEY, MS_KEY)
 LINK = re.compile(r"!\[[^\]]*\]\((\S+?)\)")
 INPUT_MAX_BYTES = 64 * 1024
 
@@ -54,7 +56,9 @@ def fakes(io_loop):
         gemini=FakeGemini,
         sf=FakeSiliconFlow,
         bfl=FakeBFL,
+        ms=FakeModelScope,
     )
+    started.ms.plan = ["done"]
     yield started
     started.close()
 
@@ -88,6 +92,10 @@ def gateway_env(fakes, request):
         "IMAGE_GEN_API_BASE_6": fakes.bfl.url("v1"),
         "IMAGE_GEN_API_KEY_6": BFL_KEY,
         "IMAGE_GEN_KIND_6": "bfl",
+        "IMAGE_GEN_MODEL_7": "Qwen/Qwen-Image-Edit-2511,Qwen/Qwen-Image-Edit,Qwen/Qwen-Image",
+        "IMAGE_GEN_API_BASE_7": fakes.ms.base(),
+        "IMAGE_GEN_API_KEY_7": MS_KEY,
+        "IMAGE_GEN_KIND_7": "modelscope",
         "IMAGE_INPUT_MAX_BYTES": str(INPUT_MAX_BYTES),
         "IMAGE_PROXY_ALLOW_PRIVATE_NETWORKS": "true",
         **getattr(request, "param", {}),
@@ -110,7 +118,7 @@ async def links_of(http_client, base_url, body) -> list[str]:
 
 def received(fakes) -> int:
     """How many requests the providers received, together."""
-    every = (fakes.oi, fakes.chat, fakes.gemini, fakes.sf, fakes.bfl)
+    every = (fakes.oi, fakes.chat, fakes.gemini, fakes.sf, fakes.bfl, fakes.ms)
     return sum(len(fake.requests) for fake in every)
 
 
@@ -193,6 +201,38 @@ async def test_bfl_kontext_gets_input_image_fields(http_client, base_url, fakes)
     response = await post_chat(http_client, base_url, refused)
     assert_error(response, 400, "image_input_not_supported")
     assert len(fakes.bfl.submissions()) == 1
+
+
+@pytest.mark.gen_test
+async def test_modelscope_edit_models_get_image_url_as_a_list_of_data_uris(
+    http_client, base_url, fakes
+):
+    pngs = [png_bytes(seed=s) for s in (61, 62, 63)]
+    fakes.images.serve("photo", pngs[2])
+    body = with_images(
+        "Qwen/Qwen-Image-Edit-2511",
+        "a hat",
+        data_uri(pngs[0]),
+        data_uri(pngs[1]),
+        fakes.images.url("photo"),
+    )
+    await links_of(http_client, base_url, body)
+    [sent] = [r for r in fakes.ms.requests if r.method == "POST"]
+    assert sent.json["model"] == "Qwen/Qwen-Image-Edit-2511"
+    assert sent.json["prompt"] == "a hat"
+    # The linked image goes as the bytes the gateway checked, not as its link.
+    assert all(url.startswith("data:image/png;base64,") for url in sent.json["image_url"])
+    assert [base64.b64decode(url.split(",", 1)[1]) for url in sent.json["image_url"]] == pngs
+    # The plain edit model takes one image; a text-to-image model none.
+    two = with_images("Qwen/Qwen-Image-Edit", "x", data_uri(pngs[0]), data_uri(pngs[1]))
+    assert_error(await post_chat(http_client, base_url, two), 400, "invalid_image_input")
+    one = with_images("Qwen/Qwen-Image", "x", data_uri(pngs[0]))
+    response = await post_chat(http_client, base_url, one)
+    assert_error(response, 400, "image_input_not_supported")
+    assert "Qwen/Qwen-Image" in json_of(response)["error"]["message"]
+    assert len(fakes.ms.requests) == 2  # one submission, one poll
+    await links_of(http_client, base_url, chat_body("a kite", model="Qwen/Qwen-Image"))
+    assert "image_url" not in fakes.ms.requests[-2].json
 
 
 @pytest.mark.gen_test

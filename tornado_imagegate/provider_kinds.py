@@ -165,6 +165,14 @@ KINDS: dict[str, ProviderKind] = {
             ratios=RATIOS_1024,
             endpoint_path="/images/generations",
             default_endpoint="https://api-inference.modelscope.cn/v1",
+            # The Qwen-Image-Edit models, in image_url as a list of data URIs. The 2509 and 2511
+            # models combine up to three images (as on SiliconFlow); the plain one and any other
+            # edit model are held to one, as not every edit model is documented to take more.
+            model_image_inputs=(
+                ("qwen-image-edit-2509", 3),
+                ("qwen-image-edit-2511", 3),
+                ("image-edit", 1),
+            ),
             native_n=False,
             polls=True,
             # Its parameter table: SD-family models 64-2048 a side, FLUX 64-1024, Qwen-Image
