@@ -414,6 +414,45 @@ async def test_images_edit_refuses_what_the_model_cannot_take(base_url, fakes):
 
 
 @pytest.mark.gen_test
+async def test_a_mask_is_refused_where_the_provider_has_no_field_for_it(base_url, fakes):
+    png, mask = png_bytes(seed=25), png_bytes(seed=26)
+    async with sdk(base_url) as client:
+        for model in ("gemini-2.5-flash-image", "chat-image-model", "flux-kontext-pro"):
+            with pytest.raises(openai.BadRequestError) as refused:
+                await client.images.edit(
+                    model=model,
+                    image=("a.png", png, "image/png"),
+                    mask=("m.png", mask, "image/png"),
+                    prompt="x",
+                )
+            assert refused.value.code == "mask_not_supported"
+            assert f"'{model}'" in refused.value.message
+    assert received(fakes) == 0
+
+
+@pytest.mark.gen_test
+async def test_a_mask_goes_through_the_limits_of_an_input(base_url, fakes):
+    png = png_bytes(seed=27)
+    async with sdk(base_url) as client:
+        with pytest.raises(openai.BadRequestError) as refused:
+            await client.images.edit(
+                model="gpt-image-1",
+                image=("a.png", png, "image/png"),
+                mask=("m.png", b"<svg/>", "image/png"),
+                prompt="x",
+            )
+        assert refused.value.code == "invalid_image_input"
+        big = noise_png_of_size(INPUT_MAX_BYTES + 1, random.Random(6))
+        with pytest.raises(openai.APIStatusError) as refused:
+            await client.images.edit(
+                model="gpt-image-1", image=("a.png", png), mask=("m.png", big), prompt="x"
+            )
+        assert refused.value.status_code == 413
+        assert refused.value.code == "image_input_too_large"
+    assert received(fakes) == 0
+
+
+@pytest.mark.gen_test
 async def test_an_edit_must_be_a_form_with_an_image(http_client, base_url, fakes):
     as_json = await call(
         http_client, base_url, "/v1/images/edits", method="POST", body={"prompt": "x"}

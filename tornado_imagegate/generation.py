@@ -164,6 +164,11 @@ class ImageService:
                 param,
             )
 
+    def check_mask(self, model: str) -> None:
+        """400 ``mask_not_supported`` when ``model``'s provider has no field for an edit mask."""
+        if not self.group_for(model).takes_mask(model):
+            raise errors.mask_not_supported(model)
+
     async def with_inputs(
         self, request: ImageRequest, urls: tuple[str, ...], previous: str | None = None
     ) -> ImageRequest:

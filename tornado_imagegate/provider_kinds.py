@@ -69,6 +69,10 @@ class ProviderKind:
     # Per model family (a piece of the model id, lower case), how many it takes when that differs
     # from the kind's number; the first family that matches wins.
     model_image_inputs: tuple[tuple[str, int], ...] = ()
+    # Takes the Images API's edit mask in a field of its own (every model of the kind, or the
+    # model families named); a mask for any other model is refused, never dropped.
+    takes_masks: bool = False
+    model_masks: tuple[str, ...] = ()
     # One upstream request can make several images; otherwise n images take n requests.
     native_n: bool = True
     # An asynchronous task API: its implementation is a TaskApi, driven by the task engine
@@ -90,6 +94,11 @@ class ProviderKind:
         return next(
             (n for part, n in self.model_image_inputs if part in lowered), self.image_inputs
         )
+
+    def takes_mask(self, model: str) -> bool:
+        """Whether ``model`` takes an edit mask: the kind's answer, or its family's."""
+        lowered = model.lower()
+        return self.takes_masks or any(part in lowered for part in self.model_masks)
 
     def sizes_for(self, model: str) -> SizeRules:
         """The size rules of ``model``: its family's, else the kind's."""
@@ -126,8 +135,9 @@ KINDS: dict[str, ProviderKind] = {
             implementation="tornado_imagegate.providers.openai_images:OpenAIImagesApi",
             ratios=RATIOS_1024,
             endpoint_path="/images/generations",
-            # Sent to the edits endpoint (/images/edits) beside it.
+            # Sent to the edits endpoint (/images/edits) beside it, with the mask.
             image_inputs=4,
+            takes_masks=True,
         ),
         ProviderKind(
             name="siliconflow",
