@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import logging
@@ -12,6 +13,7 @@ import openai
 import pytest
 from conftest import (
     CLIENT_KEYS,
+    LOG_WATCH,
     assert_error,
     call,
     chat_body,
@@ -31,6 +33,7 @@ from fakes import (
     noise_png_of_size,
     png_bytes,
 )
+from test_failures import raw_chat
 
 from tornado_imagegate.config import ConfigError, load_settings
 from tornado_imagegate.images.inputs import previous_link
@@ -334,6 +337,48 @@ async def test_a_link_to_a_private_address_is_refused(http_client, base_url, fak
     assert received(fakes) == 0
 
 
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_client_leaving_while_an_input_loads_stops_the_fetch(
+    base_url, http_port, fakes, stream
+):
+    held = fakes.images.hold("slow.png", png_bytes(seed=19))
+    body = with_images("gemini-2.5-flash-image", "at night", fakes.images.url("slow.png"))
+    body["stream"] = stream
+    before = len(LOG_WATCH.lines)
+    try:
+        reader, writer = await raw_chat(http_port, body)
+        await asyncio.wait_for(held.asked.wait(), 10)
+        if stream:  # the role chunk came while the input was still loading
+            await asyncio.wait_for(reader.readuntil(b'"role"'), 10)
+        writer.close()
+        await LOG_WATCH.wait_for("abandoning", since=before)
+        # The gateway hung up on the image host: the download no one waits for is stopped.
+        await asyncio.wait_for(held.left.wait(), 10)
+    finally:
+        held.release.set()
+    assert received(fakes) == 0
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.parametrize(
+    "gateway_env", [{"IMAGE_GEN_TIMEOUT": "1", "IMAGE_FETCH_TIMEOUT": "30"}], indirect=True
+)
+async def test_an_input_that_loads_past_the_time_limit_is_a_504(http_client, base_url, fakes):
+    held = fakes.images.hold("slow.png", png_bytes(seed=20))
+    body = with_images("gemini-2.5-flash-image", "at night", fakes.images.url("slow.png"))
+    try:
+        response = await post_chat(http_client, base_url, body)
+        # The answer came while the image host still held the image: the generation's time
+        # limit, not the image fetch's own, ended the wait.
+        assert not held.release.is_set()
+        assert_error(response, 504, "upstream_timeout")
+        await asyncio.wait_for(held.left.wait(), 10)
+    finally:
+        held.release.set()
+    assert received(fakes) == 0
+
+
 @pytest.mark.gen_test
 async def test_an_image_under_the_limit_fits_the_chat_body(http_client, base_url, fakes):
     png = noise_png_of_size(INPUT_MAX_BYTES, random.Random(4))
@@ -501,8 +546,8 @@ async def test_a_follow_up_passes_the_previous_image_from_the_store(
     request = dataclasses.replace(service.chat_request(chat), refined=True)
     caplog.set_level(logging.INFO, logger="tornado.access")
     caplog.clear()
-    request = await service.with_inputs(request, chat.last_user_images(), previous_link(chat))
-    await service.generate(request, base_url)
+    pending = service.input_plan(request, chat.last_user_images(), previous_link(chat))
+    await service.generate(request, base_url, pending=pending)
     assert not [r for r in caplog.records if "/image-proxy" in r.getMessage()]
     served = await http_client.fetch(link)
     parts = fakes.gemini.last().json["contents"][0]["parts"]
@@ -556,7 +601,10 @@ async def test_the_users_own_image_wins_over_the_previous_one(http_client, base_
     ]
     chat = service.read_chat(body)
     request = dataclasses.replace(service.chat_request(chat), refined=True)
-    request = await service.with_inputs(request, chat.last_user_images(), previous_link(chat))
+    pending = service.input_plan(request, chat.last_user_images(), previous_link(chat))
+    request = await service.load_inputs(
+        request, pending, deadline=asyncio.get_running_loop().time() + 10
+    )
     assert [image.data for image in request.inputs] == [png]
 
 
