@@ -91,7 +91,7 @@ def gateway_env(fakes, request):
         "IMAGE_GEN_API_BASE_5": fakes.sf.url("v1"),
         "IMAGE_GEN_API_KEY_5": SF_KEY,
         "IMAGE_GEN_KIND_5": "siliconflow",
-        "IMAGE_GEN_MODEL_6": "flux-kontext-pro,flux-pro-1.1",
+        "IMAGE_GEN_MODEL_6": "flux-kontext-pro,flux-pro-1.1,flux-pro-1.0-fill",
         "IMAGE_GEN_API_BASE_6": fakes.bfl.url("v1"),
         "IMAGE_GEN_API_KEY_6": BFL_KEY,
         "IMAGE_GEN_KIND_6": "bfl",
@@ -473,6 +473,24 @@ async def test_a_mask_is_refused_where_the_provider_has_no_field_for_it(base_url
             assert refused.value.code == "mask_not_supported"
             assert f"'{model}'" in refused.value.message
     assert received(fakes) == 0
+
+
+@pytest.mark.gen_test
+async def test_bfl_fill_gets_the_image_and_its_mask(base_url, fakes):
+    png, mask = png_bytes(seed=28), png_bytes(seed=29)
+    async with sdk(base_url) as client:
+        await client.images.edit(
+            model="flux-pro-1.0-fill",
+            image=("a.png", png, "image/png"),
+            mask=("m.png", mask, "image/png"),
+            prompt="a boat on the lake",
+        )
+    [sent] = fakes.bfl.submissions()
+    assert sent.path == "/v1/flux-pro-1.0-fill"
+    assert sent.json["prompt"] == "a boat on the lake"
+    assert base64.b64decode(sent.json["image"]) == png
+    assert base64.b64decode(sent.json["mask"]) == mask
+    assert not {"input_image", "width", "height", "aspect_ratio"} & set(sent.json)
 
 
 @pytest.mark.gen_test

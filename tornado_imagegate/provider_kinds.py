@@ -245,8 +245,10 @@ KINDS: dict[str, ProviderKind] = {
             implementation="tornado_imagegate.providers.bfl:BflApi",
             ratios=RATIOS_1024,
             default_endpoint="https://api.bfl.ai/v1",
-            # Kontext (input_image to input_image_4) and FLUX.2 (to input_image_8) edit.
-            model_image_inputs=(("kontext", 4), ("flux-2", 4)),
+            # Kontext (input_image to input_image_4) and FLUX.2 (to input_image_8) edit; the fill
+            # model (flux-pro-1.0-fill) inpaints one image, in image, with its mask in mask.
+            model_image_inputs=(("kontext", 4), ("flux-2", 4), ("fill", 1)),
+            model_masks=("fill",),
             native_n=False,
             polls=True,
             # Width and height: multiples of 32 from 256 to 1440, as BFL documents them for
