@@ -24,11 +24,13 @@ from conftest import (
 from fakes import (
     FakeBFL,
     FakeChatImages,
+    FakeFal,
     FakeGemini,
     FakeModelScope,
     FakeOpenAIImages,
     FakeSet,
     FakeSiliconFlow,
+    TaskScript,
     data_uri,
     noise_png_of_size,
     png_bytes,
@@ -45,9 +47,13 @@ GEMINI_KEY = "AIza-inputs-key-1357"
 SF_KEY = "sk-siliconflow-inputs-8080"
 BFL_KEY = "bfl-inputs-key-6060"
 MS_KEY = "ms-inputs-key-7070"
-register_secret(OI_KEY, CHAT_KEY, GEMINI_KEY, SF_KEY, BFL_KEY, MS_KEY)
+FAL_KEY = "fal-inputs-key:8181"
+register_secret(OI_KEY, CHAT_KEY, GEMINI_KEY, SF_KEY, BFL_KEY, MS_KEY, FAL_KEY)
 LINK = re.compile(r"!\[[^\]]*\]\((\S+?)\)")
 INPUT_MAX_BYTES = 64 * 1024
+FAL_MODELS = (
+    "fal-ai/flux-2/edit,fal-ai/flux-pro/kontext,fal-ai/flux-lora/inpainting,fal-ai/flux/dev"
+)
 
 
 @pytest.fixture
@@ -60,6 +66,7 @@ def fakes(io_loop):
         sf=FakeSiliconFlow,
         bfl=FakeBFL,
         ms=FakeModelScope,
+        fal=FakeFal,
     )
     started.ms.plan = ["done"]
     yield started
@@ -99,6 +106,10 @@ def gateway_env(fakes, request):
         "IMAGE_GEN_API_BASE_7": fakes.ms.base(),
         "IMAGE_GEN_API_KEY_7": MS_KEY,
         "IMAGE_GEN_KIND_7": "modelscope",
+        "IMAGE_GEN_MODEL_8": FAL_MODELS,
+        "IMAGE_GEN_API_BASE_8": fakes.fal.url(""),
+        "IMAGE_GEN_API_KEY_8": FAL_KEY,
+        "IMAGE_GEN_KIND_8": "fal",
         "IMAGE_INPUT_MAX_BYTES": str(INPUT_MAX_BYTES),
         "IMAGE_PROXY_ALLOW_PRIVATE_NETWORKS": "true",
         **getattr(request, "param", {}),
@@ -121,7 +132,7 @@ async def links_of(http_client, base_url, body) -> list[str]:
 
 def received(fakes) -> int:
     """How many requests the providers received, together."""
-    every = (fakes.oi, fakes.chat, fakes.gemini, fakes.sf, fakes.bfl, fakes.ms)
+    every = (fakes.oi, fakes.chat, fakes.gemini, fakes.sf, fakes.bfl, fakes.ms, fakes.fal)
     return sum(len(fake.requests) for fake in every)
 
 
@@ -491,6 +502,46 @@ async def test_bfl_fill_gets_the_image_and_its_mask(base_url, fakes):
     assert base64.b64decode(sent.json["image"]) == png
     assert base64.b64decode(sent.json["mask"]) == mask
     assert not {"input_image", "width", "height", "aspect_ratio"} & set(sent.json)
+
+
+@pytest.mark.gen_test
+async def test_fal_edit_apps_get_data_uris_in_their_own_fields(http_client, base_url, fakes):
+    first, second, mask = png_bytes(seed=64), png_bytes(seed=65), png_bytes(seed=66)
+    fakes.fal.script_default = TaskScript(pending=0)
+
+    def decoded(uri: str) -> bytes:
+        assert uri.startswith("data:image/png;base64,")
+        return base64.b64decode(uri.split(",", 1)[1])
+
+    pair = with_images("fal-ai/flux-2/edit", "a hat", data_uri(first), data_uri(second))
+    await links_of(http_client, base_url, pair)
+    one = with_images("fal-ai/flux-pro/kontext", "a hat", data_uri(first))
+    await links_of(http_client, base_url, one)
+    async with sdk(base_url) as client:
+        await client.images.edit(
+            model="fal-ai/flux-lora/inpainting",
+            image=("a.png", first, "image/png"),
+            mask=("m.png", mask, "image/png"),
+            prompt="a boat",
+        )
+        with pytest.raises(openai.BadRequestError) as refused:
+            await client.images.edit(
+                model="fal-ai/flux-2/edit",
+                image=("a.png", first, "image/png"),
+                mask=("m.png", mask, "image/png"),
+                prompt="a boat",
+            )
+        assert refused.value.code == "mask_not_supported"
+    edit, kontext, inpaint = (sent.json for sent in fakes.fal.submissions())
+    assert [decoded(uri) for uri in edit["image_urls"]] == [first, second]
+    assert "image_url" not in edit
+    assert decoded(kontext["image_url"]) == first
+    assert (decoded(inpaint["image_url"]), decoded(inpaint["mask_url"])) == (first, mask)
+    text_only = with_images("fal-ai/flux/dev", "a hat", data_uri(first))
+    assert_error(
+        await post_chat(http_client, base_url, text_only), 400, "image_input_not_supported"
+    )
+    assert len(fakes.fal.submissions()) == 3
 
 
 @pytest.mark.gen_test

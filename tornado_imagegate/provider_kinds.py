@@ -283,6 +283,16 @@ KINDS: dict[str, ProviderKind] = {
             implementation="tornado_imagegate.providers.fal:FalApi",
             ratios=RATIOS_1024,
             default_endpoint="https://queue.fal.run",
+            # Apps that edit take data URIs: image_urls, a list (the /edit apps, Kontext multi;
+            # held to three, as not every such app is documented to take more), or image_url,
+            # one (Kontext, inpainting apps, which take the mask in mask_url).
+            model_image_inputs=(
+                ("kontext/multi", 3),
+                ("kontext", 1),
+                ("/edit", 3),
+                ("inpaint", 1),
+            ),
+            model_masks=("inpaint",),
             native_n=False,
             polls=True,
             # image_size: a preset, or any width and height (FLUX apps: multiples of 16).
