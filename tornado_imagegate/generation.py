@@ -65,6 +65,7 @@ class PendingInputs:
     previous: str = ""
 
     def __bool__(self) -> bool:
+        """Whether anything is left to load."""
         return bool(self.images or self.previous)
 
 

@@ -74,8 +74,8 @@ class Provider(Protocol):
         on_progress: Callable[[str], None] | None = None,
         deadline: float | None = None,
     ) -> list[ProviderImage]:
-        """Make ``request.n`` images of ``prompt`` by ``deadline`` (a loop time; None: the
-        provider's own time limit); ``on_progress`` hears how a wait goes."""
+        """Make ``request.n`` images of ``prompt`` within the provider's own time limit and by
+        ``deadline`` (a loop time) if given; ``on_progress`` hears how a wait goes."""
 
 
 class ProviderApi(Protocol):
