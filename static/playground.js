@@ -86,6 +86,19 @@
     return item;
   }
 
+  var EXTENSIONS = { "image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif" };
+
+  // A download is named by the image's real type, which only the gateway's answer tells (its
+  // links do not show it). Until that is known the name has no extension, and the browser
+  // gives it one from the type it downloads.
+  function nameByType(anchor, url, stem) {
+    anchor.download = stem;
+    fetch(url, { method: "HEAD" }).then(function (response) {
+      var type = (response.headers.get("Content-Type") || "").split(";")[0].trim().toLowerCase();
+      if (response.ok && EXTENSIONS[type]) { anchor.download = stem + "." + EXTENSIONS[type]; }
+    }).catch(function () { /* the browser names it from the type it downloads */ });
+  }
+
   function addToStrip(url, alt) {
     document.getElementById("strip-title").hidden = false;
     var item = document.createElement("li");
@@ -115,7 +128,7 @@
     var download = document.createElement("a");
     download.className = "download";
     download.href = url;
-    download.download = "imagegate-" + (strip.children.length + 1) + ".png";
+    nameByType(download, url, "imagegate-" + (strip.children.length + 1));
     download.textContent = "Download";
     actions.appendChild(copy);
     actions.appendChild(download);

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from conftest import CLIENT_KEYS, register_secret
-from fakes import FakeChatImages, FakeOrigin, png_bytes
+from fakes import FakeChatImages, FakeOrigin, jpeg_bytes, png_bytes
 from processes import Gateway, clean_env
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -294,6 +294,51 @@ def test_a_follow_up_refines_and_an_upload_reaches_the_provider(chat_gateway, tm
             page.screenshot(path=str(tmp_path / f"chat-{viewport['width']}.png"))
             scroll_width = page.evaluate("document.documentElement.scrollWidth")
             assert scroll_width <= viewport["width"], "the page must not scroll sideways"
+        finally:
+            browser.close()
+
+
+def test_copy_markdown_fills_the_clipboard_and_a_download_is_named_by_its_type(chat_gateway):
+    gateway, fake = chat_gateway
+    jpeg = jpeg_bytes(seed=9)
+
+    def answer_with_a_jpeg() -> None:
+        fake.origin.serve("photo.jpg", jpeg, content_type="image/jpeg")
+        link = fake.origin.url("photo.jpg")
+        fake.chat.script(FakeChatImages.content_answer(f"![a lake]({link})"))
+
+    fake.loop.call_soon_threadsafe(answer_with_a_jpeg)
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(accept_downloads=True)
+            # The real clipboard (Playwright grants it with CDP's Browser.grantPermissions).
+            context.grant_permissions(["clipboard-read", "clipboard-write"], origin=gateway)
+            page = context.new_page()
+            page.goto(gateway + "/")
+            page.fill("#key", CLIENT_KEYS[0])
+            page.select_option("#model", "chat-image-model")
+            page.fill("#prompt", "a lake at dawn")
+            page.click("#go")
+            page.wait_for_function(
+                "document.querySelectorAll('#strip li').length === 1", timeout=30000
+            )
+            link = page.get_attribute("#strip li a.download", "href")
+            assert "/image-proxy" in link
+            page.click("#strip li button.copy")
+            page.wait_for_function(
+                "document.querySelector('#strip li button.copy').textContent === 'Copied'"
+            )
+            assert page.evaluate("navigator.clipboard.readText()") == f"![a lake at dawn]({link})"
+
+            page.wait_for_function(
+                "document.querySelector('#strip li a.download').download.endsWith('.jpg')"
+            )
+            with page.expect_download() as downloading:
+                page.click("#strip li a.download")
+            download = downloading.value
+            assert download.suggested_filename == "imagegate-1.jpg"
+            assert Path(download.path()).read_bytes() == jpeg
         finally:
             browser.close()
 

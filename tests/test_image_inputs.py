@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import logging
@@ -12,6 +13,7 @@ import openai
 import pytest
 from conftest import (
     CLIENT_KEYS,
+    LOG_WATCH,
     assert_error,
     call,
     chat_body,
@@ -22,14 +24,18 @@ from conftest import (
 from fakes import (
     FakeBFL,
     FakeChatImages,
+    FakeFal,
     FakeGemini,
+    FakeModelScope,
     FakeOpenAIImages,
     FakeSet,
     FakeSiliconFlow,
+    TaskScript,
     data_uri,
     noise_png_of_size,
     png_bytes,
 )
+from test_failures import raw_chat
 
 from tornado_imagegate.config import ConfigError, load_settings
 from tornado_imagegate.images.inputs import previous_link
@@ -40,9 +46,14 @@ CHAT_KEY = "sk-chat-inputs-key-2468"
 GEMINI_KEY = "AIza-inputs-key-1357"
 SF_KEY = "sk-siliconflow-inputs-8080"
 BFL_KEY = "bfl-inputs-key-6060"
-register_secret(OI_KEY, CHAT_KEY, GEMINI_KEY, SF_KEY, BFL_KEY)
+MS_KEY = "ms-inputs-key-7070"
+FAL_KEY = "fal-inputs-key:8181"
+register_secret(OI_KEY, CHAT_KEY, GEMINI_KEY, SF_KEY, BFL_KEY, MS_KEY, FAL_KEY)
 LINK = re.compile(r"!\[[^\]]*\]\((\S+?)\)")
 INPUT_MAX_BYTES = 64 * 1024
+FAL_MODELS = (
+    "fal-ai/flux-2/edit,fal-ai/flux-pro/kontext,fal-ai/flux-lora/inpainting,fal-ai/flux/dev"
+)
 
 
 @pytest.fixture
@@ -54,7 +65,10 @@ def fakes(io_loop):
         gemini=FakeGemini,
         sf=FakeSiliconFlow,
         bfl=FakeBFL,
+        ms=FakeModelScope,
+        fal=FakeFal,
     )
+    started.ms.plan = ["done"]
     yield started
     started.close()
 
@@ -84,10 +98,18 @@ def gateway_env(fakes, request):
         "IMAGE_GEN_API_BASE_5": fakes.sf.url("v1"),
         "IMAGE_GEN_API_KEY_5": SF_KEY,
         "IMAGE_GEN_KIND_5": "siliconflow",
-        "IMAGE_GEN_MODEL_6": "flux-kontext-pro,flux-pro-1.1",
+        "IMAGE_GEN_MODEL_6": "flux-kontext-pro,flux-pro-1.1,flux-pro-1.0-fill",
         "IMAGE_GEN_API_BASE_6": fakes.bfl.url("v1"),
         "IMAGE_GEN_API_KEY_6": BFL_KEY,
         "IMAGE_GEN_KIND_6": "bfl",
+        "IMAGE_GEN_MODEL_7": "Qwen/Qwen-Image-Edit-2511,Qwen/Qwen-Image-Edit,Qwen/Qwen-Image",
+        "IMAGE_GEN_API_BASE_7": fakes.ms.base(),
+        "IMAGE_GEN_API_KEY_7": MS_KEY,
+        "IMAGE_GEN_KIND_7": "modelscope",
+        "IMAGE_GEN_MODEL_8": FAL_MODELS,
+        "IMAGE_GEN_API_BASE_8": fakes.fal.url(""),
+        "IMAGE_GEN_API_KEY_8": FAL_KEY,
+        "IMAGE_GEN_KIND_8": "fal",
         "IMAGE_INPUT_MAX_BYTES": str(INPUT_MAX_BYTES),
         "IMAGE_PROXY_ALLOW_PRIVATE_NETWORKS": "true",
         **getattr(request, "param", {}),
@@ -110,7 +132,7 @@ async def links_of(http_client, base_url, body) -> list[str]:
 
 def received(fakes) -> int:
     """How many requests the providers received, together."""
-    every = (fakes.oi, fakes.chat, fakes.gemini, fakes.sf, fakes.bfl)
+    every = (fakes.oi, fakes.chat, fakes.gemini, fakes.sf, fakes.bfl, fakes.ms, fakes.fal)
     return sum(len(fake.requests) for fake in every)
 
 
@@ -193,6 +215,38 @@ async def test_bfl_kontext_gets_input_image_fields(http_client, base_url, fakes)
     response = await post_chat(http_client, base_url, refused)
     assert_error(response, 400, "image_input_not_supported")
     assert len(fakes.bfl.submissions()) == 1
+
+
+@pytest.mark.gen_test
+async def test_modelscope_edit_models_get_image_url_as_a_list_of_data_uris(
+    http_client, base_url, fakes
+):
+    pngs = [png_bytes(seed=s) for s in (61, 62, 63)]
+    fakes.images.serve("photo", pngs[2])
+    body = with_images(
+        "Qwen/Qwen-Image-Edit-2511",
+        "a hat",
+        data_uri(pngs[0]),
+        data_uri(pngs[1]),
+        fakes.images.url("photo"),
+    )
+    await links_of(http_client, base_url, body)
+    [sent] = [r for r in fakes.ms.requests if r.method == "POST"]
+    assert sent.json["model"] == "Qwen/Qwen-Image-Edit-2511"
+    assert sent.json["prompt"] == "a hat"
+    # The linked image goes as the bytes the gateway checked, not as its link.
+    assert all(url.startswith("data:image/png;base64,") for url in sent.json["image_url"])
+    assert [base64.b64decode(url.split(",", 1)[1]) for url in sent.json["image_url"]] == pngs
+    # The plain edit model takes one image; a text-to-image model none.
+    two = with_images("Qwen/Qwen-Image-Edit", "x", data_uri(pngs[0]), data_uri(pngs[1]))
+    assert_error(await post_chat(http_client, base_url, two), 400, "invalid_image_input")
+    one = with_images("Qwen/Qwen-Image", "x", data_uri(pngs[0]))
+    response = await post_chat(http_client, base_url, one)
+    assert_error(response, 400, "image_input_not_supported")
+    assert "Qwen/Qwen-Image" in json_of(response)["error"]["message"]
+    assert len(fakes.ms.requests) == 2  # one submission, one poll
+    await links_of(http_client, base_url, chat_body("a kite", model="Qwen/Qwen-Image"))
+    assert "image_url" not in fakes.ms.requests[-2].json
 
 
 @pytest.mark.gen_test
@@ -294,6 +348,48 @@ async def test_a_link_to_a_private_address_is_refused(http_client, base_url, fak
     assert received(fakes) == 0
 
 
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_client_leaving_while_an_input_loads_stops_the_fetch(
+    base_url, http_port, fakes, stream
+):
+    held = fakes.images.hold("slow.png", png_bytes(seed=19))
+    body = with_images("gemini-2.5-flash-image", "at night", fakes.images.url("slow.png"))
+    body["stream"] = stream
+    before = len(LOG_WATCH.lines)
+    try:
+        reader, writer = await raw_chat(http_port, body)
+        await asyncio.wait_for(held.asked.wait(), 10)
+        if stream:  # the role chunk came while the input was still loading
+            await asyncio.wait_for(reader.readuntil(b'"role"'), 10)
+        writer.close()
+        await LOG_WATCH.wait_for("abandoning", since=before)
+        # The gateway hung up on the image host: the download no one waits for is stopped.
+        await asyncio.wait_for(held.left.wait(), 10)
+    finally:
+        held.release.set()
+    assert received(fakes) == 0
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.parametrize(
+    "gateway_env", [{"IMAGE_GEN_TIMEOUT": "1", "IMAGE_FETCH_TIMEOUT": "30"}], indirect=True
+)
+async def test_an_input_that_loads_past_the_time_limit_is_a_504(http_client, base_url, fakes):
+    held = fakes.images.hold("slow.png", png_bytes(seed=20))
+    body = with_images("gemini-2.5-flash-image", "at night", fakes.images.url("slow.png"))
+    try:
+        response = await post_chat(http_client, base_url, body)
+        # The answer came while the image host still held the image: the generation's time
+        # limit, not the image fetch's own, ended the wait.
+        assert not held.release.is_set()
+        assert_error(response, 504, "upstream_timeout")
+        await asyncio.wait_for(held.left.wait(), 10)
+    finally:
+        held.release.set()
+    assert received(fakes) == 0
+
+
 @pytest.mark.gen_test
 async def test_an_image_under_the_limit_fits_the_chat_body(http_client, base_url, fakes):
     png = noise_png_of_size(INPUT_MAX_BYTES, random.Random(4))
@@ -374,6 +470,103 @@ async def test_images_edit_refuses_what_the_model_cannot_take(base_url, fakes):
 
 
 @pytest.mark.gen_test
+async def test_a_mask_is_refused_where_the_provider_has_no_field_for_it(base_url, fakes):
+    png, mask = png_bytes(seed=25), png_bytes(seed=26)
+    async with sdk(base_url) as client:
+        for model in ("gemini-2.5-flash-image", "chat-image-model", "flux-kontext-pro"):
+            with pytest.raises(openai.BadRequestError) as refused:
+                await client.images.edit(
+                    model=model,
+                    image=("a.png", png, "image/png"),
+                    mask=("m.png", mask, "image/png"),
+                    prompt="x",
+                )
+            assert refused.value.code == "mask_not_supported"
+            assert f"'{model}'" in refused.value.message
+    assert received(fakes) == 0
+
+
+@pytest.mark.gen_test
+async def test_bfl_fill_gets_the_image_and_its_mask(base_url, fakes):
+    png, mask = png_bytes(seed=28), png_bytes(seed=29)
+    async with sdk(base_url) as client:
+        await client.images.edit(
+            model="flux-pro-1.0-fill",
+            image=("a.png", png, "image/png"),
+            mask=("m.png", mask, "image/png"),
+            prompt="a boat on the lake",
+        )
+    [sent] = fakes.bfl.submissions()
+    assert sent.path == "/v1/flux-pro-1.0-fill"
+    assert sent.json["prompt"] == "a boat on the lake"
+    assert base64.b64decode(sent.json["image"]) == png
+    assert base64.b64decode(sent.json["mask"]) == mask
+    assert not {"input_image", "width", "height", "aspect_ratio"} & set(sent.json)
+
+
+@pytest.mark.gen_test
+async def test_fal_edit_apps_get_data_uris_in_their_own_fields(http_client, base_url, fakes):
+    first, second, mask = png_bytes(seed=64), png_bytes(seed=65), png_bytes(seed=66)
+    fakes.fal.script_default = TaskScript(pending=0)
+
+    def decoded(uri: str) -> bytes:
+        assert uri.startswith("data:image/png;base64,")
+        return base64.b64decode(uri.split(",", 1)[1])
+
+    pair = with_images("fal-ai/flux-2/edit", "a hat", data_uri(first), data_uri(second))
+    await links_of(http_client, base_url, pair)
+    one = with_images("fal-ai/flux-pro/kontext", "a hat", data_uri(first))
+    await links_of(http_client, base_url, one)
+    async with sdk(base_url) as client:
+        await client.images.edit(
+            model="fal-ai/flux-lora/inpainting",
+            image=("a.png", first, "image/png"),
+            mask=("m.png", mask, "image/png"),
+            prompt="a boat",
+        )
+        with pytest.raises(openai.BadRequestError) as refused:
+            await client.images.edit(
+                model="fal-ai/flux-2/edit",
+                image=("a.png", first, "image/png"),
+                mask=("m.png", mask, "image/png"),
+                prompt="a boat",
+            )
+        assert refused.value.code == "mask_not_supported"
+    edit, kontext, inpaint = (sent.json for sent in fakes.fal.submissions())
+    assert [decoded(uri) for uri in edit["image_urls"]] == [first, second]
+    assert "image_url" not in edit
+    assert decoded(kontext["image_url"]) == first
+    assert (decoded(inpaint["image_url"]), decoded(inpaint["mask_url"])) == (first, mask)
+    text_only = with_images("fal-ai/flux/dev", "a hat", data_uri(first))
+    assert_error(
+        await post_chat(http_client, base_url, text_only), 400, "image_input_not_supported"
+    )
+    assert len(fakes.fal.submissions()) == 3
+
+
+@pytest.mark.gen_test
+async def test_a_mask_goes_through_the_limits_of_an_input(base_url, fakes):
+    png = png_bytes(seed=27)
+    async with sdk(base_url) as client:
+        with pytest.raises(openai.BadRequestError) as refused:
+            await client.images.edit(
+                model="gpt-image-1",
+                image=("a.png", png, "image/png"),
+                mask=("m.png", b"<svg/>", "image/png"),
+                prompt="x",
+            )
+        assert refused.value.code == "invalid_image_input"
+        big = noise_png_of_size(INPUT_MAX_BYTES + 1, random.Random(6))
+        with pytest.raises(openai.APIStatusError) as refused:
+            await client.images.edit(
+                model="gpt-image-1", image=("a.png", png), mask=("m.png", big), prompt="x"
+            )
+        assert refused.value.status_code == 413
+        assert refused.value.code == "image_input_too_large"
+    assert received(fakes) == 0
+
+
+@pytest.mark.gen_test
 async def test_an_edit_must_be_a_form_with_an_image(http_client, base_url, fakes):
     as_json = await call(
         http_client, base_url, "/v1/images/edits", method="POST", body={"prompt": "x"}
@@ -422,8 +615,8 @@ async def test_a_follow_up_passes_the_previous_image_from_the_store(
     request = dataclasses.replace(service.chat_request(chat), refined=True)
     caplog.set_level(logging.INFO, logger="tornado.access")
     caplog.clear()
-    request = await service.with_inputs(request, chat.last_user_images(), previous_link(chat))
-    await service.generate(request, base_url)
+    pending = service.input_plan(request, chat.last_user_images(), previous_link(chat))
+    await service.generate(request, base_url, pending=pending)
     assert not [r for r in caplog.records if "/image-proxy" in r.getMessage()]
     served = await http_client.fetch(link)
     parts = fakes.gemini.last().json["contents"][0]["parts"]
@@ -477,7 +670,10 @@ async def test_the_users_own_image_wins_over_the_previous_one(http_client, base_
     ]
     chat = service.read_chat(body)
     request = dataclasses.replace(service.chat_request(chat), refined=True)
-    request = await service.with_inputs(request, chat.last_user_images(), previous_link(chat))
+    pending = service.input_plan(request, chat.last_user_images(), previous_link(chat))
+    request = await service.load_inputs(
+        request, pending, deadline=asyncio.get_running_loop().time() + 10
+    )
     assert [image.data for image in request.inputs] == [png]
 
 

@@ -71,6 +71,10 @@ class ProviderGroup:
             return declared or MAX_INPUT_IMAGES
         return min(self.inputs, MAX_INPUT_IMAGES)
 
+    def takes_mask(self, model: str) -> bool:
+        """Whether a request to ``model`` may carry an edit mask (it must take images too)."""
+        return self.image_inputs_for(model) > 0 and provider_kind(self.kind).takes_mask(model)
+
     @property
     def owned_by(self) -> str:
         """The ``owned_by`` value of this group's models in ``/v1/models``."""

@@ -134,6 +134,18 @@ def image_input_not_supported(model: str) -> GatewayError:
     )
 
 
+def mask_not_supported(model: str) -> GatewayError:
+    """400: an edit mask for a model whose provider has no field for one."""
+    shown = model if len(model) <= 100 else model[:100] + "..."
+    return GatewayError(
+        400,
+        "mask_not_supported",
+        f"The model '{shown}' does not take a mask; send the edit without one, or pick a model "
+        "that inpaints.",
+        param="mask",
+    )
+
+
 def invalid_image_input(message: str, param: str = "messages") -> GatewayError:
     """400: an input image that cannot be used (not a raster image, unreachable, too many)."""
     return GatewayError(400, "invalid_image_input", message, param=param)

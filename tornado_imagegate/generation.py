@@ -13,11 +13,11 @@ from typing import Any
 
 from tornado_imagegate import conversation, errors, openai_api
 from tornado_imagegate.config import ProviderGroup, Settings
-from tornado_imagegate.images.inputs import load_input
+from tornado_imagegate.images.inputs import checked_source, load_input
 from tornado_imagegate.images.store import ImageStore, KeptImage
 from tornado_imagegate.keys import cooldown_policy
 from tornado_imagegate.metrics import Metrics
-from tornado_imagegate.openai_api import ChatBody, ImageRequest
+from tornado_imagegate.openai_api import ChatBody, ImageRequest, InputImage
 from tornado_imagegate.prompt import OptimisedPrompt, PromptOptimiser
 from tornado_imagegate.provider_kinds import provider_kind
 from tornado_imagegate.providers import Provider, ProviderImage
@@ -52,6 +52,21 @@ class Generation:
         elif self.request.refined:  # so that the next follow-up can build on it
             parts.append(f"Prompt: {self.prompt}")
         return "\n\n".join(parts)
+
+
+@dataclass(frozen=True)
+class PendingInputs:
+    """A request's input images, checked as far as they can be without the network, loaded
+    inside the generation: a client that leaves stops the loading, and the time limit counts it."""
+
+    # Decoded data URIs, and links (the gateway's own, or http(s)) still to load, in order.
+    images: tuple[InputImage | str, ...] = ()
+    # A follow-up's previous image (the gateway's own link), passed on if it is still kept.
+    previous: str = ""
+
+    def __bool__(self) -> bool:
+        """Whether anything is left to load."""
+        return bool(self.images or self.previous)
 
 
 def total_usage(images: list[ProviderImage]) -> dict[str, Any] | None:
@@ -164,31 +179,67 @@ class ImageService:
                 param,
             )
 
-    async def with_inputs(
+    def check_mask(self, model: str) -> None:
+        """400 ``mask_not_supported`` when ``model``'s provider has no field for an edit mask."""
+        if not self.group_for(model).takes_mask(model):
+            raise errors.mask_not_supported(model)
+
+    def input_plan(
         self, request: ImageRequest, urls: tuple[str, ...], previous: str | None = None
-    ) -> ImageRequest:
-        """``request`` with the images ``urls`` name loaded (data URIs, the gateway's own links
-        from its store, other links through the guarded fetcher), checked before any upstream
-        call to the provider.
+    ) -> PendingInputs:
+        """The input images ``urls`` name, checked now as far as no network is needed (how
+        many, whether the model takes any, data URIs decoded and checked); links are loaded
+        by ``generate``.
 
         With no image of its own, a follow-up (``request.refined``) on a model that takes
-        images gets the conversation's ``previous`` image, read from the store; one no longer
-        kept is left out (the prompt still carries the change).
+        images gets the conversation's ``previous`` image.
         """
         self.check_inputs(request.model, len(urls))
         limit = self.settings.image_input_max_bytes
         if urls:
-            loaded = await asyncio.gather(*(load_input(self.store, url, limit) for url in urls))
-            return dataclasses.replace(request, inputs=tuple(loaded))
+            return PendingInputs(images=tuple(checked_source(url, limit) for url in urls))
         group = self.group_for(request.model)
-        if not previous or not request.refined or not group.image_inputs_for(request.model):
-            return request
+        if previous and request.refined and group.image_inputs_for(request.model):
+            return PendingInputs(previous=previous)
+        return PendingInputs()
+
+    async def load_inputs(
+        self, request: ImageRequest, pending: PendingInputs, deadline: float
+    ) -> ImageRequest:
+        """``request`` with its pending input images loaded before ``deadline`` (504 after it):
+        the gateway's own links from its store, other links through the guarded fetcher.
+
+        A previous image no longer kept is left out (the prompt still carries the change).
+        """
+        limit = self.settings.image_input_max_bytes
         try:
-            image = await load_input(self.store, previous, limit)
-        except errors.GatewayError as exc:
-            logger.info("the previous image is not passed on: %s", exc.message)
-            return request
-        return dataclasses.replace(request, inputs=(image,))
+            async with asyncio.timeout_at(deadline):
+                if pending.images:
+                    links = [image for image in pending.images if isinstance(image, str)]
+                    fetched = iter(
+                        await asyncio.gather(*(load_input(self.store, u, limit) for u in links))
+                    )
+                    loaded = tuple(
+                        image if isinstance(image, InputImage) else next(fetched)
+                        for image in pending.images
+                    )
+                    return dataclasses.replace(request, inputs=loaded)
+                if not pending.previous:
+                    return request
+                try:
+                    image = await load_input(self.store, pending.previous, limit)
+                except errors.GatewayError as exc:
+                    logger.info("the previous image is not passed on: %s", exc.message)
+                    return request
+                return dataclasses.replace(request, inputs=(image,))
+        except TimeoutError:
+            raise errors.GatewayError(
+                504,
+                "upstream_timeout",
+                "An input image did not load within the generation's time limit "
+                f"({self.settings.image_gen_timeout:g}s).",
+                headers=errors.NO_RETRY,
+            ) from None
 
     def images_request(self, body: dict[str, Any]) -> openai_api.ImagesApiRequest:
         """Validate an Images API body; an absent or unknown model gets the default model."""
@@ -220,21 +271,33 @@ class ImageService:
         request: ImageRequest,
         base_url: str,
         on_thinking: Callable[[str], None] | None = None,
+        pending: PendingInputs | None = None,
     ) -> Generation:
-        """Optimise the prompt, make the images, keep them, and return the gateway's links.
+        """Load the pending input images, optimise the prompt, make the images, keep them, and
+        return the gateway's links.
 
         ``on_thinking`` hears a reasoning optimiser's thinking as soon as it is known, then each
         change in how a provider's task stands (queue position, percent done), a line each.
         """
         group = self.group_for(request.model)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        if pending:
+            request = await self.load_inputs(
+                request, pending, started + self.settings.image_gen_timeout
+            )
+        loading = loop.time() - started
         optimised = await self.optimise(request)
         if optimised.thinking and on_thinking is not None:
             on_thinking(optimised.thinking)
-        deadline = asyncio.get_running_loop().time() + self.settings.image_gen_timeout
+        # One time limit for loading the inputs, making the images and downloading them (the
+        # optimiser's time is not charged to it).
+        deadline = loop.time() + self.settings.image_gen_timeout - loading
         with self.timed("generate"):
-            made = await self.providers[group.name].generate(request, optimised.prompt, on_thinking)
-        # The images are downloaded within the generation's own time limit, counted from
-        # when the provider was asked (the optimiser's time is not charged to it).
+            made = await self.providers[group.name].generate(
+                request, optimised.prompt, on_thinking, deadline=deadline
+            )
+        # The images are downloaded within the same time limit.
         kept = await self.keep_all(made, base_url, request.n, deadline)
         logger.info(
             "generated %d image(s) with %s (%s, %s)",

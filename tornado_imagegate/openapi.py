@@ -556,8 +556,9 @@ PATHS: dict[str, Schema] = {
         "post": {
             "summary": "OpenAI Images API: edit images (as the openai SDK's images.edit sends)",
             "description": "For models that take input images; others answer 400 "
-            "`image_input_not_supported`. Each image at most IMAGE_INPUT_MAX_BYTES, a raster "
-            "type recognised from its bytes.",
+            "`image_input_not_supported`. A mask only for models whose provider takes one "
+            "(others: 400 `mask_not_supported`). Each image and the mask at most "
+            "IMAGE_INPUT_MAX_BYTES, a raster type recognised from its bytes.",
             "security": BEARER,
             "requestBody": {
                 "required": True,
@@ -567,11 +568,12 @@ PATHS: dict[str, Schema] = {
                 "200": _ok("The images.", _ref("ImagesResponse")),
                 "400": _error(
                     "Not a form, no image, a field has the wrong type or range, an image that "
-                    "is not a raster image, a model that takes no images, or the provider "
-                    "refused the prompt",
+                    "is not a raster image, a model that takes no images (or no mask), or the "
+                    "provider refused the prompt",
                     "invalid_parameters",
                     "invalid_image_input",
                     "image_input_not_supported",
+                    "mask_not_supported",
                     "upstream_rejected",
                 ),
                 "401": _UNAUTHORIZED,

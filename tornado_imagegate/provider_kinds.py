@@ -69,6 +69,10 @@ class ProviderKind:
     # Per model family (a piece of the model id, lower case), how many it takes when that differs
     # from the kind's number; the first family that matches wins.
     model_image_inputs: tuple[tuple[str, int], ...] = ()
+    # Takes the Images API's edit mask in a field of its own (every model of the kind, or the
+    # model families named); a mask for any other model is refused, never dropped.
+    takes_masks: bool = False
+    model_masks: tuple[str, ...] = ()
     # One upstream request can make several images; otherwise n images take n requests.
     native_n: bool = True
     # An asynchronous task API: its implementation is a TaskApi, driven by the task engine
@@ -90,6 +94,11 @@ class ProviderKind:
         return next(
             (n for part, n in self.model_image_inputs if part in lowered), self.image_inputs
         )
+
+    def takes_mask(self, model: str) -> bool:
+        """Whether ``model`` takes an edit mask: the kind's answer, or its family's."""
+        lowered = model.lower()
+        return self.takes_masks or any(part in lowered for part in self.model_masks)
 
     def sizes_for(self, model: str) -> SizeRules:
         """The size rules of ``model``: its family's, else the kind's."""
@@ -126,8 +135,9 @@ KINDS: dict[str, ProviderKind] = {
             implementation="tornado_imagegate.providers.openai_images:OpenAIImagesApi",
             ratios=RATIOS_1024,
             endpoint_path="/images/generations",
-            # Sent to the edits endpoint (/images/edits) beside it.
+            # Sent to the edits endpoint (/images/edits) beside it, with the mask.
             image_inputs=4,
+            takes_masks=True,
         ),
         ProviderKind(
             name="siliconflow",
@@ -165,6 +175,14 @@ KINDS: dict[str, ProviderKind] = {
             ratios=RATIOS_1024,
             endpoint_path="/images/generations",
             default_endpoint="https://api-inference.modelscope.cn/v1",
+            # The Qwen-Image-Edit models, in image_url as a list of data URIs. The 2509 and 2511
+            # models combine up to three images (as on SiliconFlow); the plain one and any other
+            # edit model are held to one, as not every edit model is documented to take more.
+            model_image_inputs=(
+                ("qwen-image-edit-2509", 3),
+                ("qwen-image-edit-2511", 3),
+                ("image-edit", 1),
+            ),
             native_n=False,
             polls=True,
             # Its parameter table: SD-family models 64-2048 a side, FLUX 64-1024, Qwen-Image
@@ -227,8 +245,10 @@ KINDS: dict[str, ProviderKind] = {
             implementation="tornado_imagegate.providers.bfl:BflApi",
             ratios=RATIOS_1024,
             default_endpoint="https://api.bfl.ai/v1",
-            # Kontext (input_image to input_image_4) and FLUX.2 (to input_image_8) edit.
-            model_image_inputs=(("kontext", 4), ("flux-2", 4)),
+            # Kontext (input_image to input_image_4) and FLUX.2 (to input_image_8) edit; the fill
+            # model (flux-pro-1.0-fill) inpaints one image, in image, with its mask in mask.
+            model_image_inputs=(("kontext", 4), ("flux-2", 4), ("fill", 1)),
+            model_masks=("fill",),
             native_n=False,
             polls=True,
             # Width and height: multiples of 32 from 256 to 1440, as BFL documents them for
@@ -263,6 +283,16 @@ KINDS: dict[str, ProviderKind] = {
             implementation="tornado_imagegate.providers.fal:FalApi",
             ratios=RATIOS_1024,
             default_endpoint="https://queue.fal.run",
+            # Apps that edit take data URIs: image_urls, a list (the /edit apps, Kontext multi;
+            # held to three, as not every such app is documented to take more), or image_url,
+            # one (Kontext, inpainting apps, which take the mask in mask_url).
+            model_image_inputs=(
+                ("kontext/multi", 3),
+                ("kontext", 1),
+                ("/edit", 3),
+                ("inpaint", 1),
+            ),
+            model_masks=("inpaint",),
             native_n=False,
             polls=True,
             # image_size: a preset, or any width and height (FLUX apps: multiples of 16).

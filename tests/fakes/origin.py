@@ -19,10 +19,12 @@ Behaviour = Callable[[RequestHandler], Awaitable[None] | None]
 
 @dataclass
 class Held:
-    """A route the test holds: ``asked`` is set when a request arrives, ``release`` lets it end."""
+    """A route the test holds: ``asked`` is set when a request arrives, ``release`` lets it end,
+    ``left`` is set when the client hangs up before it ended."""
 
     asked: asyncio.Event = field(default_factory=asyncio.Event)
     release: asyncio.Event = field(default_factory=asyncio.Event)
+    left: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class _Route(RequestHandler):
@@ -32,6 +34,7 @@ class _Route(RequestHandler):
         self.origin = origin
 
     async def get(self, path: str) -> None:
+        self.path = path
         self.origin.hits[path] += 1
         behaviour = self.origin.routes.get(path)
         if behaviour is None:
@@ -44,6 +47,11 @@ class _Route(RequestHandler):
 
     head = get
 
+    def on_connection_close(self) -> None:
+        held = self.origin.held.get(getattr(self, "path", ""))
+        if held is not None:
+            held.left.set()
+
 
 class FakeOrigin:
     """An HTTP server on a loopback address whose routes the test sets; counts every request."""
@@ -53,6 +61,7 @@ class FakeOrigin:
     ) -> None:
         self.host = host
         self.routes: dict[str, Behaviour] = {}
+        self.held: dict[str, Held] = {}
         self.hits: Counter[str] = Counter()
         self.connections = 0
         app = Application([(r"/(.*)", _Route, {"origin": self})])
@@ -138,6 +147,7 @@ class FakeOrigin:
             handler.finish(body[first:])
 
         self.routes[path] = behaviour
+        self.held[path] = held
         return held
 
     def close(self) -> None:

@@ -11,7 +11,7 @@ from tornado.iostream import StreamClosedError
 
 from tornado_imagegate import housekeeping, openai_api
 from tornado_imagegate.errors import GatewayError, from_status
-from tornado_imagegate.generation import ImageService
+from tornado_imagegate.generation import ImageService, PendingInputs
 from tornado_imagegate.handlers.base import JsonApiHandler
 from tornado_imagegate.handlers.generation import GenerationHandler
 from tornado_imagegate.images import inputs
@@ -39,13 +39,14 @@ class ChatCompletionsHandler(GenerationHandler):
             await self.answer_text(chat, housekeeping.task_reply(chat))
             return
         request = self.service.chat_request(chat)
-        request = await self.service.with_inputs(
+        # Checked now; links are loaded inside the generation, which the client's leaving stops.
+        pending = self.service.input_plan(
             request, chat.last_user_images(), inputs.previous_link(chat)
         )
         if request.stream:
-            await self.stream(request, chat)
+            await self.stream(request, chat, pending)
             return
-        generation = await self.generated(request)
+        generation = await self.generated(request, pending)
         if generation is None:
             return
         self.write_json(
@@ -63,17 +64,19 @@ class ChatCompletionsHandler(GenerationHandler):
         await stream.content(text, asked)
         self.finish()
 
-    async def stream(self, request: ImageRequest, chat: ChatBody) -> None:
+    async def stream(self, request: ImageRequest, chat: ChatBody, pending: PendingInputs) -> None:
         """Server-Sent Events: the role chunk at once, keep-alives while working, then content."""
         stream = _Stream(self, request.model, openai_api.include_usage(chat.fields))
         streams_open = self.metrics.streams_open
         streams_open.inc()
         try:
-            await self.stream_generation(stream, request)
+            await self.stream_generation(stream, request, pending)
         finally:
             streams_open.dec()
 
-    async def stream_generation(self, stream: _Stream, request: ImageRequest) -> None:
+    async def stream_generation(
+        self, stream: _Stream, request: ImageRequest, pending: PendingInputs | None = None
+    ) -> None:
         """The body of a generating stream, from the role chunk to ``[DONE]``."""
         await stream.start()
         thinking: list[str] = []
@@ -85,7 +88,7 @@ class ChatCompletionsHandler(GenerationHandler):
                 thinking.append(text)
                 wake.set()
 
-        work = self.start_generation(request, on_thinking)
+        work = self.start_generation(request, on_thinking, pending)
         try:
             while not work.done():
                 waker = asyncio.ensure_future(wake.wait())

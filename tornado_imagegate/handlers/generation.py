@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from tornado_imagegate.generation import Generation, ImageService
+from tornado_imagegate.generation import Generation, ImageService, PendingInputs
 from tornado_imagegate.handlers.base import JsonApiHandler
 from tornado_imagegate.openai_api import ImageRequest
 
@@ -29,17 +29,23 @@ class GenerationHandler(JsonApiHandler):
             self.work.cancel()
 
     def start_generation(
-        self, request: ImageRequest, on_thinking: Callable[[str], None] | None = None
+        self,
+        request: ImageRequest,
+        on_thinking: Callable[[str], None] | None = None,
+        pending: PendingInputs | None = None,
     ) -> asyncio.Future[Generation]:
-        """Run the generation as a task the connection's close can cancel."""
+        """Run the generation, from loading its ``pending`` input images on, as a task the
+        connection's close can cancel."""
         self.work = asyncio.ensure_future(
-            self.service.generate(request, self.request_base_url(), on_thinking)
+            self.service.generate(request, self.request_base_url(), on_thinking, pending)
         )
         return self.work
 
-    async def generated(self, request: ImageRequest) -> Generation | None:
+    async def generated(
+        self, request: ImageRequest, pending: PendingInputs | None = None
+    ) -> Generation | None:
         """The generation's outcome, or None when the client left before it was made."""
         try:
-            return await self.start_generation(request)
+            return await self.start_generation(request, pending=pending)
         except asyncio.CancelledError:
             return None

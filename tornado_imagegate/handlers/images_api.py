@@ -54,16 +54,18 @@ class ImagesEditsHandler(ImagesGenerationsHandler):
     takes_images = True
 
     async def post(self) -> None:
-        """Read the form, check the images against the model, then answer as a generation."""
+        """Read the form, check the images and mask against the model, answer as a generation."""
         fields, files = self.form()
         asked = self.service.images_request(fields)
         images = files.get("image", []) + files.get("image[]", [])
         if not images:
             raise errors.invalid_parameter("image", "The form must carry an 'image' file.")
         self.service.check_inputs(asked.request.model, len(images), param="image")
+        masks = files.get("mask", [])
+        if masks:  # refused rather than dropped where the provider has no field for it
+            self.service.check_mask(asked.request.model)
         limit = self.config.image_input_max_bytes
         inputs = tuple(checked_image(f.body, limit, "image") for f in images)
-        masks = files.get("mask", [])
         mask = checked_image(masks[0].body, limit, "mask") if masks else None
         request = dataclasses.replace(asked.request, inputs=inputs, mask=mask)
         await self.answer(dataclasses.replace(asked, request=request))

@@ -60,6 +60,10 @@ class Transfer:
         self.guard = FetchGuard()
         # Whether a failure may pass if the image is fetched again later (timeout, reset, 5xx).
         self.failure_transient = False
+        # Who asked for it (each ``ImageFetcher.transfer`` call); those that may stop waiting
+        # say so with ``ImageFetcher.leave``, and the last one to leave stops the download.
+        self.followers = 0
+        self.task: asyncio.Task | None = None
         self._reset_hop()
 
     def _reset_hop(self) -> None:
@@ -227,9 +231,18 @@ class ImageFetcher:
             self.inflight[key] = transfer
             self.started += 1
             task = asyncio.ensure_future(self._run(transfer, lock))
+            transfer.task = task
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+        transfer.followers += 1
         return transfer
+
+    def leave(self, transfer: Transfer) -> None:
+        """One who asked for ``transfer`` stops waiting; if no one else follows it, it stops."""
+        transfer.followers -= 1
+        if transfer.followers <= 0 and not transfer.done.done() and transfer.task is not None:
+            logger.info("image fetch abandoned: no one waits for it any more")
+            transfer.task.cancel()
 
     async def _run(self, transfer: Transfer, lock: str | None = None) -> None:
         try:
@@ -251,6 +264,10 @@ class ImageFetcher:
         except LinkRefused as exc:
             logger.warning("image fetch refused: %s", exc)
             transfer.fail(errors.from_upstream(UpstreamError("refused_address", str(exc)), WHAT))
+        except asyncio.CancelledError:
+            abandoned = UpstreamError("cancelled", "abandoned")
+            transfer.fail(errors.from_upstream(abandoned, WHAT), transient=True)
+            raise
         except Exception:
             logger.exception("image fetch crashed")
             transfer.fail(errors.from_status(500), transient=True)

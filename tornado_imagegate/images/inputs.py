@@ -67,6 +67,16 @@ def decode_data_uri(uri: str, max_bytes: int) -> InputImage:
     return checked_image(data, max_bytes)
 
 
+def checked_source(url: str, max_bytes: int) -> InputImage | str:
+    """What can be checked of an input without the network: a data URI decoded, the gateway's
+    own link or an http(s) URL as it is (for ``load_input``), anything else 400."""
+    if url[:5].lower() == "data:":
+        return decode_data_uri(url, max_bytes)
+    if link_query(url) is None and url[:7].lower() != "http://" and url[:8].lower() != "https://":
+        raise errors.invalid_image_input("An image_url must be a data URI or an http(s) URL.")
+    return url
+
+
 async def load_input(store: ImageStore, url: str, max_bytes: int) -> InputImage:
     """One input image from a data URI, one of the gateway's own links, or an http(s) URL."""
     if url[:5].lower() == "data:":

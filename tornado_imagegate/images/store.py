@@ -255,7 +255,11 @@ class ImageStore:
 
     async def fetch_image(self, url: str) -> ServedImage:
         """An image at an outside http(s) URL, fetched through the guarded fetcher (its address
-        filter, size limit and type checks) and kept like a provider's image."""
+        filter, size limit and type checks) and kept like a provider's image.
+
+        Cancelled (its client left, its deadline passed), the download stops unless another
+        request follows it.
+        """
         try:
             check_fetch_url(url)
         except LinkRefused as exc:
@@ -265,7 +269,12 @@ class ImageStore:
         if image is not None:
             return image
         # Shielded: another request may be waiting for the same download.
-        return await asyncio.shield(self.fetcher.transfer(key, url).done)
+        transfer = self.fetcher.transfer(key, url)
+        try:
+            return await asyncio.shield(transfer.done)
+        except asyncio.CancelledError:
+            self.fetcher.leave(transfer)
+            raise
 
     def find(self, query: Mapping[str, list[bytes]]) -> Found:
         """The image a link's query names: kept, or fetched from its signed upstream URL.

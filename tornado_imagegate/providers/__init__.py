@@ -72,8 +72,10 @@ class Provider(Protocol):
         request: ImageRequest,
         prompt: str,
         on_progress: Callable[[str], None] | None = None,
+        deadline: float | None = None,
     ) -> list[ProviderImage]:
-        """Make ``request.n`` images of ``prompt``; ``on_progress`` hears how a wait goes."""
+        """Make ``request.n`` images of ``prompt`` within the provider's own time limit and by
+        ``deadline`` (a loop time) if given; ``on_progress`` hears how a wait goes."""
 
 
 class ProviderApi(Protocol):

@@ -14,6 +14,7 @@ from urllib.parse import quote, urlsplit
 
 from tornado.httpclient import HTTPRequest, HTTPResponse
 
+from tornado_imagegate.openai_api import InputImage
 from tornado_imagegate.provider_kinds import provider_kind
 from tornado_imagegate.providers import (
     ProviderAnswerError,
@@ -44,6 +45,11 @@ def api_base(endpoint: str) -> str:
     return trimmed if urlsplit(trimmed).path else trimmed + "/v1"
 
 
+def is_fill(model: str) -> bool:
+    """Whether the model is the inpainting one (``flux-pro-1.0-fill``): image and mask."""
+    return "fill" in model.lower()
+
+
 def takes_aspect_ratio(model: str) -> bool:
     """Whether the model is sized by ``aspect_ratio`` rather than ``width`` and ``height``."""
     return any(name in model.lower() for name in ASPECT_RATIO_MODELS)
@@ -61,16 +67,27 @@ class BflApi(TaskApiDefaults):
         return 1
 
     def submit(self, call: ProviderCall) -> HTTPRequest:
-        """``POST {base}/{model}``: prompt, seed, PNG, and the size or the aspect ratio."""
+        """``POST {base}/{model}``: prompt, seed, PNG, and the size or the aspect ratio (the fill
+        model: the image and its mask instead, the result taking the image's size)."""
         body: dict[str, Any] = {"prompt": call.prompt, "seed": call.seed, "output_format": "png"}
-        if takes_aspect_ratio(call.model):
-            body["aspect_ratio"] = ratio_text(*call.size)
+        images: dict[str, InputImage | None]
+        if is_fill(call.model):
+            # Inpainting: the image and its mask (without one, the image's transparency).
+            images = {"image": call.inputs[0] if call.inputs else None, "mask": call.request.mask}
         else:
-            body["width"], body["height"] = call.size
-        # Images to edit (Kontext, FLUX.2): raw base64 in input_image, input_image_2, ...
-        for number, image in enumerate(call.inputs, 1):
-            field = "input_image" if number == 1 else f"input_image_{number}"
-            body[field] = base64.b64encode(image.data).decode("ascii")
+            if takes_aspect_ratio(call.model):
+                body["aspect_ratio"] = ratio_text(*call.size)
+            else:
+                body["width"], body["height"] = call.size
+            # Images to edit (Kontext, FLUX.2): input_image, input_image_2, ...
+            images = {
+                "input_image" if number == 1 else f"input_image_{number}": image
+                for number, image in enumerate(call.inputs, 1)
+            }
+        # As raw base64, as BFL takes them.
+        for field, image in images.items():
+            if image is not None:
+                body[field] = base64.b64encode(image.data).decode("ascii")
         url = f"{api_base(call.endpoint)}/{quote(call.model.strip('/'), safe='/')}"
         return keyed_request(url, {"x-key": call.key}, "POST", with_extra(body, call.extra))
 

@@ -18,8 +18,10 @@ class DemoProvider:
         request: ImageRequest,
         prompt: str,
         on_progress: Callable[[str], None] | None = None,
+        deadline: float | None = None,
     ) -> list[ProviderImage]:
-        """Render ``request.n`` images (seeds ``seed``, ``seed + 1``, ...) off the event loop."""
+        """Render ``request.n`` images (seeds ``seed``, ``seed + 1``, ...) off the event loop
+        (no upstream: ``deadline`` does not apply)."""
         loop = asyncio.get_running_loop()
         images = []
         for index in range(request.n):

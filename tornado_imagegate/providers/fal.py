@@ -6,6 +6,9 @@ The model is the app id (``fal-ai/flux/dev``). The submission answers ``request_
 (``logs``) or ``COMPLETED``; the result (``images[].url``) is read from ``response_url``, and a
 failed run answers that read with an error. An image the safety checker flagged
 (``has_nsfw_concepts``) comes back blacked out, so it is dropped. ``PUT cancel_url`` cancels.
+
+Apps that edit get their input images as data URIs: in ``image_urls`` (the ``/edit`` apps,
+Kontext multi) or in ``image_url`` (Kontext, inpainting apps, with the mask in ``mask_url``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from tornado_imagegate.providers import (
     ProviderAnswerError,
     ProviderCall,
     ProviderImage,
+    data_uri,
     decode_base64_image,
     json_object_answer,
     with_extra,
@@ -46,6 +50,12 @@ _RUNNING = {"IN_PROGRESS", "RUNNING"}
 _FAILED = {"FAILED", "ERROR", "CANCELED", "CANCELLED"}
 
 
+def takes_image_list(model: str) -> bool:
+    """Whether the app takes its input images as a list (``image_urls``), not one ``image_url``."""
+    lowered = model.lower()
+    return "/edit" in lowered or "kontext/multi" in lowered
+
+
 def app_path(model: str) -> str:
     """``fal-ai/flux`` of ``fal-ai/flux/dev``: the app's path, where its requests live."""
     return "/".join(model.strip("/").split("/")[:2])
@@ -63,13 +73,20 @@ class FalApi:
         return 1
 
     def submit(self, call: ProviderCall) -> HTTPRequest:
-        """``POST {queue}/{app_id}``: prompt, ``image_size`` (a preset, or width and height)."""
+        """``POST {queue}/{app_id}``: prompt, ``image_size`` (a preset, or width and height), and
+        the images to edit and the mask as data URIs."""
         size = IMAGE_SIZE_PRESETS.get(call.size) or {"width": call.size[0], "height": call.size[1]}
         body: dict[str, Any] = {"prompt": call.prompt, "image_size": size, "seed": call.seed}
         if call.request.negative_prompt:
             body["negative_prompt"] = call.request.negative_prompt
         if call.request.cfg is not None:
             body["guidance_scale"] = call.request.cfg
+        if call.inputs and takes_image_list(call.model):
+            body["image_urls"] = [data_uri(image) for image in call.inputs]
+        elif call.inputs:
+            body["image_url"] = data_uri(call.inputs[0])
+        if call.request.mask is not None:
+            body["mask_url"] = data_uri(call.request.mask)
         url = f"{call.endpoint.rstrip('/')}/{quote(call.model.strip('/'), safe='/')}"
         return keyed_request(url, _auth(call), "POST", with_extra(body, call.extra))
 

@@ -121,12 +121,15 @@ class GroupProvider:
         request: ImageRequest,
         prompt: str,
         on_progress: Callable[[str], None] | None = None,
+        deadline: float | None = None,
     ) -> list[ProviderImage]:
-        """Make ``request.n`` images, in as few requests as the API allows, within the deadline.
+        """Make ``request.n`` images, in as few requests as the API allows, within the group's
+        timeout from now, and by ``deadline`` (a loop time) if one is given.
 
         ``on_progress`` hears a line each time a task the provider waits on moves on.
         """
-        deadline = asyncio.get_running_loop().time() + self.timeout
+        own_deadline = asyncio.get_running_loop().time() + self.timeout
+        deadline = own_deadline if deadline is None else min(deadline, own_deadline)
         size = self.api.fit_size(request.model, request.width, request.height)
         per_call = max(1, self.api.images_per_call(request.model))
         if request.n <= per_call:  # the usual case: one request, no extra task

@@ -2,7 +2,8 @@
 
 ``POST {base}/images/generations`` with ``X-ModelScope-Async-Mode: true`` answers a ``task_id``;
 ``GET {base}/tasks/{task_id}`` with ``X-ModelScope-Task-Type: image_generation`` answers its
-``task_status`` and, once ``SUCCEED``, ``output_images`` (URLs).
+``task_status`` and, once ``SUCCEED``, ``output_images`` (URLs). An edit model
+(Qwen-Image-Edit) gets its input images in ``image_url``, a list of data URIs.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from tornado_imagegate.providers import (
     ProviderAnswerError,
     ProviderCall,
     ProviderImage,
+    data_uri,
     json_object_answer,
     json_request,
     with_extra,
@@ -69,7 +71,8 @@ def _images(items: Any) -> tuple[ProviderImage, ...]:
 
 
 class ModelScopeApi(TaskApiDefaults):
-    """``POST {model, prompt, size: "WxH", seed}`` -> ``task_id``; poll -> ``output_images``."""
+    """``POST {model, prompt, size: "WxH", seed, image_url?}`` -> ``task_id``; poll ->
+    ``output_images``."""
 
     def fit_size(self, model: str, width: int, height: int) -> tuple[int, int]:
         """Within the model family's limits (FLUX 1024, Qwen-Image 1664, others 2048 a side)."""
@@ -92,6 +95,10 @@ class ModelScopeApi(TaskApiDefaults):
         if call.request.cfg is not None:
             low, high = GUIDANCE_RANGE
             body["guidance"] = min(high, max(low, call.request.cfg))
+        if call.inputs:
+            # Data URIs even for an image the client named by its http(s) link: the provider
+            # gets the very bytes the gateway checked, and needs no route to the client's host.
+            body["image_url"] = [data_uri(image) for image in call.inputs]
         request = json_request(call.endpoint, call.key, with_extra(body, call.extra))
         request.headers["X-ModelScope-Async-Mode"] = "true"
         return request
