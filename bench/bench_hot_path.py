@@ -50,11 +50,12 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import bench_generation as generation
@@ -66,7 +67,8 @@ from hot_path_servers import serve_bare, serve_fakes
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
 
 HOST = "127.0.0.1"
-API_KEY = "bench-hot-path-key"
+# One key for the gateway and LiteLLM's proxy (its master key: LiteLLM refuses short ones).
+API_KEY = "sk-bench-hot-path-" + "5e1f" * 16
 PROMPT = "a cat"
 URL_MODEL = "flux-fast"
 SLOW_MODEL = "flux-slow"
@@ -76,6 +78,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_LITELLM_VENV = BENCH_DIR / ".venv-litellm"
 FIGURES = ("cpu", "latency", "burst", "images", "litellm", "cache", "sse")
 REQUEST_TIMEOUT = 60.0
+
+T = TypeVar("T")
 
 
 # --- results ------------------------------------------------------------------------------
@@ -272,11 +276,17 @@ def start_litellm(venv: Path, fakes_url: str, log_dir: str) -> LiteLLM | str:
             f"      api_base: {fakes_url}/b64/v1\n"
             "      api_key: k-litellm\n"
             "litellm_settings:\n"
+            "  drop_params: true\n"  # it would refuse response_format for an openai/ model
             "  telemetry: false\n"
             "  set_verbose: false\n"
         )
     port = free_port()
-    env = {**os.environ, "LITELLM_TELEMETRY": "False", "LITELLM_LOG": "ERROR"}
+    env = {
+        **os.environ,
+        "LITELLM_MASTER_KEY": API_KEY,
+        "LITELLM_TELEMETRY": "False",
+        "LITELLM_LOG": "ERROR",
+    }
     env.pop("PYTHONPATH", None)
     log_path = os.path.join(log_dir, "litellm.log")
     with open(log_path, "wb") as log:
@@ -301,7 +311,8 @@ def start_litellm(venv: Path, fakes_url: str, log_dir: str) -> LiteLLM | str:
     server.stop()
     with open(log_path, encoding="utf-8", errors="replace") as log:
         tail = log.read()[-600:]
-    return f"LiteLLM did not start within 120 s: {tail!r}"
+    status = "exited" if proc.returncode is not None else "did not answer within 120 s"
+    return f"LiteLLM {status}: {tail!r}"
 
 
 # --- wrk ----------------------------------------------------------------------------------
@@ -347,6 +358,7 @@ def run_wrk(
 ) -> WrkRun:
     """wrk -t1 against ``url`` for ``seconds``; CPU time of each watched pid over the run."""
     command = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency"]
+    command += ["--timeout", "30s"]  # a slow server is measured, not counted as failing
     if script:
         command += ["-s", script]
     before = {name: proc_cpu_seconds(pid) for name, pid in watched.items()}
@@ -483,7 +495,7 @@ class Bench:
 
     def measure_latency(self, figure: Figure) -> None:
         """Figure ``latency``: alternating blocks of direct and gateway requests, one at a time."""
-        asyncio.run(self._latency(figure))
+        drive(self._latency(figure))
 
     async def _latency(self, figure: Figure) -> None:
         client = AsyncHTTPClient(force_instance=True, max_clients=10)
@@ -546,7 +558,7 @@ class Bench:
             walls = {}
             order = ("direct", "gateway") if number % 2 == 0 else ("gateway", "direct")
             for side in order:
-                walls[side], failures = asyncio.run(self._burst(side))
+                walls[side], failures = drive(self._burst(side))
                 if failures:
                     figure.problems.append(f"{side}: {len(failures)} failed, e.g. {failures[0]}")
             figure.add(
@@ -683,7 +695,7 @@ class Bench:
         try:
             targets = {"gateway": self.gateway_url, "bare": child_url(bare)}
             for url in targets.values():  # warm-up
-                asyncio.run(first_bytes(url, 20))
+                drive(first_bytes(url, 20))
             for number in range(self.args.rounds):
                 samples: dict[str, list[float]] = {"gateway": [], "bare": []}
                 for burst in range(self.args.sse_bursts):
@@ -691,7 +703,7 @@ class Bench:
                         ["gateway", "bare"] if (number + burst) % 2 == 0 else ["bare", "gateway"]
                     )
                     for name in names:
-                        times, problems = asyncio.run(first_bytes(targets[name], self.args.streams))
+                        times, problems = drive(first_bytes(targets[name], self.args.streams))
                         samples[name] += times
                         figure.problems += [f"{name}: {p}" for p in problems[:3]]
                 p99 = {name: percentile(times, 99) for name, times in samples.items()}
@@ -707,6 +719,13 @@ class Bench:
                 )
         finally:
             finish_child(bare)
+
+
+def drive(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run the client side of a figure on the servers' event loop (uvloop when installed): the
+    lighter the client, the less of its own time a latency includes, on both sides alike."""
+    with asyncio.Runner(loop_factory=image_proxy.server_loop()[1]) as runner:
+        return runner.run(coroutine)
 
 
 def percentile(values: Sequence[float], p: float) -> float:
@@ -746,6 +765,8 @@ def check_litellm(url: str) -> str:
     try:
         with urllib.request.urlopen(request, timeout=30) as answer:
             data = json.load(answer)
+    except urllib.error.HTTPError as exc:
+        return f"{exc.code} {exc.read()[:300]!r}"
     except OSError as exc:
         return str(exc)[:300]
     try:
