@@ -64,7 +64,9 @@ import pycurl
 import tornado
 from bench_generation import Child, finish_child, proc_cpu_seconds, start_child
 from hot_path_servers import serve_bare, serve_fakes
-from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+
+from tornado_imagegate.typos import throwaway_environment
 
 HOST = "127.0.0.1"
 # One key for the gateway and LiteLLM's proxy (its master key: LiteLLM refuses short ones).
@@ -93,6 +95,7 @@ class Round:
     gateway: float
     reference: float
     note: str = ""
+    extra: float = math.nan  # a figure's own further number (Figure.extra says which)
 
 
 @dataclass
@@ -105,6 +108,7 @@ class Figure:
     reference: str
     target: str
     meets: Callable[[Round], bool]  # applied to the median round
+    extra: str = ""  # format of Round.extra in the summary, e.g. "added {:.2f} ms"
     rounds: list[Round] = field(default_factory=list)
     skipped: str = ""
     problems: list[str] = field(default_factory=list)
@@ -125,6 +129,7 @@ class Figure:
             statistics.median(r.ratio for r in self.rounds),
             statistics.median(r.gateway for r in self.rounds),
             statistics.median(r.reference for r in self.rounds),
+            extra=statistics.median(r.extra for r in self.rounds),
         )
 
 
@@ -147,7 +152,8 @@ def figures() -> dict[str, Figure]:
                 "ms",
                 "direct",
                 "added <= 0.5 ms",
-                lambda r: r.gateway - r.reference <= 0.5,
+                lambda r: r.extra <= 0.5,
+                extra="added {:.3f} ms",
             ),
             Figure(
                 "burst",
@@ -172,6 +178,7 @@ def figures() -> dict[str, Figure]:
                 "litellm",
                 "ratio >= 8",
                 lambda r: r.ratio >= 8.0,
+                extra="ceiling (fake alone) {:.1f} x LiteLLM",
             ),
             Figure(
                 "cache",
@@ -188,6 +195,7 @@ def figures() -> dict[str, Figure]:
                 "bare",
                 "ratio <= 1.5",
                 lambda r: r.ratio <= 1.5,
+                extra="p50 ratio {:.3f}",
             ),
         )
     }
@@ -209,7 +217,7 @@ def child_url(child: Child) -> str:
 
 def gateway_env(fakes_url: str) -> dict[str, str]:
     """The real gateway's configuration: three providers on the lean fakes, nothing kept."""
-    env = generation.throwaway_environment(os.environ)
+    env = throwaway_environment(os.environ)
     env.update(
         {
             "AUTHORIZED_API_KEY": API_KEY,
@@ -338,11 +346,6 @@ class WrkRun:
     result: image_proxy.WrkResult
     cpu: dict[str, float]
 
-    @property
-    def ok(self) -> bool:
-        """Every answer 2xx/3xx and no socket error."""
-        return not self.result.non_2xx_3xx and not self.result.socket_errors
-
     def ms_per_request(self, name: str) -> float:
         """CPU milliseconds of a watched process per completed request."""
         return 1000.0 * self.cpu[name] / self.result.requests if self.result.requests else math.nan
@@ -375,6 +378,17 @@ def run_wrk(
     return WrkRun(result, cpu)
 
 
+def wait_idle(pid: int, within: float = 15.0) -> None:
+    """Wait until a process uses under a tenth of a CPU (LiteLLM goes on working after wrk
+    stops: what it still does would be charged to the next run)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        before = proc_cpu_seconds(pid)
+        time.sleep(0.5)
+        if proc_cpu_seconds(pid) - before < 0.05:
+            return
+
+
 def wrk_problem(run: WrkRun) -> str:
     """What went wrong in a wrk run, or an empty string."""
     result = run.result
@@ -395,7 +409,6 @@ class Bench:
     def __init__(self, args: argparse.Namespace, log_dir: str) -> None:
         self.args = args
         self.log_dir = log_dir
-        self.figures = figures()
         self.fakes: Child | None = None
         self.gateway: Child | None = None
         self.scripts = {
@@ -525,6 +538,7 @@ class Bench:
                         direct_p50,
                         f"added {gateway_p50 - direct_p50:.3f} ms "
                         f"({len(times['gateway'])} requests each)",
+                        extra=gateway_p50 - direct_p50,
                     )
                 )
         finally:
@@ -535,13 +549,13 @@ class Bench:
         body = {"model": URL_MODEL, "prompt": PROMPT, "image_size": "1024x1024"}
         response = await client.fetch(post(self.fakes_url + path, body), raise_error=False)
         if response.code != 200:
-            return describe(response)
+            return generation.describe(response)
         image = await client.fetch(
             json.loads(response.body)["images"][0]["url"],
             raise_error=False,
             request_timeout=REQUEST_TIMEOUT,
         )
-        return "" if image.code == 200 else "image " + describe(image)
+        return "" if image.code == 200 else "image " + generation.describe(image)
 
     async def _completion(self, client: AsyncHTTPClient, model: str) -> str:
         """One chat completion through the gateway ("" when it answered 200)."""
@@ -549,7 +563,7 @@ class Bench:
         response = await client.fetch(
             post(self.gateway_url + "/v1/chat/completions", body), raise_error=False
         )
-        return "" if response.code == 200 else describe(response)
+        return "" if response.code == 200 else generation.describe(response)
 
     def measure_burst(self, figure: Figure) -> None:
         """Figure ``burst``: the same client's burst straight at the provider and via the
@@ -606,6 +620,7 @@ class Bench:
             watched = {**self.watched(), "litellm": litellm.proc.pid}
             for url in targets.values():
                 run_wrk("warm-up", url, self.args.warmup, self.args.connections, watched, script)
+                wait_idle(litellm.proc.pid)
             for number in range(self.args.rounds):
                 rates = {}
                 names = list(targets)
@@ -622,6 +637,7 @@ class Bench:
                     if problem := wrk_problem(run):
                         figure.problems.append(problem)
                     rates[name] = run.result.rps
+                    wait_idle(litellm.proc.pid)
                 figure.add(
                     Round(
                         rates["gateway"] / rates["litellm"],
@@ -629,6 +645,7 @@ class Bench:
                         rates["litellm"],
                         f"ceiling (fake alone) {rates['fake']:.0f} req/s = "
                         f"{rates['fake'] / rates['litellm']:.1f} x LiteLLM",
+                        extra=rates["fake"] / rates["litellm"],
                     )
                 )
         finally:
@@ -697,24 +714,30 @@ class Bench:
             for url in targets.values():  # warm-up
                 drive(first_bytes(url, 20))
             for number in range(self.args.rounds):
-                samples: dict[str, list[float]] = {"gateway": [], "bare": []}
+                # Each burst's p99 and p50 per side; bursts of the two sides alternate, and
+                # the ratio is the median over pairs of bursts, so that a slow moment of a
+                # shared machine weighs on one pair only.
+                p99s: dict[str, list[float]] = {"gateway": [], "bare": []}
+                p50s: dict[str, list[float]] = {"gateway": [], "bare": []}
                 for burst in range(self.args.sse_bursts):
-                    names = (
-                        ["gateway", "bare"] if (number + burst) % 2 == 0 else ["bare", "gateway"]
-                    )
-                    for name in names:
+                    first = (number + burst) % 2 == 0
+                    for name in ("gateway", "bare") if first else ("bare", "gateway"):
                         times, problems = drive(first_bytes(targets[name], self.args.streams))
-                        samples[name] += times
+                        p99s[name].append(percentile(times, 99))
+                        p50s[name].append(percentile(times, 50))
                         figure.problems += [f"{name}: {p}" for p in problems[:3]]
-                p99 = {name: percentile(times, 99) for name, times in samples.items()}
+                pairs = list(zip(p99s["gateway"], p99s["bare"], strict=True))
+                p50_pairs = list(zip(p50s["gateway"], p50s["bare"], strict=True))
                 figure.add(
                     Round(
-                        p99["gateway"] / p99["bare"],
-                        p99["gateway"],
-                        p99["bare"],
-                        f"(p50 {percentile(samples['gateway'], 50):.1f} / "
-                        f"{percentile(samples['bare'], 50):.1f} ms; {len(samples['gateway'])} "
-                        "streams each)",
+                        statistics.median(g / b for g, b in pairs),
+                        statistics.median(p99s["gateway"]),
+                        statistics.median(p99s["bare"]),
+                        "p99 ratio of each burst pair "
+                        + ", ".join(f"{g / b:.2f}" for g, b in pairs)
+                        + f"; p50 {statistics.median(p50s['gateway']):.1f} / "
+                        f"{statistics.median(p50s['bare']):.1f} ms",
+                        extra=statistics.median(g / b for g, b in p50_pairs),
                     )
                 )
         finally:
@@ -746,11 +769,6 @@ def post(url: str, body: dict[str, Any]) -> HTTPRequest:
         request_timeout=REQUEST_TIMEOUT,
         connect_timeout=REQUEST_TIMEOUT,
     )
-
-
-def describe(response: HTTPResponse) -> str:
-    """A failed answer in a few words."""
-    return generation.describe(response)
 
 
 def check_litellm(url: str) -> str:
@@ -844,34 +862,43 @@ def print_header(args: argparse.Namespace) -> None:
     )
 
 
+def number(value: float) -> str:
+    """A measurement with the digits that matter."""
+    return f"{value:.3f}" if abs(value) < 100 else f"{value:.0f}"
+
+
 def print_table(chosen: Sequence[Figure]) -> bool:
     """The summary: one line per figure, min / median / max of the ratio; True if all met."""
     print()
-    print("Summary (ratio = gateway / reference; min / median / max over rounds)")
-    header = (
-        f"  {'figure':<9}{'ratio min / median / max':>26}  {'gateway':>11}  {'reference':>17}"
-        f"  {'target':<18} result"
+    print("Summary: ratio = gateway / reference, min / median / max over rounds; medians of both")
+    print(
+        f"  {'figure':<8} {'ratio min / median / max':<26} {'gateway':<16} {'reference':<24} "
+        f"{'target':<18} result"
     )
-    print(header)
     all_met = True
     for figure in chosen:
         if figure.skipped or not figure.rounds:
-            print(f"  {figure.name:<9}skipped: {figure.skipped or 'no rounds'}")
+            print(f"  {figure.name:<8} skipped: {figure.skipped or 'no rounds'}")
+            all_met = False
             continue
         ratios = [r.ratio for r in figure.rounds]
         median = figure.median()
-        met = figure.meets(median) and not figure.problems
-        all_met = all_met and met
-        verdict = "met" if figure.meets(median) else "not met"
+        met = figure.meets(median)
+        all_met = all_met and met and not figure.problems
+        verdict = "met" if met else "not met"
         if figure.problems:
-            verdict += " (failed requests)"
+            verdict += ", with failed requests"
+        if figure.extra:
+            verdict += "; " + figure.extra.format(median.extra)
+        spread = f"{min(ratios):.3f} / {median.ratio:.3f} / {max(ratios):.3f}"
+        reference = f"{figure.reference} {number(median.reference)} {figure.unit}"
         print(
-            f"  {figure.name:<9}{min(ratios):>8.3f} / {median.ratio:6.3f} / {max(ratios):6.3f}  "
-            f"{median.gateway:>8.3f} {figure.unit:<3}"
-            f"{figure.reference:>8} {median.reference:>8.3f}  {figure.target:<18} {verdict}"
+            f"  {figure.name:<8} {spread:<26} {number(median.gateway) + ' ' + figure.unit:<16} "
+            f"{reference:<24} {figure.target:<18} {verdict}"
         )
+    print()
     for figure in chosen:
-        print(f"  {figure.name}: {figure.title} ({figure.unit})")
+        print(f"  {figure.name}: {figure.title}")
         for problem in figure.problems[:5]:
             print(f"    !! {problem}")
     load = os.getloadavg()
@@ -931,7 +958,6 @@ def run(args: argparse.Namespace) -> int:
     chosen = [table[name] for name in (args.only or FIGURES)]
     with tempfile.TemporaryDirectory(prefix="bench-hot-path-") as log_dir:
         bench = Bench(args, log_dir)
-        bench.figures = table
         try:
             bench.start()
             for figure in chosen:
