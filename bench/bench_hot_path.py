@@ -622,7 +622,8 @@ class Bench:
                 run_wrk("warm-up", url, self.args.warmup, self.args.connections, watched, script)
                 wait_idle(litellm.proc.pid)
             for number in range(self.args.rounds):
-                rates = {}
+                rates: dict[str, float] = {}
+                per_cpu: dict[str, float] = {}
                 names = list(targets)
                 names = names if number % 2 == 0 else names[::-1]
                 for name in names:
@@ -637,6 +638,8 @@ class Bench:
                     if problem := wrk_problem(run):
                         figure.problems.append(problem)
                     rates[name] = run.result.rps
+                    cpu = run.cpu["fakes" if name == "fake" else name]
+                    per_cpu[name] = run.result.requests / cpu if cpu else math.nan
                     wait_idle(litellm.proc.pid)
                 figure.add(
                     Round(
@@ -644,7 +647,10 @@ class Bench:
                         rates["gateway"],
                         rates["litellm"],
                         f"ceiling (fake alone) {rates['fake']:.0f} req/s = "
-                        f"{rates['fake'] / rates['litellm']:.1f} x LiteLLM",
+                        f"{rates['fake'] / rates['litellm']:.1f} x LiteLLM; per CPU-second of "
+                        f"the server: gateway {per_cpu['gateway']:.0f}, litellm "
+                        f"{per_cpu['litellm']:.0f} "
+                        f"({per_cpu['gateway'] / per_cpu['litellm']:.1f} x)",
                         extra=rates["fake"] / rates["litellm"],
                     )
                 )
