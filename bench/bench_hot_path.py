@@ -830,8 +830,10 @@ async def first_bytes(origin: str, streams: int) -> tuple[list[float], list[str]
             first = time.perf_counter() - started
             if not received.startswith(b"HTTP/1.1 200"):
                 return received[:120].decode("latin-1")
-            while await reader.read(65536):  # the rest of the stream, so the server ends it
-                pass
+            while chunk := await reader.read(65536):  # the rest: a whole answer is checked
+                received += chunk
+            if b"![" not in received or b"data: [DONE]" not in received:
+                return f"a stream without an image or [DONE]: {received[-160:]!r}"
             return 1000.0 * first
         finally:
             writer.close()
