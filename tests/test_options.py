@@ -19,7 +19,7 @@ from tornado_imagegate.options import (
     is_gateway_variable,
     option_names,
 )
-from tornado_imagegate.typos import closest_variable, near_miss
+from tornado_imagegate.typos import CLIENT_SIDE_VARIABLES, closest_variable, near_miss
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.rst").read_text(encoding="utf-8")
@@ -62,6 +62,8 @@ def _looks_right(word: str) -> bool:
     if is_gateway_variable(word) or word in _group_names() or re.match(r"^IMAGE_GEN_\d+$", word):
         return True
     if word in README_NEAR_MISSES or word in README_OTHER_PROGRAMS:
+        return True
+    if word in CLIENT_SIDE_VARIABLES:  # the quick start's variable for curl and the SDKs
         return True
     return near_miss(word) is None and word.split("_")[0] not in _gateway_words()
 

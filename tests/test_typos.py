@@ -150,6 +150,16 @@ def test_check_config_counts_a_near_miss_as_a_problem() -> None:
     assert TYPO_SECRET not in result.stdout + result.stderr
 
 
+def test_the_readmes_client_key_variable_does_not_stop_check_config() -> None:
+    """The quick start has people ``export IMAGEGATE_KEY=...`` for curl, often in the shell
+    where they later run ``imagegate --check-config``."""
+    env = clean_env(IMAGEGATE_KEY=TYPO_SECRET)
+    result = run_cli("--check-config", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "IMAGEGATE_KEY" not in result.stderr
+    assert TYPO_SECRET not in result.stdout + result.stderr
+
+
 def test_a_near_miss_is_a_warning_in_the_log_at_start_up(tmp_path) -> None:
     env = clean_env(IMAGE_GEN_KIND2="sd", FLUX_GEN_MODELS=TYPO_SECRET)
     gateway = Gateway(["--port", "0"], env, tmp_path / "stderr.log")

@@ -10,7 +10,8 @@ A variable is a near miss when the gateway does not read it and either
   ``IMAGE_GEN_``).
 
 Other programs' variables that merely share a prefix (``OPENAI_ORG_ID``, ``SD_CARD``,
-``IMAGE_MAGICK_HOME``) are not near misses; neither is a variable set to an empty value.
+``IMAGE_MAGICK_HOME``) are not near misses; neither is a variable set to an empty value, nor
+``IMAGEGATE_KEY``, which the README has people export for their clients (curl, the SDKs).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from collections.abc import Mapping
 from tornado_imagegate.options import FAMILIES, fixed_names, is_gateway_variable
 
 OWN_PREFIXES = ("IMAGEGATE_", "FLUX_GEN_", "IMAGE_GEN_")
+# Set in a user's shell for the clients, not read by the gateway: the README's curl example.
+CLIENT_SIDE_VARIABLES = frozenset({"IMAGEGATE_KEY"})
 _TRAILING_NUMBER = re.compile(r"^(.*?)_?([0-9]+)$")
 _FIXED = tuple(fixed_names())
 # A numbered family's variables without their number: IMAGE_GEN_MODEL for IMAGE_GEN_MODEL_n.
@@ -50,6 +53,8 @@ def closest_variable(name: str) -> str | None:
 
 def near_miss(name: str) -> str | None:
     """Why variable ``name`` looks wrong (naming it, never its value), or None if it does not."""
+    if name.upper() in CLIENT_SIDE_VARIABLES:
+        return None
     guess = closest_variable(name)
     if guess is not None:
         return f"{name}: not a variable the gateway reads; did you mean {guess}?"
