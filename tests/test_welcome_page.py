@@ -26,10 +26,10 @@ SHOWN_ORIGIN = "http://127.0.0.1:8080"
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 VIEWPORTS = {"desktop": DESKTOP, "phone": PHONE}
-# The README shows these: written when IMAGEGATE_SCREENSHOTS=1, so that an ordinary test run
+# The README shows these: written when UPDATE_SCREENSHOTS=1, so that an ordinary test run
 # never changes the checkout.
 SCREENSHOT_DIR = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
-KEEP_SCREENSHOTS = os.environ.get("IMAGEGATE_SCREENSHOTS") == "1"
+KEEP_SCREENSHOTS = os.environ.get("UPDATE_SCREENSHOTS") == "1"
 
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
