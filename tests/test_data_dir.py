@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import register_secret
 from processes import STOP_DEADLINE, Gateway, clean_env
 from test_cli import EXIT_CONFIG, http, run_cli
 
@@ -74,6 +75,20 @@ def test_check_config_names_the_directory_and_what_is_kept_there(tmp_path):
     assert not directory.exists()  # a check makes nothing
     result = run_cli("--check-config")
     assert "data directory: none, memory only (IMAGEGATE_DATA_DIR)" in result.stdout
+
+
+def test_check_config_says_a_kept_client_key_is_used_and_never_shows_it(tmp_path):
+    directory = tmp_path / "state"
+    result = run_cli("--check-config", env=clean_env(IMAGEGATE_DATA_DIR=str(directory)))
+    assert "client keys: none configured: one is generated at start-up" in result.stdout
+    directory.mkdir()
+    key = "sk-imagegate-kept-key-for-check-config-7d2e"
+    register_secret(key)
+    (directory / "client-key").write_text(key + "\n")
+    result = run_cli("--check-config", env=clean_env(IMAGEGATE_DATA_DIR=str(directory)))
+    assert result.returncode == 0, result.stderr
+    assert f"client keys: none configured: the one kept in {directory}/client-key" in result.stdout
+    assert key not in result.stdout + result.stderr
 
 
 # --- the files ---

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import fields
 
 from tornado_imagegate import __version__
 from tornado_imagegate.config import ProviderGroup, Settings
-from tornado_imagegate.datadir import images_dir
+from tornado_imagegate.datadir import CLIENT_KEY_FILE, images_dir
 from tornado_imagegate.options import OPTIONS, SECTIONS
 from tornado_imagegate.provider_kinds import provider_kind
 from tornado_imagegate.values import redact_url, show_json_object
@@ -59,6 +60,11 @@ def settings_report(settings: Settings) -> str:
         optimiser_line = "off (prompts go to the image model as written)"
     if settings.client_keys:
         keys_line = f"{_plural(len(settings.client_keys), 'client key')} configured"
+    elif settings.data_dir and os.path.exists(os.path.join(settings.data_dir, CLIENT_KEY_FILE)):
+        keys_line = (
+            f"none configured: the one kept in {os.path.join(settings.data_dir, CLIENT_KEY_FILE)} "
+            "is used (loopback only)"
+        )
     else:
         keys_line = "none configured: one is generated at start-up (loopback only)"
     lines = [
