@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import signal
 import socket
@@ -507,3 +508,30 @@ def test_port_already_in_use(start_gateway: Any) -> None:
     assert "Traceback" not in stderr
     assert not any("listening" in line for line in stdout)
     assert not any("sk-imagegate-" in line for line in stdout)
+
+
+def test_check_config_to_a_reader_that_stopped_is_no_error() -> None:
+    """``imagegate --check-config | head -1``: the closed pipe is not a traceback."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has already gone when the report is written
+    try:
+        result = subprocess.run(
+            [*COMMAND, "--check-config"],
+            env=clean_env(),
+            cwd=NEUTRAL_CWD,
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=RUN_TIMEOUT,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in result.stderr
+    assert result.returncode == 0, result.stderr
+
+
+def test_check_config_writes_seconds_as_they_can_be_written_back() -> None:
+    result = run_cli("--check-config")
+    assert "2592000 s (REDIS_IMAGE_TTL_SECONDS)" in result.stdout
+    assert "e+" not in result.stdout

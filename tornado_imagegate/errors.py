@@ -212,7 +212,10 @@ def upstream_unavailable(what: str, wait: float, reason: str = "") -> GatewayErr
 _UPSTREAM_MESSAGES = {
     "timeout": "did not answer in time",
     "connect": "could not be reached",
-    "refused_address": "is on an address the gateway may not fetch from",
+    "refused_address": (
+        "is on an address the gateway may not fetch from (private and loopback addresses are "
+        "refused unless IMAGE_PROXY_ALLOW_PRIVATE_NETWORKS is set)"
+    ),
     "too_large": "sent an answer larger than the gateway accepts",
     "status": "answered with an error",
     "bad_answer": "sent an answer the gateway cannot use",

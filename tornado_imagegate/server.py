@@ -323,6 +323,16 @@ async def shut_down(
     logger.info("stopped")
 
 
+def print_report(text: str) -> int:
+    """Print the ``--check-config`` report; a reader that stops early (``| head``) is no error."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        # Point standard output at /dev/null, so that closing it at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``imagegate`` command."""
     args = parse_args(argv)
@@ -332,8 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(problems_report(exc.problems, exc.groups, exc.warnings), file=sys.stderr)
         return EXIT_CONFIG
     if args.check_config:
-        print(settings_report(settings))
-        return 0
+        return print_report(settings_report(settings))
     configure_logging(settings.log_level)
     for warning in settings.warnings:
         logger.warning("configuration: %s", warning)

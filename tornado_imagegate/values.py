@@ -327,8 +327,8 @@ def show_bytes(value: int) -> str:
 
 
 def show_seconds(value: float) -> str:
-    """A duration: ``30 s``."""
-    return f"{value:g} s"
+    """A duration as it would be written back: ``30 s``, ``2592000 s``, ``0.5 s`` (no exponent)."""
+    return (f"{value:f}".rstrip("0").rstrip(".") or "0") + " s"
 
 
 def show_boolean(value: bool) -> str:
