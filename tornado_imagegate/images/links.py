@@ -51,7 +51,10 @@ class LinkSigner:
 
         The same image always gets the same link, and knowing one link tells nothing of another.
         """
-        digest = hashlib.sha256(data).digest()
+        return self.image_id_of_digest(hashlib.sha256(data).digest())
+
+    def image_id_of_digest(self, digest: bytes) -> str:
+        """``image_id`` from the image's SHA-256 digest, when the caller has it already."""
         return hmac.digest(self.secret, b"image-id\n" + digest, "sha256").hex()[:32]
 
     def _signature(self, url: str, expires: int, secret: bytes | None = None) -> bytes:

@@ -15,6 +15,7 @@ instances); kept images are in Redis before their link is handed out. A memory h
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from typing import Protocol, TypeAlias
 
 from tornado_imagegate.errors import NO_RETRY, GatewayError
 from tornado_imagegate.images import imagetype
-from tornado_imagegate.images.cache import CachedImage, ImageCache
+from tornado_imagegate.images.cache import CachedImage, ImageCache, digest_text
 from tornado_imagegate.images.fetch import ImageFetcher, Transfer
 from tornado_imagegate.images.links import LinkSigner, image_link, parse_link, signed_link, url_key
 from tornado_imagegate.images.shared import SharedLookup, SharedTier
@@ -153,8 +154,10 @@ class ImageStore:
                 "The provider answered with something that is not an image.",
                 headers=NO_RETRY,
             )
-        image_id = self.signer.image_id(data)
-        if not self.cache.put(image_id, CachedImage.build(data, content_type)):
+        sha256 = hashlib.sha256(data).digest()  # once: it makes both the id and the ETag
+        image_id = self.signer.image_id_of_digest(sha256)
+        image = CachedImage.build(data, content_type, digest=digest_text(sha256))
+        if not self.cache.put(image_id, image):
             logger.warning(
                 "a %d-byte image is over the cache's item limit: its link will 404", len(data)
             )
