@@ -502,11 +502,23 @@ def images_api_request(body: dict[str, Any], model: str, kind: str) -> ImagesApi
     return ImagesApiRequest(request=request, response_format=response_format)
 
 
-def images_response(
-    entries: list[dict[str, str]], usage: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """The Images API answer, with the provider's ``usage`` when it reported one."""
-    answer: dict[str, Any] = {"created": int(time.time()), "data": entries}
-    if usage:
-        answer["usage"] = usage
-    return answer
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def images_response_json(entries: list[dict[str, str]], usage: dict[str, Any] | None = None) -> str:
+    """The Images API answer, with the provider's ``usage`` when it reported one, as JSON text.
+
+    The text is what ``json.dumps`` would write, built around each ``b64_json`` string instead
+    of through it: an image's base64 (which must hold nothing but the base64 alphabet and
+    padding, so it needs no escaping) is copied in as it is, never scanned again.
+    """
+    items = []
+    for entry in entries:
+        fields = [
+            f'"{name}":"{value}"' if name == "b64_json" else f"{_json(name)}:{_json(value)}"
+            for name, value in entry.items()
+        ]
+        items.append("{" + ",".join(fields) + "}")
+    usage_field = f',"usage":{_json(usage)}' if usage else ""
+    return f'{{"created":{int(time.time())},"data":[{",".join(items)}]{usage_field}}}'

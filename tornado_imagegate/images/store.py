@@ -18,7 +18,7 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, TypeAlias
 
 from tornado_imagegate.errors import NO_RETRY, GatewayError
@@ -39,6 +39,8 @@ class KeptImage:
 
     link: str
     key: str
+    # The image as base64 text, when the provider sent it so (an Images API answer sends it on).
+    encoded: str | None = field(default=None, repr=False, compare=False)
 
 
 class ServedImage(Protocol):
@@ -144,8 +146,9 @@ class ImageStore:
         self.shared = shared
         self._lookups: dict[tuple[str, bool], SharedLookup] = {}
 
-    def keep_bytes(self, data: bytes, base_url: str) -> KeptImage:
-        """Store image bytes a provider returned; return the absolute link that serves them."""
+    def keep_bytes(self, data: bytes, base_url: str, encoded: str | None = None) -> KeptImage:
+        """Store image bytes a provider returned; return the absolute link that serves them
+        (and ``encoded``, the base64 text the bytes came as, if they came so)."""
         content_type = imagetype.sniff(data[: imagetype.SNIFF_BYTES])
         if content_type is None:
             raise GatewayError(
@@ -161,13 +164,15 @@ class ImageStore:
             logger.warning(
                 "a %d-byte image is over the cache's item limit: its link will 404", len(data)
             )
-        return KeptImage(image_link(base_url, image_id), image_id)
+        return KeptImage(image_link(base_url, image_id), image_id, encoded)
 
-    async def keep_bytes_shared(self, data: bytes, base_url: str) -> KeptImage:
+    async def keep_bytes_shared(
+        self, data: bytes, base_url: str, encoded: str | None = None
+    ) -> KeptImage:
         """``keep_bytes``, and with a shared tier the image stored there before the link is
         returned: a client may ask another instance for it at once. Redis unreachable, the
         image is kept here only."""
-        kept = self.keep_bytes(data, base_url)
+        kept = self.keep_bytes(data, base_url, encoded)
         if self.shared is not None:
             image = self.cache.get(kept.key)
             if image is not None:
