@@ -3,10 +3,10 @@ pipeline as chat."""
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 from typing import Any
 
+import pybase64
 from tornado.httputil import HTTPFile, HTTPInputError, parse_body_arguments
 
 from tornado_imagegate import errors, openai_api
@@ -46,7 +46,7 @@ class ImagesGenerationsHandler(GenerationHandler):
                 entry = {"url": kept.link}
             else:
                 image = self.service.store.image_of(kept)  # 502 when it could not be kept
-                encoded = kept.encoded or base64.b64encode(image.data).decode("ascii")
+                encoded = kept.encoded or pybase64.b64encode(image.data).decode("ascii")
                 entry = {"b64_json": encoded}
             entry["revised_prompt"] = generation.prompt
             entries.append(entry)
