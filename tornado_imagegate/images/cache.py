@@ -66,6 +66,20 @@ class CachedImage:
         """``Content-Length``, formatted once."""
         return str(len(self.data))
 
+    @cached_property
+    def validator_headers(self) -> tuple[tuple[str, str], ...]:
+        """``ETag`` and ``Last-Modified`` (a 304's headers), as pairs made once."""
+        return (("Etag", self.etag), ("Last-Modified", self.http_date))
+
+    @cached_property
+    def content_headers(self) -> tuple[tuple[str, str], ...]:
+        """``Content-Type``, the validators and ``Content-Length`` (a 200's), as pairs made once."""
+        return (
+            ("Content-Type", self.content_type),
+            *self.validator_headers,
+            ("Content-Length", self.length),
+        )
+
     @classmethod
     def build(
         cls,

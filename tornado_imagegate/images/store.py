@@ -58,6 +58,14 @@ class ServedImage(Protocol):
     def length(self) -> str:
         """``Content-Length``."""
 
+    @property
+    def validator_headers(self) -> tuple[tuple[str, str], ...]:
+        """``ETag`` and ``Last-Modified``, as header pairs."""
+
+    @property
+    def content_headers(self) -> tuple[tuple[str, str], ...]:
+        """``Content-Type``, the validators and ``Content-Length``, as header pairs."""
+
 
 class Arrival(Protocol):
     """An image still arriving from its upstream; it fills the cache for later requests.
