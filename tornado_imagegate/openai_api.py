@@ -502,8 +502,8 @@ def images_api_request(body: dict[str, Any], model: str, kind: str) -> ImagesApi
     return ImagesApiRequest(request=request, response_format=response_format)
 
 
-def _json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+# json.dumps with these options would build an encoder on every call.
+_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 def images_response_json(entries: list[dict[str, str]], usage: dict[str, Any] | None = None) -> str:
@@ -513,12 +513,16 @@ def images_response_json(entries: list[dict[str, str]], usage: dict[str, Any] | 
     of through it: an image's base64 (which must hold nothing but the base64 alphabet and
     padding, so it needs no escaping) is copied in as it is, never scanned again.
     """
-    items = []
-    for entry in entries:
-        fields = [
-            f'"{name}":"{value}"' if name == "b64_json" else f"{_json(name)}:{_json(value)}"
-            for name, value in entry.items()
-        ]
-        items.append("{" + ",".join(fields) + "}")
-    usage_field = f',"usage":{_json(usage)}' if usage else ""
-    return f'{{"created":{int(time.time())},"data":[{",".join(items)}]{usage_field}}}'
+    parts = ['{"created":', str(int(time.time())), ',"data":[']
+    for number, entry in enumerate(entries):
+        parts.append(",{" if number else "{")
+        for position, (name, value) in enumerate(entry.items()):
+            parts.append(f"{',' if position else ''}{_json(name)}:")
+            # One join copies the big strings once: no string is built around each first.
+            parts += ('"', value, '"') if name == "b64_json" else (_json(value),)
+        parts.append("}")
+    parts.append("]")
+    if usage:
+        parts += (',"usage":', _json(usage))
+    parts.append("}")
+    return "".join(parts)
