@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import base64
+import json
 
 import pytest
 from conftest import assert_error, call, json_of, register_secret, with_env
-from fakes import FakeLLM, FakeOrigin, FakeSiliconFlow
+from fakes import Answer, FakeLLM, FakeOrigin, FakeSiliconFlow, png_of_length
 from pngcheck import png_info
 
 SF_KEY = "sf-images-key-5151"
@@ -55,6 +56,55 @@ async def test_b64_json_is_the_default(http_client, base_url, upstreams):
     assert entry["revised_prompt"] == "a fox"
     assert sf.last().json["model"] == "flux-b"
     assert sf.last().json["image_size"] == "1024x576"
+
+
+def b64_body(encoded: str) -> Answer:
+    """A provider answer carrying this base64 text exactly as given (JSON written by hand)."""
+    body = '{"created": 1, "data": [{"b64_json": "' + encoded + '"}]}'
+    return Answer(body=body.encode("ascii"), content_type="application/json")
+
+
+@pytest.mark.gen_test
+async def test_b64_json_reaches_the_client_as_the_provider_sent_it(
+    http_client, base_url, upstreams
+):
+    sf, _, _ = upstreams
+    image = png_of_length(3 * 400 + 1)  # one byte over a group: "==" padding
+    canonical = base64.b64encode(image).decode("ascii")
+    # The same bytes with the unused low bits of the last character set: decoding and encoding
+    # again would give the canonical text, not this one.
+    sent = canonical[:-3] + chr(ord(canonical[-3]) + 1) + "=="
+    assert sent != canonical and base64.b64decode(sent) == image
+    sf.script(b64_body(sent), b64_body(sent))
+    first = await images(http_client, base_url, {"model": "flux-a", "prompt": "a fox"})
+    assert json_of(first)["data"][0]["b64_json"] == sent
+    # The image was kept all the same: its link serves the very bytes.
+    again = {"model": "flux-a", "prompt": "a fox", "response_format": "url"}
+    [entry] = json_of(await images(http_client, base_url, again))["data"]
+    assert (await http_client.fetch(entry["url"])).body == image
+
+
+@pytest.mark.gen_test
+async def test_b64_json_with_escaped_slashes_is_read_as_json(http_client, base_url, upstreams):
+    sf, _, _ = upstreams
+    image = png_of_length(3000)
+    encoded = base64.b64encode(image).decode("ascii")
+    assert "/" in encoded or "+" in encoded
+    sf.script(b64_body(encoded.replace("/", "\\/")))
+    response = await images(http_client, base_url, {"model": "flux-a", "prompt": "a fox"})
+    [entry] = json_of(response)["data"]
+    assert entry["b64_json"] == encoded
+    assert base64.b64decode(entry["b64_json"]) == image
+    assert json.loads(response.body) == json_of(response)
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("junk", ["not base64 at all!", r"iVBORw0KGgo\u00e9AAAA", r"QUJD\"QUJD"])
+async def test_b64_json_that_is_not_base64_is_refused(http_client, base_url, upstreams, junk):
+    sf, _, _ = upstreams
+    sf.script(b64_body(junk))
+    response = await images(http_client, base_url, {"model": "flux-a", "prompt": "a fox"})
+    assert_error(response, 502, "upstream_error")
 
 
 @pytest.mark.gen_test

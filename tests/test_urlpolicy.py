@@ -7,7 +7,13 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from tornado_imagegate.images.links import LinkSigner, derive_secret, signed_link, url_key
+from tornado_imagegate.images.links import (
+    LinkSigner,
+    derive_secret,
+    parse_link,
+    signed_link,
+    url_key,
+)
 from tornado_imagegate.urlpolicy import LinkRefused, check_fetch_url, is_public_address
 
 REFUSED = [
@@ -150,6 +156,23 @@ def test_signature_round_trip_and_tampering():
     ):
         with pytest.raises(LinkRefused):
             signer.verify(*bad)
+
+
+def test_a_link_read_before_is_refused_as_before_when_tampered_or_under_another_secret():
+    signer, other = LinkSigner(b"k" * 32), LinkSigner(b"j" * 32)
+    url = "https://cdn.example.com/seen.png"
+    fields = signer.query_for_url(url)
+    query = {name: [value.encode()] for name, value in fields.items()}
+    for _ in range(2):  # read twice: the second reading may be remembered
+        assert parse_link(query, signer) == (url_key(url), url, False)
+    with pytest.raises(LinkRefused):
+        parse_link(query, other)
+    tampered = {**query, "s": [fields["s"][:-2].encode() + b"AA"]}
+    with pytest.raises(LinkRefused):
+        parse_link(tampered, signer)
+    old = {name: [value.encode()] for name, value in signer.query_for_url(url, now=0).items()}
+    for _ in range(2):
+        assert parse_link(old, signer) == (url_key(url), url, True)
 
 
 @pytest.mark.parametrize(

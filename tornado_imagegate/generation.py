@@ -360,7 +360,7 @@ class ImageService:
         A link guessed from free text must download as an image before ``deadline``.
         """
         if image.data is not None:
-            return await self.store.keep_bytes_shared(image.data, base_url)
+            return await self.store.keep_bytes_shared(image.data, base_url, image.encoded)
         if image.url:
             return await self.store.keep_url(
                 image.url, base_url, required=image.guessed, deadline=deadline

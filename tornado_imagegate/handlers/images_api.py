@@ -3,10 +3,10 @@ pipeline as chat."""
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 from typing import Any
 
+import pybase64
 from tornado.httputil import HTTPFile, HTTPInputError, parse_body_arguments
 
 from tornado_imagegate import errors, openai_api
@@ -32,20 +32,25 @@ class ImagesGenerationsHandler(GenerationHandler):
         generation = await self.generated(asked.request)
         if generation is None:
             return
-        self.write_json(self.images_answer(asked, generation))
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(self.images_answer(asked, generation))
 
-    def images_answer(self, asked: ImagesApiRequest, generation: Generation) -> dict[str, Any]:
-        """The Images API answer: links or base64 bytes, and the provider's usage."""
+    def images_answer(self, asked: ImagesApiRequest, generation: Generation) -> str:
+        """The Images API answer as JSON text: links or base64 bytes, and the provider's usage.
+
+        Base64 the provider sent goes to the client as it came, never decoded and encoded again.
+        """
         entries = []
         for kept in generation.images:
             if asked.response_format == "url":
                 entry = {"url": kept.link}
             else:
-                data = self.service.store.image_of(kept).data
-                entry = {"b64_json": base64.b64encode(data).decode("ascii")}
+                image = self.service.store.image_of(kept)  # 502 when it could not be kept
+                encoded = kept.encoded or pybase64.b64encode(image.data).decode("ascii")
+                entry = {"b64_json": encoded}
             entry["revised_prompt"] = generation.prompt
             entries.append(entry)
-        return openai_api.images_response(entries, generation.usage)
+        return openai_api.images_response_json(entries, generation.usage)
 
 
 class ImagesEditsHandler(ImagesGenerationsHandler):

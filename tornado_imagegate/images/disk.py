@@ -147,7 +147,7 @@ def _encode(image: CachedImage) -> bytes:
         "etag": image.etag,
         "last_modified": image.last_modified,
         "length": len(image.data),
-        "sha256": content_digest(image.data),
+        "sha256": image.digest or content_digest(image.data),
     }
     return _DISK_MAGIC + json.dumps(header).encode() + b"\n" + image.data
 
@@ -162,13 +162,15 @@ def _decode(raw: bytes) -> CachedImage:
     try:
         if len(data) != header["length"]:
             raise ValueError("truncated body")
-        if "sha256" in header:
-            intact = content_digest(data) == header["sha256"]
+        digest = header.get("sha256", "")
+        if digest:
+            intact = content_digest(data) == digest
         else:  # written by 0.1.0 before the switch to SHA-256
             intact = hashlib.blake2b(data, digest_size=16).hexdigest() == header["blake2b"]
         if not intact:
             raise ValueError("corrupt body")
-        return CachedImage(data, header["content_type"], header["etag"], header["last_modified"])
+        etag, modified = header["etag"], header["last_modified"]
+        return CachedImage(data, header["content_type"], etag, modified, digest)
     except (KeyError, TypeError):
         raise ValueError("incomplete header") from None
 

@@ -15,14 +15,15 @@ instances); kept images are in Redis before their link is handed out. A memory h
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, TypeAlias
 
 from tornado_imagegate.errors import NO_RETRY, GatewayError
 from tornado_imagegate.images import imagetype
-from tornado_imagegate.images.cache import CachedImage, ImageCache
+from tornado_imagegate.images.cache import CachedImage, ImageCache, digest_text
 from tornado_imagegate.images.fetch import ImageFetcher, Transfer
 from tornado_imagegate.images.links import LinkSigner, image_link, parse_link, signed_link, url_key
 from tornado_imagegate.images.shared import SharedLookup, SharedTier
@@ -38,6 +39,8 @@ class KeptImage:
 
     link: str
     key: str
+    # The image as base64 text, when the provider sent it so (an Images API answer sends it on).
+    encoded: str | None = field(default=None, repr=False, compare=False)
 
 
 class ServedImage(Protocol):
@@ -54,6 +57,14 @@ class ServedImage(Protocol):
     @property
     def length(self) -> str:
         """``Content-Length``."""
+
+    @property
+    def validator_headers(self) -> tuple[tuple[str, str], ...]:
+        """``ETag`` and ``Last-Modified``, as header pairs."""
+
+    @property
+    def content_headers(self) -> tuple[tuple[str, str], ...]:
+        """``Content-Type``, the validators and ``Content-Length``, as header pairs."""
 
 
 class Arrival(Protocol):
@@ -143,8 +154,9 @@ class ImageStore:
         self.shared = shared
         self._lookups: dict[tuple[str, bool], SharedLookup] = {}
 
-    def keep_bytes(self, data: bytes, base_url: str) -> KeptImage:
-        """Store image bytes a provider returned; return the absolute link that serves them."""
+    def keep_bytes(self, data: bytes, base_url: str, encoded: str | None = None) -> KeptImage:
+        """Store image bytes a provider returned; return the absolute link that serves them
+        (and ``encoded``, the base64 text the bytes came as, if they came so)."""
         content_type = imagetype.sniff(data[: imagetype.SNIFF_BYTES])
         if content_type is None:
             raise GatewayError(
@@ -153,18 +165,22 @@ class ImageStore:
                 "The provider answered with something that is not an image.",
                 headers=NO_RETRY,
             )
-        image_id = self.signer.image_id(data)
-        if not self.cache.put(image_id, CachedImage.build(data, content_type)):
+        sha256 = hashlib.sha256(data).digest()  # once: it makes both the id and the ETag
+        image_id = self.signer.image_id_of_digest(sha256)
+        image = CachedImage.build(data, content_type, digest=digest_text(sha256))
+        if not self.cache.put(image_id, image):
             logger.warning(
                 "a %d-byte image is over the cache's item limit: its link will 404", len(data)
             )
-        return KeptImage(image_link(base_url, image_id), image_id)
+        return KeptImage(image_link(base_url, image_id), image_id, encoded)
 
-    async def keep_bytes_shared(self, data: bytes, base_url: str) -> KeptImage:
+    async def keep_bytes_shared(
+        self, data: bytes, base_url: str, encoded: str | None = None
+    ) -> KeptImage:
         """``keep_bytes``, and with a shared tier the image stored there before the link is
         returned: a client may ask another instance for it at once. Redis unreachable, the
         image is kept here only."""
-        kept = self.keep_bytes(data, base_url)
+        kept = self.keep_bytes(data, base_url, encoded)
         if self.shared is not None:
             image = self.cache.get(kept.key)
             if image is not None:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import pybase64
 from tornado.httpclient import HTTPRequest, HTTPResponse
 
 from tornado_imagegate.openai_api import ImageRequest, InputImage
@@ -28,6 +29,9 @@ class ProviderImage:
     # The token usage the provider reported for the answer this image came in (gpt-image's
     # ``usage``, Gemini's ``usageMetadata``): set on an answer's first image only.
     usage: dict[str, Any] | None = None
+    # ``data`` as the base64 text the provider sent, when it sent base64: only the alphabet
+    # and padding (it decoded strictly), so an Images API answer can carry it as it is.
+    encoded: str | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -170,10 +174,22 @@ _DATA_URI = re.compile(r"data:(image/[a-z0-9.+-]+);base64,([A-Za-z0-9+/=\s]+)", 
 
 def decode_base64_image(text: str) -> bytes:
     """Bytes of a base64 image (plain, or a ``data:image/...;base64,`` URI)."""
+    return base64_image(text).data or b""
+
+
+def base64_image(text: str) -> ProviderImage:
+    """A base64 image (plain, or a ``data:image/...;base64,`` URI): its bytes, and the base64
+    text they decoded from (line breaks and spaces taken out)."""
     match = _DATA_URI.match(text.strip())
     payload = match.group(2) if match else text
     try:
-        return base64.b64decode("".join(payload.split()), validate=True)
+        # pybase64: SIMD, 0.01 ms for 100 KiB where the standard library takes 0.4 ms.
+        return ProviderImage(data=pybase64.b64decode(payload, validate=True), encoded=payload)
+    except (binascii.Error, ValueError):
+        pass
+    payload = "".join(payload.split())  # only when it did not decode as it was: a rare answer
+    try:
+        return ProviderImage(data=pybase64.b64decode(payload, validate=True), encoded=payload)
     except (binascii.Error, ValueError):
         raise ProviderAnswerError("an image in the answer is not valid base64") from None
 
@@ -185,11 +201,11 @@ def images_from_data_list(items: Any) -> list[ProviderImage]:
         if not isinstance(item, dict):
             continue
         if isinstance(item.get("b64_json"), str) and item["b64_json"]:
-            images.append(ProviderImage(data=decode_base64_image(item["b64_json"])))
+            images.append(base64_image(item["b64_json"]))
         elif isinstance(item.get("url"), str) and item["url"]:
             url = item["url"]
             if url.startswith("data:"):
-                images.append(ProviderImage(data=decode_base64_image(url)))
+                images.append(base64_image(url))
             else:
                 images.append(ProviderImage(url=url))
     return images
