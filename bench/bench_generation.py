@@ -226,6 +226,17 @@ class Child:
             return ""
 
 
+# The checkout this script belongs to: its servers run that checkout's code, whatever the current
+# directory, PYTHONPATH or the installed copy (``python -m`` would load the current directory's).
+CHECKOUT = str(Path(__file__).resolve().parent.parent)
+
+
+def checkout_env(env: dict[str, str]) -> dict[str, str]:
+    """``env`` with this checkout first on the Python path."""
+    rest = env.get("PYTHONPATH", "")
+    return {**env, "PYTHONPATH": CHECKOUT + (os.pathsep + rest if rest else "")}
+
+
 def start_child(
     name: str,
     command: Sequence[str],
@@ -237,7 +248,12 @@ def start_child(
     log_path = os.path.join(log_dir, f"{name}.stderr")
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            env=checkout_env(env),
+            cwd=CHECKOUT,
         )
     assert proc.stdout is not None
     deadline = time.monotonic() + START_TIMEOUT

@@ -161,8 +161,11 @@ class ServerProcess:
         argv = [sys.executable, os.path.abspath(__file__), *mode_args]
         if cpu is not None:
             argv += ["--cpu", str(cpu)]
+        checkout = str(Path(__file__).resolve().parent.parent)
+        path = os.pathsep.join(p for p in (checkout, os.environ.get("PYTHONPATH", "")) if p)
         self.proc = subprocess.Popen(
             argv,
+            env={**os.environ, "PYTHONPATH": path},  # the servers run this checkout's code
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL if quiet else None,
