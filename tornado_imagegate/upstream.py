@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 from collections.abc import Callable
@@ -294,14 +295,20 @@ class Upstream:
         request.request_timeout = remaining
         request.connect_timeout = min(remaining, CONNECT_TIMEOUT)
         request.prepare_curl_callback = guard.prepare
-        answer = self.client.fetch(request, raise_error=False)
+        client = self.client
+        answer = client.fetch(request, raise_error=False)
+        # A transfer curl started at once ends by ``deadline`` through curl's own timeout
+        # (request_timeout above); only one queued for a free handle needs a timer of ours.
+        waits_for_deadline = (
+            asyncio.timeout_at(deadline) if getattr(client, "queued", True) else _NO_TIMER
+        )
         # When we stop waiting (deadline, cancellation), curl's transfer is aborted through the
         # guard and ends on its own; its outcome is then read and dropped. Tornado's own future
         # is shielded: had it been cancelled, Tornado would log its late outcome as an ERROR
         # ("Exception after Future was cancelled") on every timeout.
         answer.add_done_callback(_drop_outcome)
         try:
-            async with asyncio.timeout_at(deadline):
+            async with waits_for_deadline:
                 response = await asyncio.shield(answer)
         except TimeoutError:
             guard.abort("deadline", nudge=True)
@@ -331,7 +338,12 @@ class Upstream:
             kind = "timeout" if guard.abort_reason == "deadline" else guard.abort_reason
             return UpstreamError(kind, f"aborted: {guard.abort_reason}")
         kind = _CURL_KINDS.get(errno or 0, "connect")
+        if kind == "timeout":
+            return UpstreamError(kind, "no answer within the deadline")
         return UpstreamError(kind, f"curl error {errno}")
+
+
+_NO_TIMER = contextlib.nullcontext()
 
 
 def _drop_outcome(future: asyncio.Future) -> None:

@@ -257,7 +257,7 @@ class ImageFetcher:
         else:
             if self.metrics is not None:
                 elapsed = asyncio.get_running_loop().time() - started
-                self.metrics.stage_seconds.labels("image_fetch").observe(elapsed)
+                self.metrics.observe_stage("image_fetch", elapsed)
             self.cache.put(transfer.key, image)
             if self.shared is not None:
                 await self.shared.put(transfer.key, image)
