@@ -4,6 +4,9 @@ It overrides a private method of Tornado's ``CurlAsyncHTTPClient`` and reads its
 so setup.cfg bounds tornado below the next minor version, and tests/test_curl_client.py
 fails, naming what changed, when an installed Tornado no longer behaves as this relies on:
 
+- ``fetch_impl(request, callback)`` queues a request (``self._requests``), starts what it can
+  (``_process_queue()``) and asks for a timer at once (``_set_timeout(0)``); curl runs from
+  ``self._multi.socket_action(SOCKET_TIMEOUT, 0)`` and ``_finish_pending_requests()``;
 - ``_set_timeout(msecs)`` is how curl's timer requests reach the client (Tornado registers the
   bound method as curl's timer function in ``initialize()``, and calls it itself when a request
   is queued); it replaces the pending timer, ``self._timeout`` (None when there is none), with
@@ -43,8 +46,8 @@ _EMPTY_HEADERS = (b"Expect: ", b"Pragma: ")
 
 
 class GatewayCurlClient(CurlAsyncHTTPClient):
-    """Tornado's curl client, with a pool apart for filtered fetches and a timer bursts cannot
-    starve.
+    """Tornado's curl client, with a pool apart for filtered fetches, requests started at once,
+    and a timer bursts cannot starve.
 
     Each new request asks curl to run "now" by replacing the pending timer with a new one; during
     a burst (a thousand chat completions arriving at once) that timer was replaced again and
@@ -53,6 +56,7 @@ class GatewayCurlClient(CurlAsyncHTTPClient):
     """
 
     _timer_deadline = 0.0
+    _starting = False
 
     def initialize(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
         """Tornado's set-up, plus the separate pool of connections opened through the filter."""
@@ -71,12 +75,42 @@ class GatewayCurlClient(CurlAsyncHTTPClient):
         except pycurl.error:
             pass
 
+    def fetch_impl(self, request: Any, callback: Any) -> None:
+        """Queue the request as Tornado does, then let curl start it now, not a loop turn later.
+
+        Tornado asks curl's timer to run "now", which costs a timer and a turn of the loop on
+        every upstream call; here curl runs at once, and its next timer is set from what it
+        then needs.
+        """
+        self._starting = True
+        try:
+            super().fetch_impl(request, callback)
+        finally:
+            self._starting = False
+        self._run_curl()
+
+    def _run_curl(self) -> None:
+        # As Tornado's _handle_timeout, without touching the pending timer.
+        while True:
+            try:
+                ret, _ = self._multi.socket_action(pycurl.SOCKET_TIMEOUT, 0)
+            except pycurl.error as exc:
+                ret = exc.args[0]
+            if ret != pycurl.E_CALL_MULTI_PERFORM:
+                break
+        self._finish_pending_requests()
+        wanted = self._multi.timeout()
+        if wanted >= 0:
+            self._set_timeout(wanted)
+
     @property
     def queued(self) -> bool:
         """Whether requests wait for a free handle (those not yet handed to curl)."""
         return bool(self._requests)
 
     def _set_timeout(self, msecs: int) -> None:
+        if self._starting:
+            return  # fetch_impl runs curl itself, then sets the timer curl needs
         if msecs < 0:
             # curl needs no timer. Tornado would set one 1 ms in the past: an extra loop turn
             # and a call into curl for nothing, on every transfer.
