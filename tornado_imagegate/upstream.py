@@ -140,6 +140,10 @@ class FetchGuard:
     # chunk, whereas Tornado's header_callback may be delivered after the first chunks. Without
     # one, the guard keeps the KEPT_HEADERS of the last answer (after redirects) itself.
     header_function: Callable[[bytes], None] | None = None
+    # Replaces Tornado's delivery of a streamed body (``streaming_callback``, which queues each
+    # chunk for a later turn of the loop): curl calls it with each chunk as it arrives. Like
+    # every callback here, it must never raise nor call into the HTTP client.
+    write_function: Callable[[bytes], None] | None = None
     kept_headers: dict[str, str] = field(default_factory=dict)
     # pycurl duplicates the descriptor of each socket we open for it; ours are closed at the end.
     opened: list[socket.socket] = field(default_factory=list)
@@ -195,6 +199,8 @@ class FetchGuard:
         if self.max_bytes is not None:
             curl.setopt(pycurl.MAXFILESIZE_LARGE, self.max_bytes)
         curl.setopt(pycurl.HEADERFUNCTION, self.header_function or self._keep_header)
+        if self.write_function is not None:
+            curl.setopt(pycurl.WRITEFUNCTION, self.write_function)
         self._route(curl)
         # A handle keeps its share across Tornado's reset: a trusted call must never use the
         # filtered pool, and a filtered fetch joins it afresh.

@@ -284,6 +284,7 @@ class ImageFetcher:
                 max_bytes=self.max_bytes,
                 address_allowed=self.address_allowed,
                 header_function=transfer.on_header,
+                write_function=transfer.on_chunk,
                 configured_service=False,
                 proxy=self.proxy,
                 pinned_address=pinned,
@@ -296,7 +297,6 @@ class ImageFetcher:
                 user_agent=USER_AGENT,
                 follow_redirects=False,
                 decompress_response=True,
-                streaming_callback=transfer.on_chunk,
             )
             try:
                 response = await self.upstream.fetch(request, deadline, guard)
