@@ -49,10 +49,10 @@ class GatewayCurlClient(CurlAsyncHTTPClient):
     """Tornado's curl client, with a pool apart for filtered fetches, requests started at once,
     and a timer bursts cannot starve.
 
-    Each new request asks curl to run "now" by replacing the pending timer with a new one; during
-    a burst (a thousand chat completions arriving at once) that timer was replaced again and
-    again, and no upstream request started until the burst was read. Keeping the earlier timer
-    lets upstream work start while requests still arrive.
+    In Tornado, each new request asks curl to run "now" by replacing the pending timer with a new
+    one; during a burst (a thousand chat completions arriving at once) that timer was replaced
+    again and again, and no upstream request started until the burst was read. Here a request
+    runs curl as it is handed over, and curl's own timer requests keep an earlier pending timer.
     """
 
     _timer_deadline = 0.0
