@@ -7,15 +7,17 @@ raising the upper bound on tornado in setup.cfg.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import json
 from typing import Any
 
 import pycurl
 import pytest
 import tornado
-from fakes import FakeOrigin
-from tornado.curl_httpclient import CurlAsyncHTTPClient
-from tornado.httpclient import AsyncHTTPClient
+from fakes import Answer, FakeOrigin, FakeUpstream
+from tornado.curl_httpclient import CurlAsyncHTTPClient, _CurlStreamingBuffer
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest, _RequestProxy
 from tornado.ioloop import IOLoop
 
 from tornado_imagegate.curl_client import GatewayCurlClient
@@ -108,6 +110,80 @@ async def test_closing_the_client_closes_its_filtered_pool():
         client.filtered_pool.setopt(pycurl.SH_SHARE, pycurl.LOCK_DATA_CONNECT)
 
 
+@pytest.mark.gen_test
+async def test_a_request_reaches_the_upstream_as_tornado_would_send_it():
+    upstream = FakeUpstream()
+    upstream.default = Answer(json={"ok": True})
+    client = GatewayCurlClient(force_instance=True)
+    try:
+        body = json.dumps({"prompt": "a red fox", "n": 1}).encode()
+        answer = await client.fetch(
+            HTTPRequest(
+                upstream.url("/v1/images/generations"),
+                method="POST",
+                headers={
+                    "Authorization": "Bearer sk-test-0001",
+                    "Content-Type": "application/json",
+                },
+                body=body,
+                follow_redirects=False,
+            )
+        )
+        await client.fetch(
+            HTTPRequest(upstream.url("/plain"), user_agent="imagegate"), raise_error=False
+        )
+    finally:
+        client.close()
+        upstream.close()
+    assert answer.code == 200 and json.loads(answer.body) == {"ok": True}
+    assert answer.headers["Content-Type"].startswith("application/json")
+    sent, fetched = upstream.requests
+    assert (sent.method, sent.path, sent.body) == ("POST", "/v1/images/generations", body)
+    assert sent.headers["authorization"] == "Bearer sk-test-0001"
+    assert sent.headers["user-agent"] == "Mozilla/5.0 (compatible; pycurl)"
+    assert "expect" not in sent.headers and "pragma" not in sent.headers
+    assert (fetched.method, fetched.body, fetched.headers["user-agent"]) == (
+        "GET",
+        b"",
+        "imagegate",
+    )
+    assert "gzip" in fetched.headers.get("accept-encoding", "")
+
+
+@pytest.mark.gen_test
+async def test_a_header_with_a_line_break_is_refused_before_anything_is_sent():
+    upstream = FakeUpstream()
+    client = GatewayCurlClient(force_instance=True)
+    try:
+        with pytest.raises(ValueError):
+            await client.fetch(
+                HTTPRequest(upstream.url("/x"), headers={"X-Note": "a\r\nInjected: yes"})
+            )
+    finally:
+        client.close()
+        upstream.close()
+    assert upstream.requests == []
+
+
+@pytest.mark.gen_test
+async def test_a_request_waits_in_the_queue_only_while_every_handle_is_busy():
+    origin = FakeOrigin()
+    held = origin.hold("hold", b"late", content_type="text/plain")
+    client = GatewayCurlClient(force_instance=True, max_clients=1)
+    try:
+        first = client.fetch(origin.url("hold"))
+        assert not client.queued
+        second = client.fetch(origin.url("hold"))
+        assert client.queued
+        held.release.set()
+        assert [r.code for r in await asyncio.gather(first, second)] == [200, 200]
+        assert not client.queued
+    finally:
+        held.release.set()
+        client.close()
+        origin.close()
+
+
 # --- the contract: what the override relies on in Tornado ---
 
 
@@ -118,6 +194,38 @@ def test_tornado_has_the_timer_method_the_gateway_overrides():
     pinned(parameters == ["self", "msecs"], f"the parameters of _set_timeout to {parameters}")
     handler = getattr(CurlAsyncHTTPClient, "_handle_timeout", None)
     pinned(callable(handler), "CurlAsyncHTTPClient._handle_timeout (it is gone)")
+
+
+def test_tornado_has_the_request_methods_the_gateway_overrides_and_calls():
+    for name, wanted in (
+        ("fetch_impl", ["self", "request", "callback"]),
+        ("_curl_setup_request", ["self", "curl", "request", "buffer", "headers"]),
+        ("_process_queue", ["self"]),
+        ("_finish_pending_requests", ["self"]),
+    ):
+        method = getattr(CurlAsyncHTTPClient, name, None)
+        pinned(callable(method), f"CurlAsyncHTTPClient.{name} (it is gone)")
+        parameters = list(inspect.signature(method).parameters)
+        pinned(parameters == wanted, f"the parameters of {name} to {parameters}")
+    source = inspect.getsource(CurlAsyncHTTPClient._finish)
+    pinned("curl.reset()" in source, "_finish: it no longer resets a handle after its request")
+    streaming = inspect.signature(_CurlStreamingBuffer).parameters
+    pinned(
+        list(streaming) == ["client", "curl", "callback"],
+        f"_CurlStreamingBuffer's parameters to {list(streaming)}",
+    )
+
+
+@pytest.mark.gen_test
+async def test_tornado_queues_requests_in_a_deque_and_proxies_their_defaults():
+    client = GatewayCurlClient(force_instance=True)
+    try:
+        pinned(hasattr(client, "_requests"), "where waiting requests are kept (no _requests)")
+        pinned(hasattr(client, "_closed"), "how a closed client is known (no _closed)")
+        proxy = _RequestProxy(HTTPRequest("http://127.0.0.1:9/"), client.defaults)
+        pinned(proxy.follow_redirects is True, "_RequestProxy: defaults no longer fill in None")
+    finally:
+        client.close()
 
 
 def test_tornado_initialize_takes_what_start_up_passes_and_sets_the_state_read():

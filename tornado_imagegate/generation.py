@@ -264,7 +264,7 @@ class ImageService:
         started = time.monotonic()
         yield
         if self.metrics is not None:
-            self.metrics.stage_seconds.labels(stage).observe(time.monotonic() - started)
+            self.metrics.observe_stage(stage, time.monotonic() - started)
 
     async def generate(
         self,

@@ -90,6 +90,7 @@ class Metrics:
             registry=self.registry,
         )
         self._request_children: dict[tuple[str, str, int], tuple] = {}
+        self._stage_children: dict[str, Histogram] = {}
         self.streams_open = Gauge(
             "imagegate_streams_open",
             "Streaming chat completions open now.",
@@ -115,6 +116,13 @@ class Metrics:
             # read, so a scrape that follows an answer finds it counted.
             self._publish_pending = True
             asyncio.get_running_loop().call_soon(self._publish)
+
+    def observe_stage(self, stage: str, seconds: float) -> None:
+        """How long a stage took (its labelled child is looked up once and kept)."""
+        child = self._stage_children.get(stage)
+        if child is None:
+            child = self._stage_children[stage] = self.stage_seconds.labels(stage)
+        child.observe(seconds)
 
     def _publish(self) -> None:
         self._publish_pending = False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 from collections.abc import Callable
@@ -11,7 +12,15 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import pycurl
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
+from tornado.curl_httpclient import CurlError
+from tornado.httpclient import (
+    AsyncHTTPClient,
+    HTTPClientError,
+    HTTPRequest,
+    HTTPResponse,
+    _RequestProxy,
+)
+from tornado.httputil import HTTPHeaders
 
 from tornado_imagegate.errors import UpstreamError
 from tornado_imagegate.urlpolicy import is_public_address
@@ -131,6 +140,10 @@ class FetchGuard:
     # chunk, whereas Tornado's header_callback may be delivered after the first chunks. Without
     # one, the guard keeps the KEPT_HEADERS of the last answer (after redirects) itself.
     header_function: Callable[[bytes], None] | None = None
+    # Replaces Tornado's delivery of a streamed body (``streaming_callback``, which queues each
+    # chunk for a later turn of the loop): curl calls it with each chunk as it arrives. Like
+    # every callback here, it must never raise nor call into the HTTP client.
+    write_function: Callable[[bytes], None] | None = None
     kept_headers: dict[str, str] = field(default_factory=dict)
     # pycurl duplicates the descriptor of each socket we open for it; ours are closed at the end.
     opened: list[socket.socket] = field(default_factory=list)
@@ -186,6 +199,8 @@ class FetchGuard:
         if self.max_bytes is not None:
             curl.setopt(pycurl.MAXFILESIZE_LARGE, self.max_bytes)
         curl.setopt(pycurl.HEADERFUNCTION, self.header_function or self._keep_header)
+        if self.write_function is not None:
+            curl.setopt(pycurl.WRITEFUNCTION, self.write_function)
         self._route(curl)
         # A handle keeps its share across Tornado's reset: a trusted call must never use the
         # filtered pool, and a filtered fetch joins it afresh.
@@ -294,31 +309,58 @@ class Upstream:
         request.request_timeout = remaining
         request.connect_timeout = min(remaining, CONNECT_TIMEOUT)
         request.prepare_curl_callback = guard.prepare
-        answer = self.client.fetch(request, raise_error=False)
+        client = self.client
+        answer = self._start(client, request)
+        # A transfer curl started at once ends by ``deadline`` through curl's own timeout
+        # (request_timeout above); only one queued for a free handle needs a timer of ours.
+        waits_for_deadline = (
+            asyncio.timeout_at(deadline) if getattr(client, "queued", True) else _NO_TIMER
+        )
         # When we stop waiting (deadline, cancellation), curl's transfer is aborted through the
-        # guard and ends on its own; its outcome is then read and dropped. Tornado's own future
-        # is shielded: had it been cancelled, Tornado would log its late outcome as an ERROR
-        # ("Exception after Future was cancelled") on every timeout.
-        answer.add_done_callback(_drop_outcome)
+        # guard and ends on its own; its outcome then finds ``answer`` done and is dropped.
         try:
-            async with asyncio.timeout_at(deadline):
-                response = await asyncio.shield(answer)
+            async with waits_for_deadline:
+                response = await answer
         except TimeoutError:
             guard.abort("deadline", nudge=True)
             raise UpstreamError("timeout", f"no answer within {remaining:.1f}s") from None
         except asyncio.CancelledError:
             guard.abort("cancelled", nudge=True)
             raise
-        except HTTPClientError as exc:
-            raise self._classify(exc, guard) from None
-        except (OSError, ValueError, pycurl.error) as exc:
-            raise UpstreamError("connect", f"{type(exc).__name__}") from None
         finally:
             guard.close_sockets()
             guard.curl = None  # Tornado may hand the handle to another request now
+        error = response.error
+        if isinstance(error, CurlError):  # no answer at all
+            raise self._classify(error, guard)
+        if error is not None and not isinstance(error, HTTPClientError):  # not even sent
+            if isinstance(error, (OSError, ValueError, pycurl.error)):
+                raise UpstreamError("connect", f"{type(error).__name__}")
+            raise error
         for name, value in guard.kept_headers.items():
             response.headers[name] = value
         return response
+
+    @staticmethod
+    def _start(client: AsyncHTTPClient, request: HTTPRequest) -> asyncio.Future[HTTPResponse]:
+        """Hand ``request`` to the client as its ``fetch()`` would, with a future of our own.
+
+        Tornado's future is left out: cancelled, it would log the transfer's late failure as an
+        ERROR ("Exception after Future was cancelled"), and shielding it costs a loop turn.
+        Any answer, whatever its status, and any failure arrive as the future's result.
+        """
+        if getattr(client, "_closed", False):
+            raise RuntimeError("fetch() called on closed AsyncHTTPClient")
+        answer: asyncio.Future[HTTPResponse] = asyncio.get_running_loop().create_future()
+
+        def deliver(response: HTTPResponse) -> None:
+            if not answer.done():  # else we stopped waiting: the outcome is dropped
+                answer.set_result(response)
+
+        if not isinstance(request.headers, HTTPHeaders):
+            request.headers = HTTPHeaders(request.headers)
+        client.fetch_impl(_RequestProxy(request, client.defaults), deliver)
+        return answer
 
     @staticmethod
     def _classify(exc: HTTPClientError, guard: FetchGuard) -> UpstreamError:
@@ -331,12 +373,12 @@ class Upstream:
             kind = "timeout" if guard.abort_reason == "deadline" else guard.abort_reason
             return UpstreamError(kind, f"aborted: {guard.abort_reason}")
         kind = _CURL_KINDS.get(errno or 0, "connect")
+        if kind == "timeout":
+            return UpstreamError(kind, "no answer within the deadline")
         return UpstreamError(kind, f"curl error {errno}")
 
 
-def _drop_outcome(future: asyncio.Future) -> None:
-    if not future.cancelled():
-        future.exception()
+_NO_TIMER = contextlib.nullcontext()
 
 
 def retry_after_seconds(response: HTTPResponse) -> float | None:

@@ -19,7 +19,9 @@ class GenerationHandler(JsonApiHandler):
     def initialize(self, service: ImageService) -> None:
         """Take the generation service from the route table."""
         self.service = service
-        self.work: asyncio.Future[Generation] | None = None
+        # What the client's leaving cancels: the generation's own task (a stream), or the
+        # request's task while it waits for the generation (a plain answer).
+        self.work: asyncio.Future[Generation] | asyncio.Task | None = None
 
     def on_connection_close(self) -> None:
         """The client left: stop the work only it was waiting for."""
@@ -44,8 +46,19 @@ class GenerationHandler(JsonApiHandler):
     async def generated(
         self, request: ImageRequest, pending: PendingInputs | None = None
     ) -> Generation | None:
-        """The generation's outcome, or None when the client left before it was made."""
+        """The generation's outcome, or None when the client left before it was made.
+
+        It runs in the request's own task (no task of its own to start and wake), from loading
+        its ``pending`` input images on: the connection's close cancels that task while it
+        waits here.
+        """
+        task = asyncio.current_task()
+        self.work = task
         try:
-            return await self.start_generation(request, pending=pending)
+            return await self.service.generate(request, self.request_base_url(), pending=pending)
         except asyncio.CancelledError:
+            if task is not None:
+                task.uncancel()
             return None
+        finally:
+            self.work = None

@@ -274,7 +274,7 @@ class ImageFetcher:
         else:
             if self.metrics is not None:
                 elapsed = asyncio.get_running_loop().time() - started
-                self.metrics.stage_seconds.labels("image_fetch").observe(elapsed)
+                self.metrics.observe_stage("image_fetch", elapsed)
             self.cache.put(transfer.key, image)
             if self.shared is not None:
                 await self.shared.put(transfer.key, image)
@@ -301,6 +301,7 @@ class ImageFetcher:
                 max_bytes=self.max_bytes,
                 address_allowed=self.address_allowed,
                 header_function=transfer.on_header,
+                write_function=transfer.on_chunk,
                 configured_service=False,
                 proxy=self.proxy,
                 pinned_address=pinned,
@@ -313,7 +314,6 @@ class ImageFetcher:
                 user_agent=USER_AGENT,
                 follow_redirects=False,
                 decompress_response=True,
-                streaming_callback=transfer.on_chunk,
             )
             try:
                 response = await self.upstream.fetch(request, deadline, guard)
