@@ -25,17 +25,27 @@ def log_request(handler: Any, metrics: Metrics | None = None) -> None:
     status = handler.get_status()
     request = handler.request
     seconds = request.request_time()
-    route = getattr(handler, "route_name", type(handler).__name__)
     if metrics is not None:
+        route = getattr(handler, "route_name", type(handler).__name__)
         metrics.count_request(route, request.method, status, seconds)
     if status < 400:
-        log = access_log.info
+        level = logging.INFO
     elif status < 500:
-        log = access_log.warning
+        level = logging.WARNING
     else:
-        log = access_log.error
+        level = logging.ERROR
+    if not access_log.isEnabledFor(level):
+        return  # nothing to format
     request_id = getattr(handler, "request_id", "-")
-    log("%d %s %s %.1fms id=%s", status, request.method, request.path, 1000.0 * seconds, request_id)
+    access_log.log(
+        level,
+        "%d %s %s %.1fms id=%s",
+        status,
+        request.method,
+        request.path,
+        1000 * seconds,
+        request_id,
+    )
 
 
 REDACTED = "[redacted]"
