@@ -178,3 +178,29 @@ def test_the_filter_hides_secrets_in_messages_arguments_and_tracebacks():
 
         text = shown(record("failed", exc_info=sys.exc_info()))
     assert PROXY_SECRET not in text and "ValueError" in text and REDACTED in text
+
+
+def test_the_filter_redacts_each_pattern_wherever_it_can_match_and_leaves_access_lines_alone():
+    hidden = SecretFilter([PROXY_SECRET])
+
+    def shown(msg, *args):
+        rec = logging.LogRecord("tornado.access", logging.INFO, __file__, 1, msg, args, None)
+        hidden.filter(rec)
+        return logging.Formatter("%(message)s").format(rec)
+
+    access = ("%d %s %s %.1fms id=%s", 200, "GET", "/image-proxy", 1.25, "0a1b2c3d00000001")
+    assert shown(*access) == "200 GET /image-proxy 1.2ms id=0a1b2c3d00000001"
+    assert shown("%d %s %s", 404, "GET", f"/v1/{PROXY_SECRET}") == f"404 GET /v1/{REDACTED}"
+    for line, held in [
+        ("Cookie: sessionid=cookie-value-1", "cookie-value-1"),
+        ("PROXY-AUTHORIZATION: Basic dXNlcjpwYXNz", "dXNlcjpwYXNz"),
+        ("sent x-api-key=key-value-2 upstream", "key-value-2"),
+        ("Api-Key : key-value-3", "key-value-3"),
+        ("ünïcode line, COOKIE: cookie-value-4", "cookie-value-4"),
+        ("fetched https://cdn.example/a.png?id=capability-5", "capability-5"),
+        ("next page &s=capability-6", "capability-6"),
+        ("link /image-proxy?e=1&u=capability-7", "capability-7"),
+        ("proxy socks5://user:password-8@proxy.example", "password-8"),
+    ]:
+        assert held not in shown("%s", line), line
+        assert REDACTED in shown("%s", line), line

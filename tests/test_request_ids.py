@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
 from conftest import CLIENT_KEYS, LOG_WATCH, call
+
+from tornado_imagegate.handlers.base import REQUEST_IDS
 
 
 @pytest.mark.gen_test
@@ -28,3 +31,23 @@ async def test_every_answer_carries_a_request_id_that_the_log_names(http_client,
     assert kept.headers["X-Request-Id"] == "proxy-id-1234"
     forged = await call(http_client, base_url, "/health", headers={"X-Request-Id": "a\u00e9 b"})
     assert forged.headers["X-Request-Id"] != "a\u00e9 b"
+
+
+def test_a_forked_worker_never_repeats_its_parents_request_ids():
+    made_here = REQUEST_IDS.new()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: as a worker forked by the supervisor, it makes its own ids
+        try:
+            os.write(write_end, REQUEST_IDS.new().encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        made_in_child = pipe.read().decode()
+    os.waitpid(pid, 0)
+    made_next_here = REQUEST_IDS.new()
+    for request_id in (made_here, made_in_child, made_next_here):
+        assert re.fullmatch(r"[0-9a-f]{16}", request_id)
+    assert made_in_child[:8] != made_here[:8]
+    assert len({made_here, made_in_child, made_next_here}) == 3

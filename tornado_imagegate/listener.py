@@ -151,7 +151,9 @@ class GatewayStream(IOStream):
 
     def write(self, data: bytes | memoryview) -> Future[None]:
         """Write ``data``, putting our answer in place of Tornado's bare framing 400."""
-        return super().write(framing_error_answer(data) or data)
+        if len(data) == len(_TORNADO_BARE_400):  # anything longer is a normal answer
+            data = framing_error_answer(data) or data
+        return super().write(data)
 
 
 class Tally:

@@ -25,17 +25,27 @@ def log_request(handler: Any, metrics: Metrics | None = None) -> None:
     status = handler.get_status()
     request = handler.request
     seconds = request.request_time()
-    route = getattr(handler, "route_name", type(handler).__name__)
     if metrics is not None:
+        route = getattr(handler, "route_name", type(handler).__name__)
         metrics.count_request(route, request.method, status, seconds)
     if status < 400:
-        log = access_log.info
+        level = logging.INFO
     elif status < 500:
-        log = access_log.warning
+        level = logging.WARNING
     else:
-        log = access_log.error
+        level = logging.ERROR
+    if not access_log.isEnabledFor(level):
+        return  # nothing to format
     request_id = getattr(handler, "request_id", "-")
-    log("%d %s %s %.1fms id=%s", status, request.method, request.path, 1000.0 * seconds, request_id)
+    access_log.log(
+        level,
+        "%d %s %s %.1fms id=%s",
+        status,
+        request.method,
+        request.path,
+        1000 * seconds,
+        request_id,
+    )
 
 
 REDACTED = "[redacted]"
@@ -45,10 +55,21 @@ MIN_SECRET_CHARS = 8
 _CREDENTIAL_HEADER = re.compile(
     r"(?i)\b((?:proxy-)?authorization|x-api-key|api-key|cookie)(\s*[:=]\s*)[^\r\n'\"]*"
 )
+# What every match of _CREDENTIAL_HEADER contains, in lower case.
+_CREDENTIAL_WORDS = ("authorization", "api-key", "cookie")
 # Image links are capabilities: the query of /image-proxy, and any signed-link field.
 _IMAGE_LINK_QUERY = re.compile(r"(/image-proxy\?)[^\s'\"<>)]*")
 _SIGNED_FIELD = re.compile(r"([?&](?:s|u|id)=)[A-Za-z0-9_\-%.=]+")
 _URL_USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/\s@'\"]+@", re.IGNORECASE)
+
+
+def may_name_credential(text: str) -> bool:
+    """Whether ``text`` may hold a credential header (``_CREDENTIAL_HEADER`` can only match
+    where this is true)."""
+    if not text.isascii():
+        return True  # case-insensitive matching also pairs a few non-ASCII letters with ASCII
+    lowered = text.lower()
+    return any(word in lowered for word in _CREDENTIAL_WORDS)
 
 
 class SecretFilter(logging.Filter):
@@ -74,19 +95,25 @@ class SecretFilter(logging.Filter):
         for secret in self.secrets:
             if secret in text:
                 text = text.replace(secret, REDACTED)
+        # Each pattern runs only where the literal text it needs is present: a line that cannot
+        # match (an access line, say) costs a few substring tests instead of three regex scans.
         if "://" in text:
             text = _URL_USERINFO.sub(rf"\1{REDACTED}@", text)
         if "=" in text:
-            text = _IMAGE_LINK_QUERY.sub(rf"\1{REDACTED}", text)
-            text = _SIGNED_FIELD.sub(rf"\1{REDACTED}", text)
-        return _CREDENTIAL_HEADER.sub(rf"\1\2{REDACTED}", text)
+            if "/image-proxy?" in text:
+                text = _IMAGE_LINK_QUERY.sub(rf"\1{REDACTED}", text)
+            if "?" in text or "&" in text:
+                text = _SIGNED_FIELD.sub(rf"\1{REDACTED}", text)
+        if may_name_credential(text):
+            text = _CREDENTIAL_HEADER.sub(rf"\1\2{REDACTED}", text)
+        return text
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Rewrite the record's message and traceback text in place; never drop a record."""
         message = record.getMessage()
-        cleaned = self.redact(message)
-        if cleaned != message:
-            record.msg, record.args = cleaned, None
+        # The formatted message replaces msg and args either way, so that the formatter does
+        # not %-format the line a second time.
+        record.msg, record.args = self.redact(message), None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:

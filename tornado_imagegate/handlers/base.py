@@ -33,8 +33,28 @@ MAX_REQUEST_BYTES = 4 * 1024 * 1024
 CORS_ALLOW_METHODS = "GET, HEAD, POST, OPTIONS"
 CORS_DEFAULT_HEADERS = "Authorization, Content-Type"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
-# Request ids: a random prefix for this process, then a counter (unique, and cheap to make).
-_NEW_IDS = (f"{os.urandom(4).hex()}{n:08x}" for n in itertools.count())
+
+
+class RequestIds:
+    """Request ids: a random prefix for this process, then a counter (unique, and cheap to make:
+    one random draw per process, not one per request)."""
+
+    def __init__(self) -> None:
+        self.renew()
+
+    def renew(self) -> None:
+        """Draw a new prefix and restart the counter (a forked worker must not repeat its
+        parent's ids)."""
+        self.prefix = os.urandom(4).hex()
+        self.counter = itertools.count()
+
+    def new(self) -> str:
+        """The next id: 16 hexadecimal digits."""
+        return f"{self.prefix}{next(self.counter):08x}"
+
+
+REQUEST_IDS = RequestIds()
+os.register_at_fork(after_in_child=REQUEST_IDS.renew)
 
 
 class RequestIdMixin:
@@ -51,7 +71,7 @@ class RequestIdMixin:
         """This request's id, made once."""
         if self._request_id is None:
             given = self.request.headers.get("X-Request-Id")
-            self._request_id = given if given and _REQUEST_ID.match(given) else next(_NEW_IDS)
+            self._request_id = given if given and _REQUEST_ID.match(given) else REQUEST_IDS.new()
         return self._request_id
 
     def set_default_headers(self) -> None:

@@ -150,7 +150,10 @@ class ImageCache:
 
     def get(self, key: str) -> CachedImage | None:
         """The image stored under ``key`` (memory, then each tier), or None."""
-        image = self._lru.get(key)
+        try:
+            image = self._lru[key]  # not .get(): that looks the key up twice
+        except KeyError:
+            image = None
         if image is None and self.tiers:
             image = self._from_tiers(key)
         if image is None:
