@@ -112,6 +112,30 @@ async def test_clients_leaving_do_not_break_the_shared_download(
 # --- definitive failures are errors now; transient ones a link that fetches later ---
 
 
+@pytest.mark.gen_test(timeout=30)
+@with_env({"IMAGE_GEN_TIMEOUT": "60", "IMAGE_FETCH_TIMEOUT": "1"})
+async def test_a_hanging_image_answers_with_its_link_when_its_download_gives_up(
+    http_client, base_url, fakes
+):
+    image = png_bytes(size=64, seed=11)
+    held = fakes.images.hold("hang.png", image)
+    fakes.sd.script(FakeSD.image_answer(fakes.images.url("hang.png")))
+    before = len(LOG_WATCH.lines)
+    try:
+        response = await post_chat(http_client, base_url, chat_body(model="Z-Image"))
+        # The answer came once the download's own 1 s deadline passed, long before the
+        # generation's 60 s one, while the image host still holds the image.
+        assert not held.release.is_set()
+        assert response.code == 200, response.body
+        assert any("its link will fetch on demand" in line for line in LOG_WATCH.lines[before:])
+    finally:
+        held.release.set()
+    link = LINK.findall(json_of(response)["choices"][0]["message"]["content"])[0]
+    register_secret(link.partition("?")[2])
+    served = await http_client.fetch(f"{base_url}/{link.split('/', 3)[3]}")
+    assert served.body == image
+
+
 @pytest.mark.gen_test
 @pytest.mark.parametrize(
     ("serve", "reason"),

@@ -44,11 +44,13 @@ class Transfer:
     with the complete image, or fails; a failed transfer stores nothing.
     """
 
-    def __init__(self, key: str, url: str, max_bytes: int) -> None:
+    def __init__(self, key: str, url: str, max_bytes: int, timeout: float) -> None:
         loop = asyncio.get_running_loop()
         self.key = key
         self.url = url
         self.max_bytes = max_bytes
+        # A loop time: the download, every redirect included, succeeds or fails by then.
+        self.deadline = loop.time() + timeout
         self.chunks: list[bytes] = []
         self.received = 0
         self.content_type: str | None = None
@@ -227,7 +229,7 @@ class ImageFetcher:
         """
         transfer = self.inflight.get(key)
         if transfer is None:
-            transfer = Transfer(key, url, self.max_bytes)
+            transfer = Transfer(key, url, self.max_bytes, self.timeout)
             self.inflight[key] = transfer
             self.started += 1
             task = asyncio.ensure_future(self._run(transfer, lock))
@@ -283,7 +285,7 @@ class ImageFetcher:
             self.inflight.pop(transfer.key, None)
 
     async def _download(self, transfer: Transfer) -> CachedImage:
-        deadline = asyncio.get_running_loop().time() + self.timeout
+        deadline = transfer.deadline
         url = transfer.url
         for _hop in range(MAX_REDIRECTS + 1):
             check_fetch_url(url)

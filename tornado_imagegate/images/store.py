@@ -90,6 +90,8 @@ Found: TypeAlias = tuple[ServedImage | None, Arrival | None]
 STORAGE_RETRY_SECONDS = 5
 # The fetch lock outlives the fetch's own deadline by this much (storing it in Redis included).
 LOCK_SLACK_SECONDS = 5.0
+# A caller's deadline this much past a download's own needs no timer: the download ends first.
+OUTLIVED_SLACK_SECONDS = 1.0
 
 
 def unusable_image_url(reason: str) -> GatewayError:
@@ -212,14 +214,20 @@ class ImageStore:
             try:
                 # Shielded: one waiter leaving (a client hanging up) must never cancel a
                 # download that other requests for the same image are waiting for.
-                async with asyncio.timeout_at(deadline):
-                    if self.shared is None:
-                        transfer = self.fetcher.transfer(key, url)
+                if self.shared is None:
+                    transfer = self.fetcher.transfer(key, url)
+                    if deadline is None or deadline > transfer.deadline + OUTLIVED_SLACK_SECONDS:
+                        # The download ends by itself before ``deadline``: no timer to arm.
+                        await asyncio.shield(transfer.done)
                     else:
+                        async with asyncio.timeout_at(deadline):
+                            await asyncio.shield(transfer.done)
+                else:
+                    async with asyncio.timeout_at(deadline):
                         found = await asyncio.shield(self._obtain(self.shared, key, url))
                         transfer = found if isinstance(found, Transfer) else None
-                    if transfer is not None:
-                        await asyncio.shield(transfer.done)
+                        if transfer is not None:
+                            await asyncio.shield(transfer.done)
             except TimeoutError:
                 if required:
                     raise GatewayError(

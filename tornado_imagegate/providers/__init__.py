@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import pybase64
 from tornado.httpclient import HTTPRequest, HTTPResponse
 
+from tornado_imagegate import jsontext
 from tornado_imagegate.openai_api import ImageRequest, InputImage
 
 
@@ -156,7 +157,7 @@ def multipart_body(
 def json_answer(response: HTTPResponse) -> Any:
     """The decoded JSON of an answer; ProviderAnswerError when it is not JSON."""
     try:
-        return json.loads(response.body or b"")
+        return jsontext.loads(response.body or b"")
     except (ValueError, UnicodeDecodeError):
         raise ProviderAnswerError("the answer is not JSON") from None
 
