@@ -91,18 +91,23 @@ def test_pycurl_without_libcurl_names_the_system_library_to_install(tmp_path: Pa
     assert "pip install --force-reinstall" in line and "pycurl" in line
 
 
-def test_a_missing_python_package_names_the_package_to_install(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("module", "package"),
+    [("prometheus_client", "prometheus-client"), ("pybase64", "pybase64"), ("orjson", "orjson")],
+)
+def test_a_missing_python_package_names_the_package_to_install(
+    tmp_path: Path, module: str, package: str
+) -> None:
     env = env_with_stub(
         tmp_path,
-        "prometheus_client",
-        "raise ModuleNotFoundError(\"No module named 'prometheus_client'\","
-        " name='prometheus_client')\n",
+        module,
+        f"raise ModuleNotFoundError(\"No module named '{module}'\", name='{module}')\n",
     )
     result = run_command("--port", "0", env=env)
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     [line] = problem_lines(result.stderr)
-    assert "pip install prometheus-client" in line
+    assert f"pip install {package}" in line
     assert "pip install --force-reinstall tornado-imagegate" in line
 
 

@@ -28,6 +28,8 @@ REQUIREMENTS = (
     Requirement("cachetools", "cachetools"),
     Requirement("prometheus_client", "prometheus-client"),
     Requirement("redis", "redis"),
+    Requirement("pybase64", "pybase64"),
+    Requirement("orjson", "orjson"),
 )
 REINSTALL = "pip install --force-reinstall tornado-imagegate"
 
