@@ -339,6 +339,19 @@ def test_sd_model_and_base_override() -> None:
     assert group.endpoint == "https://sd.example.org/generate"
 
 
+def test_provider_origins_are_those_of_every_groups_endpoint() -> None:
+    settings = load_settings(
+        {
+            "SD_API_KEY": "sk-sd-1",
+            "SD_API_BASE": "http://127.0.0.1:9102/api/v1/generate_image",
+            "IMAGE_GEN_MODEL_1": "chat-test",
+            "IMAGE_GEN_API_BASE_1": "https://img57.example.com/v1",
+            "IMAGE_GEN_API_KEY_1": "sk-chat-1",
+        }
+    )
+    assert settings.provider_origins == {"http://127.0.0.1:9102", "https://img57.example.com:443"}
+
+
 @pytest.mark.parametrize(
     "env", [{"SD_MODEL": "my-sd"}, {"SD_API_BASE": "https://sd.example.org/generate"}]
 )

@@ -14,7 +14,7 @@ from tornado_imagegate.images.links import (
     signed_link,
     url_key,
 )
-from tornado_imagegate.urlpolicy import LinkRefused, check_fetch_url, is_public_address
+from tornado_imagegate.urlpolicy import LinkRefused, check_fetch_url, is_public_address, url_origin
 
 REFUSED = [
     # IPv4 ranges
@@ -197,3 +197,30 @@ def test_derived_secret():
 
 def test_url_keys_cannot_be_confused_with_ids():
     assert len(url_key("https://x/y")) == 64
+
+
+@pytest.mark.parametrize(
+    ("url", "origin"),
+    [
+        ("http://127.0.0.1:9102/api/v1/generate_image", "http://127.0.0.1:9102"),
+        ("http://127.0.0.1:9102/images/x.png?a=1", "http://127.0.0.1:9102"),
+        ("http://sd.local/images/x.png", "http://sd.local:80"),
+        ("http://sd.local:80/x.png", "http://sd.local:80"),
+        ("HTTPS://SD.Example.org/x.png", "https://sd.example.org:443"),
+        ("https://sd.example.org:8443/x.png", "https://sd.example.org:8443"),
+        ("http://[::1]:9102/x.png", "http://[::1]:9102"),
+        ("ftp://127.0.0.1/x.png", None),
+        ("http:///x.png", None),
+        ("http://127.0.0.1:99999/x.png", None),
+        ("not a url", None),
+    ],
+)
+def test_an_origin_is_scheme_host_as_written_and_explicit_port(url, origin):
+    assert url_origin(url) == origin
+
+
+def test_the_same_host_on_another_port_or_scheme_is_another_origin():
+    provider = url_origin("http://127.0.0.1:9102/api/v1/generate_image")
+    assert url_origin("http://127.0.0.1:9103/x.png") != provider
+    assert url_origin("https://127.0.0.1:9102/x.png") != provider
+    assert url_origin("http://localhost:9102/x.png") != provider  # names are never resolved

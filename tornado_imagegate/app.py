@@ -69,6 +69,7 @@ def make_store(
         timeout=settings.image_fetch_timeout,
         max_bytes=settings.image_max_bytes,
         allow_private=settings.image_proxy_allow_private_networks,
+        trusted_origins=settings.provider_origins,
         metrics=metrics,
         proxy=settings.image_fetch_proxy,
         shared=shared,

@@ -25,6 +25,7 @@ from tornado_imagegate.options import (
 )
 from tornado_imagegate.provider_kinds import KINDS, MAX_INPUT_IMAGES, provider_kind
 from tornado_imagegate.typos import near_misses
+from tornado_imagegate.urlpolicy import url_origin
 
 
 class ConfigError(Exception):
@@ -177,6 +178,13 @@ class Settings:
     def model_ids(self) -> list[str]:
         """Every model id, in configuration order."""
         return [model for group in self.groups for model in group.models]
+
+    @property
+    def provider_origins(self) -> frozenset[str]:
+        """The origins (scheme, host, port) of every provider group's endpoint: image links
+        there are fetched as the provider itself is reached."""
+        origins = (url_origin(group.endpoint) for group in self.groups if group.endpoint)
+        return frozenset(origin for origin in origins if origin is not None)
 
 
 def is_loopback_host(host: str) -> bool:

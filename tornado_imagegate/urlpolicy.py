@@ -56,6 +56,25 @@ def check_fetch_url(url: str) -> None:
         raise LinkRefused("URL holds control characters or spaces")
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def url_origin(url: str) -> str | None:
+    """``scheme://host:port`` of an http(s) URL, the default port made explicit; None if
+    ``url`` has no such origin. The host is compared as written (lower-cased), never resolved."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or not parts.hostname:
+        return None
+    host = parts.hostname  # lower-cased, IPv6 brackets removed
+    shown = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{shown}:{port if port is not None else _DEFAULT_PORTS[scheme]}"
+
+
 _BLOCKED_V4 = tuple(
     ipaddress.ip_network(net)
     for net in (

@@ -22,7 +22,12 @@ from tornado_imagegate.upstream import (
     header_field,
     resolve_checked,
 )
-from tornado_imagegate.urlpolicy import LinkRefused, check_fetch_url, is_public_address
+from tornado_imagegate.urlpolicy import (
+    LinkRefused,
+    check_fetch_url,
+    is_public_address,
+    url_origin,
+)
 
 if TYPE_CHECKING:
     from tornado_imagegate.images.shared import SharedTier
@@ -42,12 +47,18 @@ class Transfer:
     ``ready`` resolves once the answer passed every check (status, declared type, size, and the
     type read from the first bytes): nothing is sent to a client before that. ``done`` resolves
     with the complete image, or fails; a failed transfer stores nothing.
+
+    ``trusted``: the URL came from a provider's answer (or a link the gateway signed for one),
+    so a hop to a configured provider's own origin is made as the provider call is.
     """
 
-    def __init__(self, key: str, url: str, max_bytes: int, timeout: float) -> None:
+    def __init__(
+        self, key: str, url: str, max_bytes: int, timeout: float, trusted: bool = False
+    ) -> None:
         loop = asyncio.get_running_loop()
         self.key = key
         self.url = url
+        self.trusted = trusted
         self.max_bytes = max_bytes
         # A loop time: the download, every redirect included, succeeds or fails by then.
         self.deadline = loop.time() + timeout
@@ -201,6 +212,7 @@ class ImageFetcher:
         timeout: float,
         max_bytes: int,
         allow_private: bool,
+        trusted_origins: frozenset[str] = frozenset(),
         address_allowed: Callable[[str], bool] = is_public_address,
         metrics: Metrics | None = None,
         proxy: str = "",
@@ -215,21 +227,27 @@ class ImageFetcher:
         self.timeout = timeout
         self.max_bytes = max_bytes
         self.allow_private = allow_private
+        # The configured providers' origins (``url_origin``): a trusted transfer's hop there
+        # is not filtered, as the provider call itself is not.
+        self.trusted_origins = trusted_origins
         self.address_allowed = address_allowed
         self.metrics = metrics
         self.inflight: dict[str, Transfer] = {}
         self.started = 0
         self._tasks: set[asyncio.Task] = set()
 
-    def transfer(self, key: str, url: str, lock: str | None = None) -> Transfer:
+    def transfer(
+        self, key: str, url: str, lock: str | None = None, trusted: bool = False
+    ) -> Transfer:
         """The running transfer of this image, or a new one.
 
         ``lock`` is the token of the shared tier's fetch lock this instance holds for the image:
-        given back once the image is stored there (or the fetch failed).
+        given back once the image is stored there (or the fetch failed). ``trusted``: ``url``
+        came from a provider (never from a client), so its provider's origin may be reached.
         """
         transfer = self.inflight.get(key)
         if transfer is None:
-            transfer = Transfer(key, url, self.max_bytes, self.timeout)
+            transfer = Transfer(key, url, self.max_bytes, self.timeout, trusted)
             self.inflight[key] = transfer
             self.started += 1
             task = asyncio.ensure_future(self._run(transfer, lock))
@@ -289,25 +307,19 @@ class ImageFetcher:
         url = transfer.url
         for _hop in range(MAX_REDIRECTS + 1):
             check_fetch_url(url)
-            pinned = None
-            if self.proxy is not None and not self.allow_private:
-                # Through a proxy the socket filter would see only the proxy: every address of
-                # the host is checked here instead, on every hop, and the transfer pinned.
-                try:
-                    async with asyncio.timeout_at(deadline):
-                        pinned = await resolve_checked(url, self.address_allowed)
-                except TimeoutError:
-                    raise UpstreamError("timeout", "the host did not resolve in time") from None
-            guard = FetchGuard(
-                allow_private=self.allow_private,
-                max_bytes=self.max_bytes,
-                address_allowed=self.address_allowed,
-                header_function=transfer.on_header,
-                write_function=transfer.on_chunk,
-                configured_service=False,
-                proxy=self.proxy,
-                pinned_address=pinned,
-            )
+            if transfer.trusted and url_origin(url) in self.trusted_origins:
+                # A provider's own origin (each hop is checked: a redirect elsewhere is
+                # filtered again) is reached as the provider call is: unfiltered, and through
+                # UPSTREAM_PROXY if that is set, never IMAGE_FETCH_PROXY.
+                guard = FetchGuard(
+                    allow_private=True,
+                    max_bytes=self.max_bytes,
+                    header_function=transfer.on_header,
+                    write_function=transfer.on_chunk,
+                    configured_service=True,
+                )
+            else:
+                guard = await self._filtered_guard(transfer, url, deadline)
             transfer.guard = guard
             request = HTTPRequest(
                 url,
@@ -338,3 +350,26 @@ class ImageFetcher:
             data = b"".join(transfer.chunks)
             return CachedImage.build(data, transfer.content_type or "application/octet-stream")
         raise UpstreamError("bad_answer", f"more than {MAX_REDIRECTS} redirects")
+
+    async def _filtered_guard(self, transfer: Transfer, url: str, deadline: float) -> FetchGuard:
+        """The guard of a hop to any host but a provider's own: the address filter (unless
+        IMAGE_PROXY_ALLOW_PRIVATE_NETWORKS) and IMAGE_FETCH_PROXY if set."""
+        pinned = None
+        if self.proxy is not None and not self.allow_private:
+            # Through a proxy the socket filter would see only the proxy: every address of
+            # the host is checked here instead, on every hop, and the transfer pinned.
+            try:
+                async with asyncio.timeout_at(deadline):
+                    pinned = await resolve_checked(url, self.address_allowed)
+            except TimeoutError:
+                raise UpstreamError("timeout", "the host did not resolve in time") from None
+        return FetchGuard(
+            allow_private=self.allow_private,
+            max_bytes=self.max_bytes,
+            address_allowed=self.address_allowed,
+            header_function=transfer.on_header,
+            write_function=transfer.on_chunk,
+            configured_service=False,
+            proxy=self.proxy,
+            pinned_address=pinned,
+        )

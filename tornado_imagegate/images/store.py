@@ -10,6 +10,10 @@ transfers.
 With a shared tier (``REDIS_URL``), a local miss becomes an arrival that looks in Redis, and
 fetches a signed link's image only if no instance has it or is fetching it (single-flight across
 instances); kept images are in Redis before their link is handed out. A memory hit never waits.
+
+URLs from a provider's answer and from the gateway's signed links are fetched as trusted: a
+configured provider's own origin is reached as the provider is. A client's URL (``fetch_image``)
+never is.
 """
 
 from __future__ import annotations
@@ -215,7 +219,7 @@ class ImageStore:
                 # Shielded: one waiter leaving (a client hanging up) must never cancel a
                 # download that other requests for the same image are waiting for.
                 if self.shared is None:
-                    transfer = self.fetcher.transfer(key, url)
+                    transfer = self.fetcher.transfer(key, url, trusted=True)
                     if deadline is None or deadline > transfer.deadline + OUTLIVED_SLACK_SECONDS:
                         # The download ends by itself before ``deadline``: no timer to arm.
                         await asyncio.shield(transfer.done)
@@ -319,7 +323,7 @@ class ImageStore:
             raise image_gone()
         if expired:
             raise link_too_old()
-        return None, self.fetcher.transfer(key, url)
+        return None, self.fetcher.transfer(key, url, trusted=True)
 
     def _look_up(self, shared: SharedTier, key: str, url: str | None, expired: bool) -> Arrival:
         """A local miss with a shared tier: the transfer under way here, or one lookup in Redis
@@ -344,7 +348,7 @@ class ImageStore:
         except SharedUnavailable:
             if url is None or expired:
                 raise storage_unavailable() from None
-            return self.fetcher.transfer(key, url)
+            return self.fetcher.transfer(key, url, trusted=True)
         if image is not None:
             self.cache.put(key, image)
             return image
@@ -376,7 +380,7 @@ class ImageStore:
                         # Stored, or started here, between the first look and the lock.
                         image = await shared.get(key)
                         if image is None and key not in self.fetcher.inflight:
-                            return self.fetcher.transfer(key, url, lock=token)
+                            return self.fetcher.transfer(key, url, lock=token, trusted=True)
                         await shared.unlock(key, token)
                 if image is not None:
                     self.cache.put(key, image)
@@ -389,4 +393,4 @@ class ImageStore:
                         headers=NO_RETRY,
                     )
         except SharedUnavailable:
-            return self.fetcher.transfer(key, url)
+            return self.fetcher.transfer(key, url, trusted=True)
