@@ -159,6 +159,31 @@ async def test_a_streaming_client_sees_a_progress_line_per_change_not_per_poll(
 
 
 @pytest.mark.gen_test(timeout=30)
+@with_env({"SSE_KEEPALIVE_SECONDS": "60"})
+async def test_progress_reaches_the_stream_while_the_task_still_runs(http_client, base_url, fakes):
+    """A progress line is sent as it is known, not held until the image is made (nor until the
+    next keep-alive, here later than the whole task)."""
+    fake = fakes["dashscope"]
+    fake.plan = ["running", "running", "running", "running", "done"]
+    received = Received()
+    answer = start_stream(
+        http_client,
+        base_url,
+        chat_body("a lantern", MODELS["dashscope"], stream=True),
+        received,
+        [],
+    )
+    await received.until(lambda data: b"running" in data, "a progress line")
+
+    [task_id] = fake.tasks
+    assert len(fake.polls_of(task_id)) < len(fake.plan)  # the task has not ended yet
+    assert b"image-proxy" not in b"".join(received)
+    response = await answer
+    assert response.code == 200
+    assert len(links_of(b"".join(received).decode())) == 1
+
+
+@pytest.mark.gen_test(timeout=30)
 @with_env({"STREAM_REASONING": "false"})
 async def test_without_stream_reasoning_no_progress_is_streamed(http_client, base_url, dashscope):
     received = Received()
