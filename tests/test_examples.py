@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import logging
 import subprocess
 from pathlib import Path
 
 import pytest
 from conftest import register_secret
-from processes import COMMAND, NEUTRAL_CWD, clean_env
-
-logger = logging.getLogger(__name__)
+from test_cli import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 README = (ROOT / "README.rst").read_text(encoding="utf-8")
-RUN_TIMEOUT = 30
 
 # Each example: the provider kind and model the report must name, and its placeholder key.
 EXPECTED = {
@@ -35,18 +31,7 @@ EXPECTED = {
 
 def check_config(env_file: Path) -> subprocess.CompletedProcess[str]:
     """``imagegate --check-config --env-file env_file``, as the README tells a user to run it."""
-    result = subprocess.run(
-        [*COMMAND, "--check-config", "--env-file", str(env_file)],
-        env=clean_env(),
-        cwd=NEUTRAL_CWD,
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT,
-        check=False,
-    )
-    for line in result.stderr.splitlines():
-        logger.debug("imagegate stderr: %s", line)
-    return result
+    return run_cli("--check-config", "--env-file", str(env_file))
 
 
 def test_every_example_file_is_checked() -> None:

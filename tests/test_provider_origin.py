@@ -158,16 +158,8 @@ async def test_a_signed_link_to_the_providers_origin_fetches_on_demand(
     assert image_gets(fakes.sd) == ["/images/later.png", "/images/later.png"]
 
 
-@pytest.mark.gen_test
-async def test_an_image_link_on_another_loopback_port_is_still_refused(
-    http_client, base_url, fakes
-):
-    fakes.images.serve("x.png", png_bytes(seed=43))
-    fakes.sd.script(FakeSD.image_answer(fakes.images.url("x.png")))
-    response = await post_chat(http_client, base_url, chat_body(model="Z-Image"))
-    error = assert_error(response, 502, "upstream_error")
-    assert "may not fetch" in error["message"]
-    assert fakes.images.connections == 0
+# An image link on another loopback port is still refused: tests/test_failures.py
+# (test_a_refused_provider_image_address_fails_the_generation) checks it with the same set-up.
 
 
 @pytest.mark.gen_test
