@@ -15,7 +15,7 @@ from tornado_imagegate.images.cache import CachedImage
 from tornado_imagegate.images.shared import SharedTier
 from tornado_imagegate.keys import KeyPool, Outcome
 from tornado_imagegate.options import OPTION
-from tornado_imagegate.shared import KeyHealthBoard, RedisLink, SharedUnavailable
+from tornado_imagegate.redis_link import KeyHealthBoard, RedisLink, SharedUnavailable
 
 KEY = "ab" * 16
 SECRET = b"s" * 32
@@ -84,7 +84,7 @@ async def test_an_outage_fails_fast_is_logged_once_and_its_end_is_noticed(
     link = links[0]
     tier = SharedTier(link, 60)
     redis_server.stop()
-    with caplog.at_level(logging.WARNING, logger="tornado_imagegate.shared"):
+    with caplog.at_level(logging.WARNING, logger="tornado_imagegate.redis_link"):
         for _ in range(5):
             with pytest.raises(SharedUnavailable):
                 await tier.get(KEY)

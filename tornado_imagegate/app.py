@@ -34,7 +34,7 @@ from tornado_imagegate.images.store import ImageStore
 from tornado_imagegate.lifecycle import Lifecycle
 from tornado_imagegate.logsafe import log_request
 from tornado_imagegate.metrics import Metrics
-from tornado_imagegate.shared import KeyHealthBoard, RedisLink
+from tornado_imagegate.redis_link import KeyHealthBoard, RedisLink
 from tornado_imagegate.upstream import Upstream
 
 

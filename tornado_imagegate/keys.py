@@ -14,7 +14,7 @@ from tornado_imagegate.errors import UpstreamError
 
 if TYPE_CHECKING:
     from tornado_imagegate.config import Settings
-    from tornado_imagegate.shared import KeyHealthBoard
+    from tornado_imagegate.redis_link import KeyHealthBoard
 
 # How long a key rests, in seconds.
 COOLDOWN_TRANSIENT = 15.0  # after KEY_ALLOWED_FAILS transient failures within FAIL_WINDOW

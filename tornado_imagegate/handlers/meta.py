@@ -8,7 +8,7 @@ from tornado_imagegate import errors, openai_api, openapi
 from tornado_imagegate.config import DEMO_MODEL, is_loopback_host
 from tornado_imagegate.handlers.base import ApiHandler, BaseHandler
 from tornado_imagegate.metrics import CONTENT_TYPE, Metrics
-from tornado_imagegate.shared import UNREACHABLE, RedisLink
+from tornado_imagegate.redis_link import UNREACHABLE, RedisLink
 
 
 class WelcomeHandler(BaseHandler):

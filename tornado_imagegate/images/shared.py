@@ -29,7 +29,7 @@ import redis.asyncio as redis
 
 from tornado_imagegate.errors import GatewayError
 from tornado_imagegate.images.cache import CachedImage
-from tornado_imagegate.shared import RedisLink, SharedUnavailable
+from tornado_imagegate.redis_link import RedisLink, SharedUnavailable
 
 logger = logging.getLogger(__name__)
 

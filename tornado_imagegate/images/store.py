@@ -31,7 +31,7 @@ from tornado_imagegate.images.cache import CachedImage, ImageCache, digest_text
 from tornado_imagegate.images.fetch import ImageFetcher, Transfer
 from tornado_imagegate.images.links import LinkSigner, image_link, parse_link, signed_link, url_key
 from tornado_imagegate.images.shared import SharedLookup, SharedTier
-from tornado_imagegate.shared import SharedUnavailable
+from tornado_imagegate.redis_link import SharedUnavailable
 from tornado_imagegate.urlpolicy import LinkRefused, check_fetch_url
 
 logger = logging.getLogger(__name__)
