@@ -85,6 +85,11 @@ def invalid_parameter(param: str, message: str) -> GatewayError:
     return GatewayError(400, "invalid_parameters", message, param=param)
 
 
+def _shown(name: str) -> str:
+    """A client-given model name or path as an error message shows it: at most 100 characters."""
+    return name if len(name) <= 100 else name[:100] + "..."
+
+
 def missing_model() -> GatewayError:
     """The request names no model."""
     return GatewayError(
@@ -97,11 +102,11 @@ def missing_model() -> GatewayError:
 
 def model_not_found(model: str) -> GatewayError:
     """The requested model is not configured."""
-    shown = model if len(model) <= 100 else model[:100] + "..."
     return GatewayError(
         404,
         "model_not_found",
-        f"The model '{shown}' does not exist on this gateway; GET /v1/models lists the models.",
+        f"The model '{_shown(model)}' does not exist on this gateway; "
+        "GET /v1/models lists the models.",
         param="model",
     )
 
@@ -124,24 +129,22 @@ def request_too_large(limit: int) -> GatewayError:
 
 def image_input_not_supported(model: str) -> GatewayError:
     """400: the request carries images for a model that takes none."""
-    shown = model if len(model) <= 100 else model[:100] + "..."
     return GatewayError(
         400,
         "image_input_not_supported",
-        f"The model '{shown}' does not take input images; send text only, or pick a model "
-        "that edits images.",
+        f"The model '{_shown(model)}' does not take input images; send text only, or pick a "
+        "model that edits images.",
         param="model",
     )
 
 
 def mask_not_supported(model: str) -> GatewayError:
     """400: an edit mask for a model whose provider has no field for one."""
-    shown = model if len(model) <= 100 else model[:100] + "..."
     return GatewayError(
         400,
         "mask_not_supported",
-        f"The model '{shown}' does not take a mask; send the edit without one, or pick a model "
-        "that inpaints.",
+        f"The model '{_shown(model)}' does not take a mask; send the edit without one, or pick a "
+        "model that inpaints.",
         param="mask",
     )
 
@@ -163,8 +166,7 @@ def image_input_too_large(limit: int, param: str = "messages") -> GatewayError:
 
 def path_not_found(path: str) -> GatewayError:
     """No route matches."""
-    shown = path if len(path) <= 100 else path[:100] + "..."
-    return GatewayError(404, "path_not_found", f"Path {shown} not found.")
+    return GatewayError(404, "path_not_found", f"Path {_shown(path)} not found.")
 
 
 class UpstreamError(Exception):
