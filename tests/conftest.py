@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from fakes import FakeOrigin, FakeSD
+from fakes import FakeOrigin, FakeSD, RecordingProxy
 from tornado.httpclient import HTTPResponse
 
 from tornado_imagegate.app import make_app
@@ -207,6 +207,14 @@ def sd(io_loop):
     yield fake
     fake.close()
     images.close()
+
+
+@pytest.fixture
+def proxy(io_loop):
+    """A recording proxy on 127.0.0.1 that forwards what it is asked to."""
+    server = RecordingProxy()
+    yield server
+    server.close()
 
 
 def gateway_settings(env: dict[str, str] | None = None) -> Settings:

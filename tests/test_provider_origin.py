@@ -17,7 +17,6 @@ from fakes import (
     FakeOrigin,
     FakeSD,
     FakeSet,
-    RecordingProxy,
     png_bytes,
 )
 from fakes.providers import Recorded
@@ -52,14 +51,6 @@ def fakes(io_loop):
     started = FakeSet(sd=FakeLocalSD, oi=FakeOpenAIImages)
     yield started
     started.close()
-
-
-@pytest.fixture
-def proxy(io_loop):
-    """A recording proxy on 127.0.0.1."""
-    server = RecordingProxy()
-    yield server
-    server.close()
 
 
 @pytest.fixture

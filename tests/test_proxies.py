@@ -51,14 +51,6 @@ def fakes(io_loop):
 
 
 @pytest.fixture
-def proxy(io_loop):
-    """A recording proxy on 127.0.0.1 that forwards what it is asked to."""
-    server = RecordingProxy()
-    yield server
-    server.close()
-
-
-@pytest.fixture
 def http_client(http_server):
     """The test's own client: Tornado's simple one, which takes no proxy from the environment."""
     client = SimpleAsyncHTTPClient(force_instance=True)
