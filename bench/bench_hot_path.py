@@ -24,6 +24,12 @@ Figures (``--only NAME`` runs one):
 * ``sse``: 200 streamed chat completions opened at once: p99 time to the first SSE byte through
   the gateway over a bare Tornado SSE handler's. Target: at most 1.5.
 
+``cpu``, ``latency``, ``burst`` and ``images`` also measure the design floor in the same run: a
+bare Tornado handler doing only what the request needs through the gateway's curl client
+(hot_path_servers.serve_floor, checked before it is measured). It prints as ``floor`` and
+``gateway/floor`` beside the issue's ratios and targets, which it leaves unchanged: what the
+design can reach, next to where the gateway is.
+
 Every server is a child process on 127.0.0.1 and a free port: the gateway as the real program
 (``python -m tornado_imagegate``), the lean fakes and bare servers of hot_path_servers.py, the
 cache-hit gateway of bench_image_proxy.py, LiteLLM's proxy. Load comes from wrk (throughput and
@@ -32,8 +38,8 @@ only the ratios of one run compare, and the load average is printed at the start
 
 Run it from the repository root with the project installed and wrk on the path::
 
-    python bench/bench_hot_path.py                 # every figure, 3 rounds (about 5 minutes)
-    python bench/bench_hot_path.py --quick         # 1 round, short runs (under 2 minutes)
+    python bench/bench_hot_path.py                 # every figure, 3 rounds (about 7 minutes)
+    python bench/bench_hot_path.py --quick         # 1 round, short runs (about 2 minutes)
     python bench/bench_hot_path.py --only cache --rounds 5
 """
 
