@@ -24,6 +24,12 @@ Figures (``--only NAME`` runs one):
 * ``sse``: 200 streamed chat completions opened at once: p99 time to the first SSE byte through
   the gateway over a bare Tornado SSE handler's. Target: at most 1.5.
 
+``cpu``, ``latency``, ``burst`` and ``images`` also measure the design floor in the same run: a
+bare Tornado handler doing only what the request needs through the gateway's curl client
+(hot_path_servers.serve_floor, checked before it is measured). It prints as ``floor`` and
+``gateway/floor`` beside the issue's ratios and targets, which it leaves unchanged: what the
+design can reach, next to where the gateway is.
+
 Every server is a child process on 127.0.0.1 and a free port: the gateway as the real program
 (``python -m tornado_imagegate``), the lean fakes and bare servers of hot_path_servers.py, the
 cache-hit gateway of bench_image_proxy.py, LiteLLM's proxy. Load comes from wrk (throughput and
@@ -32,8 +38,8 @@ only the ratios of one run compare, and the load average is printed at the start
 
 Run it from the repository root with the project installed and wrk on the path::
 
-    python bench/bench_hot_path.py                 # every figure, 3 rounds (about 5 minutes)
-    python bench/bench_hot_path.py --quick         # 1 round, short runs (under 2 minutes)
+    python bench/bench_hot_path.py                 # every figure, 3 rounds (about 7 minutes)
+    python bench/bench_hot_path.py --quick         # 1 round, short runs (about 2 minutes)
     python bench/bench_hot_path.py --only cache --rounds 5
 """
 
@@ -41,10 +47,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import math
 import os
 import platform
+import re
 import shutil
 import socket
 import statistics
@@ -65,7 +73,7 @@ import bench_image_proxy as image_proxy
 import pycurl
 import tornado
 from bench_generation import Child, finish_child, proc_cpu_seconds, start_child
-from hot_path_servers import serve_bare, serve_fakes
+from hot_path_servers import FakeState, Route, serve_bare, serve_fakes, serve_floor, unique_png
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from tornado_imagegate.typos import throwaway_environment
@@ -81,6 +89,8 @@ ANNOUNCED = generation.ADDRESSES  # a child's first line: {"url": ...}
 BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_LITELLM_VENV = BENCH_DIR / ".venv-litellm"
 FIGURES = ("cpu", "latency", "burst", "images", "litellm", "cache", "sse")
+B64_IMAGE_BYTES = 100 * 1024  # the b64 provider's images
+FLOOR_LINK = re.compile(r"!\[image\]\([^)\s]*[?&]id=([0-9a-f]{64})\)")
 REQUEST_TIMEOUT = 60.0
 
 T = TypeVar("T")
@@ -98,6 +108,7 @@ class Round:
     reference: float
     note: str = ""
     extra: float = math.nan  # a figure's own further number (Figure.extra says which)
+    floor: float = math.nan  # the design floor's value of what the target judges
 
 
 @dataclass
@@ -111,6 +122,10 @@ class Figure:
     target: str
     meets: Callable[[Round], bool]  # applied to the median round
     extra: str = ""  # format of Round.extra in the summary, e.g. "added {:.2f} ms"
+    # The gateway's value of what the target judges, for figures measured against the floor
+    # too (Round.floor holds the floor's value of the same); None: no floor for this figure.
+    judged: Callable[[Round], float] | None = None
+    floor_format: str = ""  # of Round.floor, e.g. "{:.3f} ms"
     rounds: list[Round] = field(default_factory=list)
     skipped: str = ""
     problems: list[str] = field(default_factory=list)
@@ -118,12 +133,24 @@ class Figure:
     def add(self, result: Round) -> None:
         """Keep a round and print it."""
         self.rounds.append(result)
+        floor = ""
+        if self.judged is not None:
+            floor = (
+                f"floor {self.floor_format.format(result.floor)} (gateway/floor "
+                f"{self.over_floor(result):.2f})  "
+            )
         print(
             f"  [{self.name}] round {len(self.rounds)}: ratio {result.ratio:.3f}  gateway "
             f"{result.gateway:.3f} {self.unit}  {self.reference} {result.reference:.3f} "
-            f"{self.unit}  {result.note}",
+            f"{self.unit}  {floor}{result.note}",
             flush=True,
         )
+
+    def over_floor(self, result: Round) -> float:
+        """How far the gateway is from the design floor in a round: gateway / floor of what the
+        target judges."""
+        assert self.judged is not None
+        return self.judged(result) / result.floor if result.floor else math.nan
 
     def median(self) -> Round:
         """The median of each field over the rounds."""
@@ -132,6 +159,7 @@ class Figure:
             statistics.median(r.gateway for r in self.rounds),
             statistics.median(r.reference for r in self.rounds),
             extra=statistics.median(r.extra for r in self.rounds),
+            floor=statistics.median(r.floor for r in self.rounds),
         )
 
 
@@ -147,6 +175,8 @@ def figures() -> dict[str, Figure]:
                 "fakes",
                 "gateway <= 0.4 ms",
                 lambda r: r.gateway <= 0.4,
+                judged=lambda r: r.gateway,
+                floor_format="{:.3f} ms",
             ),
             Figure(
                 "latency",
@@ -156,6 +186,8 @@ def figures() -> dict[str, Figure]:
                 "added <= 0.5 ms",
                 lambda r: r.extra <= 0.5,
                 extra="added {:.3f} ms",
+                judged=lambda r: r.extra,
+                floor_format="added {:.3f} ms",
             ),
             Figure(
                 "burst",
@@ -164,6 +196,8 @@ def figures() -> dict[str, Figure]:
                 "direct",
                 "ratio <= 1.05",
                 lambda r: r.ratio <= 1.05,
+                judged=lambda r: r.ratio,
+                floor_format="ratio {:.3f}",
             ),
             Figure(
                 "images",
@@ -172,6 +206,8 @@ def figures() -> dict[str, Figure]:
                 "fake",
                 "gateway <= 0.8 ms",
                 lambda r: r.gateway <= 0.8,
+                judged=lambda r: r.gateway,
+                floor_format="{:.3f} ms",
             ),
             Figure(
                 "litellm",
@@ -217,23 +253,33 @@ def child_url(child: Child) -> str:
     return child.addresses["url"]
 
 
+def provider_routes(fakes_url: str) -> dict[str, Route]:
+    """The three providers on the lean fakes, by model: the gateway's and the floor's."""
+    return {
+        URL_MODEL: Route(f"{fakes_url}/v1/images/generations", "k1"),
+        SLOW_MODEL: Route(f"{fakes_url}/slow/v1/images/generations", "k2"),
+        B64_MODEL: Route(f"{fakes_url}/b64/v1/images/generations", "k3"),
+    }
+
+
 def gateway_env(fakes_url: str) -> dict[str, str]:
     """The real gateway's configuration: three providers on the lean fakes, nothing kept."""
+    routes = provider_routes(fakes_url)
     env = throwaway_environment(os.environ)
     env.update(
         {
             "AUTHORIZED_API_KEY": API_KEY,
             "FLUX_GEN_MODEL": URL_MODEL,
-            "FLUX_GEN_API_BASE": f"{fakes_url}/v1/images/generations",
-            "FLUX_GEN_API_KEY": "k1",
+            "FLUX_GEN_API_BASE": routes[URL_MODEL].endpoint,
+            "FLUX_GEN_API_KEY": routes[URL_MODEL].key,
             "IMAGE_GEN_MODEL_1": SLOW_MODEL,
             "IMAGE_GEN_KIND_1": "siliconflow",
-            "IMAGE_GEN_API_BASE_1": f"{fakes_url}/slow/v1/images/generations",
-            "IMAGE_GEN_API_KEY_1": "k2",
+            "IMAGE_GEN_API_BASE_1": routes[SLOW_MODEL].endpoint,
+            "IMAGE_GEN_API_KEY_1": routes[SLOW_MODEL].key,
             "IMAGE_GEN_MODEL_2": B64_MODEL,
             "IMAGE_GEN_KIND_2": "openai-images",
-            "IMAGE_GEN_API_BASE_2": f"{fakes_url}/b64/v1/images/generations",
-            "IMAGE_GEN_API_KEY_2": "k3",
+            "IMAGE_GEN_API_BASE_2": routes[B64_MODEL].endpoint,
+            "IMAGE_GEN_API_KEY_2": routes[B64_MODEL].key,
             "IMAGE_PROXY_ALLOW_PRIVATE_NETWORKS": "true",
             "IMAGE_GEN_TIMEOUT": "30",
             "LOG_LEVEL": "WARNING",  # no access line per request
@@ -413,6 +459,7 @@ class Bench:
         self.log_dir = log_dir
         self.fakes: Child | None = None
         self.gateway: Child | None = None
+        self.floor: Child | None = None
         self.scripts = {
             "chat": wrk_script(
                 log_dir,
@@ -455,8 +502,20 @@ class Bench:
             flush=True,
         )
 
+    def start_floor(self) -> None:
+        """The design floor on the fakes (once, for the first figure that needs it), checked
+        before it is measured."""
+        if self.floor is not None:
+            return
+        self.floor = start_script(
+            "floor", Path(__file__), ["--serve-floor", self.fakes_url], self.log_dir
+        )
+        print(f"  floor {self.floor_url} (pid {self.floor.proc.pid})", flush=True)
+        check_floor(self.fakes_url, self.floor_url, self.args.url_image_kib * 1024)
+
     def stop(self) -> None:
         """Stop every child this run started."""
+        finish_child(self.floor)
         finish_child(self.gateway)
         finish_child(self.fakes)
 
@@ -472,23 +531,45 @@ class Bench:
         assert self.gateway is not None
         return self.gateway.url
 
+    @property
+    def floor_url(self) -> str:
+        """The design floor's origin (after ``start_floor``)."""
+        assert self.floor is not None
+        return child_url(self.floor)
+
     def watched(self) -> dict[str, int]:
         """The processes whose CPU a wrk run reads."""
         assert self.fakes is not None and self.gateway is not None
-        return {"gateway": self.gateway.proc.pid, "fakes": self.fakes.proc.pid}
+        pids = {"gateway": self.gateway.proc.pid, "fakes": self.fakes.proc.pid}
+        if self.floor is not None:
+            pids["floor"] = self.floor.proc.pid
+        return pids
 
     # figures
 
     def cpu_figure(self, figure: Figure, script: str, path: str, rounds: int) -> None:
-        """Gateway and fakes CPU per request in the same wrk run, concurrency 50."""
-        url = self.gateway_url + path
-        run_wrk("warm-up", url, self.args.warmup, self.args.connections, self.watched(), script)
-        for _ in range(rounds):
-            run = run_wrk(
-                figure.name, url, self.args.duration, self.args.connections, self.watched(), script
-            )
-            if problem := wrk_problem(run):
-                figure.problems.append(problem)
+        """Gateway and fakes CPU per request in the same wrk run, concurrency 50; the floor's
+        CPU per request in a wrk run of its own with the same script, alternating which of the
+        two goes first."""
+        self.start_floor()
+        urls = {"gateway": self.gateway_url + path, "floor": self.floor_url + path}
+        watched = self.watched()
+        for url in urls.values():
+            run_wrk("warm-up", url, self.args.warmup, self.args.connections, watched, script)
+        for number in range(rounds):
+            runs = {}
+            for name in ("gateway", "floor") if number % 2 == 0 else ("floor", "gateway"):
+                runs[name] = run_wrk(
+                    f"{figure.name} {name}",
+                    urls[name],
+                    self.args.duration,
+                    self.args.connections,
+                    watched,
+                    script,
+                )
+                if problem := wrk_problem(runs[name]):
+                    figure.problems.append(problem)
+            run, floor = runs["gateway"], runs["floor"]
             gateway, fakes = run.ms_per_request("gateway"), run.ms_per_request("fakes")
             figure.add(
                 Round(
@@ -496,7 +577,10 @@ class Bench:
                     gateway,
                     fakes,
                     f"({run.result.requests} requests, {run.result.rps:.0f} req/s, "
-                    f"gateway CPU share {run.cpu['gateway'] / run.result.wall_seconds:.0%})",
+                    f"gateway CPU share {run.cpu['gateway'] / run.result.wall_seconds:.0%}; "
+                    f"floor {floor.result.rps:.0f} req/s, fakes "
+                    f"{floor.ms_per_request('fakes'):.3f} ms in its run)",
+                    floor=floor.ms_per_request("floor"),
                 )
             )
 
@@ -509,7 +593,9 @@ class Bench:
         self.cpu_figure(figure, self.scripts["images"], "/v1/images/generations", self.args.rounds)
 
     def measure_latency(self, figure: Figure) -> None:
-        """Figure ``latency``: alternating blocks of direct and gateway requests, one at a time."""
+        """Figure ``latency``: alternating blocks of direct, gateway and floor requests, one at
+        a time."""
+        self.start_floor()
         drive(self._latency(figure))
 
     async def _latency(self, figure: Figure) -> None:
@@ -517,14 +603,16 @@ class Bench:
         try:
             direct = lambda: self._direct(client, "/v1/images/generations")  # noqa: E731
             via = lambda: self._completion(client, URL_MODEL)  # noqa: E731
-            for operation in (direct, via):
+            floor = lambda: self._completion(client, URL_MODEL, self.floor_url)  # noqa: E731
+            sides = (("direct", direct), ("gateway", via), ("floor", floor))
+            for _, operation in sides:
                 for _ in range(50):
                     await operation()
             block = 10
             for _ in range(self.args.rounds):
-                times: dict[str, list[float]] = {"direct": [], "gateway": []}
+                times: dict[str, list[float]] = {name: [] for name, _ in sides}
                 for _ in range(0, self.args.latency_requests, block):
-                    for name, operation in (("direct", direct), ("gateway", via)):
+                    for name, operation in sides:
                         for _ in range(block):
                             started = time.perf_counter()
                             problem = await operation()
@@ -533,14 +621,16 @@ class Bench:
                                 figure.problems.append(f"{name}: {problem}")
                 direct_p50 = 1000.0 * statistics.median(times["direct"])
                 gateway_p50 = 1000.0 * statistics.median(times["gateway"])
+                floor_p50 = 1000.0 * statistics.median(times["floor"])
                 figure.add(
                     Round(
                         gateway_p50 / direct_p50,
                         gateway_p50,
                         direct_p50,
-                        f"added {gateway_p50 - direct_p50:.3f} ms "
+                        f"added {gateway_p50 - direct_p50:.3f} ms; floor p50 {floor_p50:.3f} ms "
                         f"({len(times['gateway'])} requests each)",
                         extra=gateway_p50 - direct_p50,
+                        floor=floor_p50 - direct_p50,
                     )
                 )
         finally:
@@ -559,21 +649,26 @@ class Bench:
         )
         return "" if image.code == 200 else "image " + generation.describe(image)
 
-    async def _completion(self, client: AsyncHTTPClient, model: str) -> str:
-        """One chat completion through the gateway ("" when it answered 200)."""
+    async def _completion(
+        self, client: AsyncHTTPClient, model: str, origin: str | None = None
+    ) -> str:
+        """One chat completion through the gateway, or the server at ``origin`` ("" when it
+        answered 200)."""
         body = {"model": model, "messages": [{"role": "user", "content": PROMPT}], "enhance": False}
+        origin = origin or self.gateway_url
         response = await client.fetch(
-            post(self.gateway_url + "/v1/chat/completions", body), raise_error=False
+            post(origin + "/v1/chat/completions", body), raise_error=False
         )
         return "" if response.code == 200 else generation.describe(response)
 
     def measure_burst(self, figure: Figure) -> None:
-        """Figure ``burst``: the same client's burst straight at the provider and via the
-        gateway, alternating which goes first."""
+        """Figure ``burst``: the same client's burst straight at the provider, via the gateway
+        and via the floor, the order reversed every other round."""
+        self.start_floor()
         for number in range(self.args.rounds):
             walls = {}
-            order = ("direct", "gateway") if number % 2 == 0 else ("gateway", "direct")
-            for side in order:
+            order = ("direct", "gateway", "floor")
+            for side in order if number % 2 == 0 else order[::-1]:
                 walls[side], failures = drive(self._burst(side))
                 if failures:
                     figure.problems.append(f"{side}: {len(failures)} failed, e.g. {failures[0]}")
@@ -582,7 +677,8 @@ class Bench:
                     walls["gateway"] / walls["direct"],
                     walls["gateway"],
                     walls["direct"],
-                    f"({self.args.burst} requests each)",
+                    f"floor {walls['floor']:.3f} s ({self.args.burst} requests each)",
+                    floor=walls["floor"] / walls["direct"],
                 )
             )
 
@@ -591,6 +687,8 @@ class Bench:
         try:
             if side == "direct":
                 operation = lambda: self._direct(client, "/slow/v1/images/generations")  # noqa: E731
+            elif side == "floor":
+                operation = lambda: self._completion(client, SLOW_MODEL, self.floor_url)  # noqa: E731
             else:
                 operation = lambda: self._completion(client, SLOW_MODEL)  # noqa: E731
             started = time.perf_counter()
@@ -783,6 +881,47 @@ def post(url: str, body: dict[str, Any]) -> HTTPRequest:
     )
 
 
+def check_floor(fakes_url: str, floor_url: str, url_image_bytes: int) -> None:
+    """Raise unless the floor answers as a gateway must: a chat completion linking the very
+    image the provider made (named by its SHA-256), the Images API the provider's base64 of it.
+
+    The fakes number their images in turn, one counter for every provider, so with nothing else
+    in flight the next two images are known: the fakes' own first-and-only images, rebuilt here.
+    """
+    images = FakeState(url_image_bytes, B64_IMAGE_BYTES, 0.0)
+    probe = fetch_json(
+        f"{fakes_url}/v1/images/generations",
+        {"model": URL_MODEL, "prompt": PROMPT, "image_size": "1024x1024"},
+    )
+    number = int(re.search(r"/img/(\d+)\.png$", probe["images"][0]["url"]).group(1))
+    chat = fetch_json(
+        f"{floor_url}/v1/chat/completions",
+        {"model": URL_MODEL, "messages": [{"role": "user", "content": PROMPT}]},
+    )
+    content = chat["choices"][0]["message"]["content"]
+    link = FLOOR_LINK.fullmatch(content)
+    expected = hashlib.sha256(unique_png(images.url_png, number + 1)).hexdigest()
+    if chat.get("object") != "chat.completion" or not link or link.group(1) != expected:
+        raise RuntimeError(f"the floor's chat completion links the wrong image: {content!r}")
+    answer = fetch_json(
+        f"{floor_url}/v1/images/generations",
+        {"model": B64_MODEL, "prompt": PROMPT, "response_format": "b64_json"},
+    )
+    if answer["data"][0]["b64_json"] != images.b64.encode(number + 2):
+        raise RuntimeError("the floor's Images API answer is not the provider's base64 image")
+
+
+def fetch_json(url: str, body: dict[str, Any]) -> Any:
+    """POST ``body`` with the client key; the JSON answer (an error unless 200)."""
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {API_KEY}"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return json.load(answer)
+
+
 def check_litellm(url: str) -> str:
     """One Images API request through LiteLLM: "" when it answered a b64 image."""
     request = urllib.request.Request(
@@ -886,8 +1025,13 @@ def print_table(chosen: Sequence[Figure]) -> bool:
     print()
     print("Summary: ratio = gateway / reference, min / median / max over rounds; medians of both")
     print(
+        "  floor: the design floor's value of what the target judges (a bare handler doing only "
+        "what\n  the request needs, through the gateway's curl client); gateway/floor: the "
+        "gateway's value of the\n  same over the floor's, median over rounds"
+    )
+    print(
         f"  {'figure':<8} {'ratio min / median / max':<26} {'gateway':<16} {'reference':<24} "
-        f"{'target':<18} result"
+        f"{'floor':<18} {'gateway/floor':<14} {'target':<18} result"
     )
     all_met = True
     for figure in chosen:
@@ -906,9 +1050,13 @@ def print_table(chosen: Sequence[Figure]) -> bool:
             verdict += "; " + figure.extra.format(median.extra)
         spread = f"{min(ratios):.3f} / {median.ratio:.3f} / {max(ratios):.3f}"
         reference = f"{figure.reference} {number(median.reference)} {figure.unit}"
+        floor, over_floor = "-", "-"
+        if figure.judged is not None:
+            floor = figure.floor_format.format(median.floor)
+            over_floor = f"{statistics.median(figure.over_floor(r) for r in figure.rounds):.2f}"
         print(
             f"  {figure.name:<8} {spread:<26} {number(median.gateway) + ' ' + figure.unit:<16} "
-            f"{reference:<24} {figure.target:<18} {verdict}"
+            f"{reference:<24} {floor:<18} {over_floor:<14} {figure.target:<18} {verdict}"
         )
     print()
     for figure in chosen:
@@ -951,6 +1099,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--serve-fakes", action="store_true", help=argparse.SUPPRESS)
     mode.add_argument("--serve-bare", action="store_true", help=argparse.SUPPRESS)
+    mode.add_argument("--serve-floor", metavar="FAKES_ORIGIN", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.duration, args.warmup = 1, 3, 1
@@ -986,7 +1135,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark, or one of its server processes."""
     args = parse_args(argv)
     if args.serve_fakes:
-        asyncio.run(serve_fakes(args.url_image_kib * 1024, 100 * 1024, args.slow_delay))
+        asyncio.run(serve_fakes(args.url_image_kib * 1024, B64_IMAGE_BYTES, args.slow_delay))
+        return 0
+    if args.serve_floor:
+        # The same event loop as the gateway's (uvloop when installed).
+        with asyncio.Runner(loop_factory=image_proxy.server_loop()[1]) as runner:
+            runner.run(serve_floor(provider_routes(args.serve_floor)))
         return 0
     if args.serve_bare:
         image = image_proxy.bench_image(args.cache_image_kib * 1024)

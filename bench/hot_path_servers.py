@@ -11,6 +11,10 @@ gateway is divided by, so they do nothing a real provider or a bare handler woul
 * ``serve_bare``: a bare image handler (``Content-Type`` and a precomputed ``ETag``, the bytes
   from memory) and a bare SSE handler (the chunks a streamed chat completion sends), on the event
   loop the gateway runs on.
+* ``serve_floor``: the design floor, the least a gateway built as this one is (Tornado handlers,
+  one ``AsyncHTTPClient`` with the gateway's curl client class) can do for a non-streamed chat
+  completion and for an Images API request answered in base64, on the fakes and on the event
+  loop the gateway runs on.
 """
 
 from __future__ import annotations
@@ -24,11 +28,19 @@ import random
 import struct
 import time
 import zlib
+from dataclasses import dataclass
 
+import orjson
+import pybase64
 from fakes import emit, noise_png_of_size, serve_until_stdin_closes
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
-from tornado.web import Application, RequestHandler
+from tornado.web import Application, HTTPError, RequestHandler
+
+from tornado_imagegate.config import Settings
+from tornado_imagegate.providers.siliconflow import INFERENCE_STEPS
+from tornado_imagegate.server import configure_http_client
 
 HOST = "127.0.0.1"
 BACKLOG = 4096  # a burst of 1000 connections must never find a full accept queue here
@@ -192,6 +204,129 @@ async def serve_bare(image: bytes) -> None:
         [
             (r"/image-proxy", BareImage, {"data": image, "etag": etag}),
             (r"/v1/chat/completions", BareSse),
+        ]
+    )
+    server = HTTPServer(app)
+    sockets = bind_sockets(0, HOST, backlog=BACKLOG)
+    server.add_sockets(sockets)
+    emit({"url": f"http://{HOST}:{sockets[0].getsockname()[1]}"})
+    await serve_until_stdin_closes({}, stop_on_signals=True)
+    server.stop()
+
+
+# --- the design floor ---------------------------------------------------------------------
+
+FLOOR_SIZE = "1024x1024"  # the size the gateway asks for when the client names none
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where the floor sends a model's generations: the provider's endpoint and key."""
+
+    endpoint: str
+    key: str
+
+
+class _Floor(RequestHandler):
+    """Common ground of the floor's handlers: the routes and one upstream client."""
+
+    def initialize(self, routes: dict[str, Route]) -> None:
+        self.routes = routes
+
+    def route(self, model: str) -> Route:
+        """The provider of ``model`` (a 404 for a model the floor does not know)."""
+        try:
+            return self.routes[model]
+        except KeyError:
+            raise HTTPError(404, "no route for model %r", model) from None
+
+    async def generate(self, route: Route, body: dict[str, object]) -> dict:
+        """POST ``body`` to the provider (as the gateway's providers do) and read its JSON."""
+        request = HTTPRequest(
+            route.endpoint,
+            method="POST",
+            headers={
+                "Authorization": f"Bearer {route.key}",
+                "Content-Type": "application/json",
+                "Accept": "application/json",
+            },
+            body=orjson.dumps(body),
+            follow_redirects=False,
+        )
+        response = await AsyncHTTPClient().fetch(request)
+        return orjson.loads(response.body)
+
+    def answer_json(self, data: object) -> None:
+        """Finish with ``data`` as JSON."""
+        self.set_header("Content-Type", "application/json")
+        self.finish(orjson.dumps(data))
+
+
+class FloorChat(_Floor):
+    """A non-streamed chat completion from a URL-answering provider, and nothing more."""
+
+    async def post(self) -> None:
+        """Generate, fetch the image, name it by one SHA-256, answer a markdown image link."""
+        request = orjson.loads(self.request.body)
+        model = request["model"]
+        prompt = request["messages"][-1]["content"]
+        body = {
+            "model": model,
+            "prompt": prompt,
+            "image_size": FLOOR_SIZE,
+            "num_inference_steps": INFERENCE_STEPS,
+            "seed": random.randrange(2**31),
+        }
+        answer = await self.generate(self.route(model), body)
+        image = await AsyncHTTPClient().fetch(answer["images"][0]["url"])
+        name = hashlib.sha256(image.body).hexdigest()
+        host = self.request.host
+        content = f"![image](http://{host}/image-proxy?id={name})"
+        self.answer_json(
+            {
+                "id": "chatcmpl-" + name[:24],
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": content},
+                        "finish_reason": "stop",
+                    }
+                ],
+            }
+        )
+
+
+class FloorImages(_Floor):
+    """An Images API request answered in base64: the provider's string passes through."""
+
+    async def post(self) -> None:
+        """Generate, decode the image once and hash it, answer the provider's base64 as it is."""
+        request = orjson.loads(self.request.body)
+        model = request["model"]
+        body = {
+            "model": model,
+            "prompt": request["prompt"],
+            "n": 1,
+            "size": FLOOR_SIZE,
+            "response_format": "b64_json",
+        }
+        answer = await self.generate(self.route(model), body)
+        encoded = answer["data"][0]["b64_json"]
+        # A gateway must sniff the image and name the copy it keeps: one decode, one hash.
+        hashlib.sha256(pybase64.b64decode(encoded, validate=True))
+        self.answer_json({"created": int(time.time()), "data": [{"b64_json": encoded}]})
+
+
+async def serve_floor(routes: dict[str, Route]) -> None:
+    """Run the floor until stdin closes; announce ``{"url": origin}`` first."""
+    configure_http_client(Settings())  # the gateway's client class, limits and body cap
+    app = Application(
+        [
+            (r"/v1/chat/completions", FloorChat, {"routes": routes}),
+            (r"/v1/images/generations", FloorImages, {"routes": routes}),
         ]
     )
     server = HTTPServer(app)
