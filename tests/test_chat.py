@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
 from conftest import CLIENT_KEYS, assert_error, call, chat_body, json_of, post_chat, with_env
 from pngcheck import png_info
+
+from tornado_imagegate import openai_api
 
 LINK = re.compile(r"!\[((?:\\.|[^\]\\])*)\]\((\S+?)\)")
 
@@ -309,3 +312,19 @@ async def test_both_client_keys_can_generate(http_client, base_url):
 async def test_route_aliases_for_clients_given_a_bare_base_url(http_client, base_url, path):
     response = await call(http_client, base_url, path, method="POST", body=chat_body("a dog"))
     assert response.code == 200
+
+
+def test_completion_ids_are_fresh_in_every_process():
+    ids = {openai_api.completion_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(re.fullmatch(r"chatcmpl-[0-9a-f]{32}", i) for i in ids)
+    # A forked worker draws its own ids, not its parent's next ones.
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.write(writer, openai_api.completion_id().encode())
+        os._exit(0)
+    os.close(writer)
+    os.waitpid(child, 0)
+    with os.fdopen(reader, "rb") as pipe:
+        assert pipe.read().decode() != openai_api.completion_id()

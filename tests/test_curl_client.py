@@ -224,6 +224,10 @@ async def test_tornado_queues_requests_in_a_deque_and_proxies_their_defaults():
         pinned(hasattr(client, "_closed"), "how a closed client is known (no _closed)")
         proxy = _RequestProxy(HTTPRequest("http://127.0.0.1:9/"), client.defaults)
         pinned(proxy.follow_redirects is True, "_RequestProxy: defaults no longer fill in None")
+        # Upstream.with_defaults writes these into each request instead of wrapping it.
+        pinned(isinstance(client.defaults, dict), "where a client's defaults are (no dict)")
+        unset = HTTPRequest("http://127.0.0.1:9/")
+        pinned(unset.follow_redirects is None, "an unset request option is no longer None")
     finally:
         client.close()
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 
 import pytest
 from fakes import FakeOrigin
-from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest, _RequestProxy
 
 from tornado_imagegate.errors import UpstreamError
-from tornado_imagegate.upstream import FetchGuard, Upstream, retry_after_seconds
+from tornado_imagegate.upstream import FetchGuard, Upstream, retry_after_seconds, with_defaults
 
 
 @pytest.mark.gen_test
@@ -147,3 +148,18 @@ async def test_filtered_fetches_reuse_the_connections_the_filter_checked():
         assert origin.connections == 2
     finally:
         origin.close()
+
+
+def test_a_request_with_defaults_written_in_reads_as_tornados_proxy_would():
+    defaults = dict(HTTPRequest._DEFAULTS, validate_cert=False, connect_timeout=3.0)
+    options = [name for name in inspect.signature(HTTPRequest).parameters if name != "url"]
+    given = {"follow_redirects": False, "request_timeout": 7.5, "user_agent": "probe/1"}
+    request = HTTPRequest("http://127.0.0.1:9/", method="POST", body=b"{}", **given)
+    proxy = _RequestProxy(
+        HTTPRequest("http://127.0.0.1:9/", method="POST", body=b"{}", **given), defaults
+    )
+    filled = with_defaults(request, defaults)
+    # Every option a request keeps as an attribute (if_modified_since becomes a header).
+    for name in [name for name in options if hasattr(proxy.request, name)]:
+        assert getattr(filled, name) == getattr(proxy, name), name
+    assert filled.follow_redirects is False and filled.validate_cert is False

@@ -18,7 +18,6 @@ from tornado.httpclient import (
     HTTPClientError,
     HTTPRequest,
     HTTPResponse,
-    _RequestProxy,
 )
 from tornado.httputil import HTTPHeaders
 
@@ -359,7 +358,7 @@ class Upstream:
 
         if not isinstance(request.headers, HTTPHeaders):
             request.headers = HTTPHeaders(request.headers)
-        client.fetch_impl(_RequestProxy(request, client.defaults), deliver)
+        client.fetch_impl(with_defaults(request, client.defaults), deliver)
         return answer
 
     @staticmethod
@@ -379,6 +378,19 @@ class Upstream:
 
 
 _NO_TIMER = contextlib.nullcontext()
+
+
+def with_defaults(request: HTTPRequest, defaults: dict[str, Any]) -> HTTPRequest:
+    """``request`` with the client's defaults written into the options it leaves unset (None).
+
+    Tornado's ``fetch()`` wraps each request in a proxy object that looks every option up in the
+    request, then in the defaults: some fifty lookups through ``__getattr__`` per upstream call,
+    about a sixth of curl's set-up time. Writing the few defaults in once gives the same values.
+    """
+    for name, value in defaults.items():
+        if getattr(request, name, None) is None:
+            setattr(request, name, value)
+    return request
 
 
 def retry_after_seconds(response: HTTPResponse) -> float | None:
