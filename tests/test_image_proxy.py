@@ -13,6 +13,7 @@ import pytest
 from conftest import PROXY_SECRET, assert_error, gateway_settings, register_secret, with_env
 from fakes import FakeOrigin, noise_png, png_bytes, png_of_length
 from tornado.httpclient import HTTPClientError
+from tornado.httputil import HTTPHeaders
 from tornado.iostream import IOStream
 from tornado.netutil import bind_sockets
 
@@ -534,6 +535,17 @@ async def test_cache_hit_validators_304_and_head(http_client, base_url, app, ori
     assert int(response.headers["Content-Length"]) == len(response.body)
     not_modified = await get(http_client, link, **{"If-None-Match": etag})
     assert not_modified.code == 304 and not_modified.body == b""
+    # A client may send its validators in several header lines: any of them matches.
+    several = HTTPHeaders()
+    several.add("If-None-Match", '"an-older-copy"')
+    several.add("If-None-Match", etag)
+    repeated = await http_client.fetch(link, headers=several, raise_error=False)
+    assert repeated.code == 304 and repeated.body == b""
+    several = HTTPHeaders()
+    several.add("If-None-Match", '"an-older-copy"')
+    several.add("If-None-Match", '"another-copy"')
+    other = await http_client.fetch(link, headers=several, raise_error=False)
+    assert other.code == 200 and other.body == response.body
     head = await http_client.fetch(link, method="HEAD", raise_error=False)
     assert head.code == 200 and head.body == b""
     assert head.headers["Content-Length"] == response.headers["Content-Length"]

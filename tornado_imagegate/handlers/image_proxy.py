@@ -74,7 +74,7 @@ class ImageProxyHandler(BaseHandler):
 
     def send_image(self, image: ServedImage, include_body: bool) -> None:
         """Answer from a complete image: validators, length, then the bytes (or 304)."""
-        if_none_match = self.request.headers.get("If-None-Match")
+        if_none_match = ",".join(self.request.headers.get_list("If-None-Match"))  # as request_id
         if if_none_match and (image.etag in if_none_match or if_none_match.strip() == "*"):
             self.put_headers(POLICY_HEADERS)
             self.put_headers(image.validator_headers)
