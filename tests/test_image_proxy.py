@@ -550,3 +550,28 @@ async def test_cache_hit_validators_304_and_head(http_client, base_url, app, ori
     assert head.code == 200 and head.body == b""
     assert head.headers["Content-Length"] == response.headers["Content-Length"]
     assert origin.hits["v.png"] == 1
+
+
+@pytest.mark.gen_test
+@with_env(LAB)
+async def test_a_first_fetch_counts_as_in_flight_until_it_is_served(
+    http_client, base_url, app, origin
+):
+    # A shutdown waits for what is in flight: a GET or HEAD waiting on its download counts.
+    lifecycle = app.services.lifecycle
+    image = noise_png(120, 120)
+    for method, path in (("GET", "get.png"), ("HEAD", "head.png")):
+        held = origin.hold(path, image, first=1000)
+        query = urlencode(store_of(app).signer.query_for_url(origin.url(path)))
+        served = asyncio.ensure_future(
+            http_client.fetch(f"{base_url}/image-proxy?{query}", method=method, raise_error=False)
+        )
+        await held.asked.wait()
+        assert lifecycle.inflight == 1
+        held.release.set()
+        response = await served
+        assert response.code == 200 and lifecycle.inflight == 0
+        assert response.body == (image if method == "GET" else b"")
+        hit = await get(http_client, f"{base_url}/image-proxy?{query}")
+        assert hit.code == 200 and hit.body == image and lifecycle.inflight == 0
+    assert await lifecycle.drain(1)

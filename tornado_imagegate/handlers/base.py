@@ -112,6 +112,10 @@ class BaseHandler(RequestIdMixin, RequestHandler):
 
     def prepare(self) -> None:
         """Count the request as in flight, for a graceful shutdown."""
+        self.count_in_flight()
+
+    def count_in_flight(self) -> None:
+        """Count the request as in flight until it finishes or its client leaves."""
         self._counted = True
         self.lifecycle.begin()
 
