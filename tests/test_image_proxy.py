@@ -13,6 +13,7 @@ import pytest
 from conftest import PROXY_SECRET, assert_error, gateway_settings, register_secret, with_env
 from fakes import FakeOrigin, noise_png, png_bytes, png_of_length
 from tornado.httpclient import HTTPClientError
+from tornado.httputil import HTTPHeaders
 from tornado.iostream import IOStream
 from tornado.netutil import bind_sockets
 
@@ -534,7 +535,43 @@ async def test_cache_hit_validators_304_and_head(http_client, base_url, app, ori
     assert int(response.headers["Content-Length"]) == len(response.body)
     not_modified = await get(http_client, link, **{"If-None-Match": etag})
     assert not_modified.code == 304 and not_modified.body == b""
+    # A client may send its validators in several header lines: any of them matches.
+    several = HTTPHeaders()
+    several.add("If-None-Match", '"an-older-copy"')
+    several.add("If-None-Match", etag)
+    repeated = await http_client.fetch(link, headers=several, raise_error=False)
+    assert repeated.code == 304 and repeated.body == b""
+    several = HTTPHeaders()
+    several.add("If-None-Match", '"an-older-copy"')
+    several.add("If-None-Match", '"another-copy"')
+    other = await http_client.fetch(link, headers=several, raise_error=False)
+    assert other.code == 200 and other.body == response.body
     head = await http_client.fetch(link, method="HEAD", raise_error=False)
     assert head.code == 200 and head.body == b""
     assert head.headers["Content-Length"] == response.headers["Content-Length"]
     assert origin.hits["v.png"] == 1
+
+
+@pytest.mark.gen_test
+@with_env(LAB)
+async def test_a_first_fetch_counts_as_in_flight_until_it_is_served(
+    http_client, base_url, app, origin
+):
+    # A shutdown waits for what is in flight: a GET or HEAD waiting on its download counts.
+    lifecycle = app.services.lifecycle
+    image = noise_png(120, 120)
+    for method, path in (("GET", "get.png"), ("HEAD", "head.png")):
+        held = origin.hold(path, image, first=1000)
+        query = urlencode(store_of(app).signer.query_for_url(origin.url(path)))
+        served = asyncio.ensure_future(
+            http_client.fetch(f"{base_url}/image-proxy?{query}", method=method, raise_error=False)
+        )
+        await held.asked.wait()
+        assert lifecycle.inflight == 1
+        held.release.set()
+        response = await served
+        assert response.code == 200 and lifecycle.inflight == 0
+        assert response.body == (image if method == "GET" else b"")
+        hit = await get(http_client, f"{base_url}/image-proxy?{query}")
+        assert hit.code == 200 and hit.body == image and lifecycle.inflight == 0
+    assert await lifecycle.drain(1)

@@ -12,9 +12,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
-from conftest import CLIENT_KEYS, Calls
+from conftest import CLIENT_KEYS, Calls, with_env
+from fakes import FakeOrigin, png_bytes
 from processes import Gateway, clean_env
 from tornado.iostream import IOStream, StreamClosedError
 from tornado.netutil import bind_sockets
@@ -153,6 +155,37 @@ async def test_at_the_cap_the_longest_idle_connection_makes_room(serve):
     assert await until_closed(oldest) == b""
     assert not newer.closed()
     newer.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+@with_env({"IMAGE_PROXY_ALLOW_PRIVATE_NETWORKS": "true"})
+async def test_at_the_cap_a_connection_being_answered_stays_and_is_idle_again_after(serve, app):
+    origin = FakeOrigin()
+    try:
+        held = origin.hold("slow.png", png_bytes())
+        query = urlencode(app.services.store.signer.query_for_url(origin.url("slow.png")))
+        port, server = serve(max_connections=2)
+        served = Calls(server, "handle_stream")
+        answered = await connect(port)  # the oldest, busy with a request that has no body
+        await answered.write(f"GET /image-proxy?{query} HTTP/1.1\r\nHost: gw\r\n\r\n".encode())
+        await held.asked.wait()  # the gateway has the headers and fetches the image
+        idle = await connect(port)
+        await served.reach(2)
+        assert (await exchange(port, HEALTH)).startswith(b"HTTP/1.1 200")
+        assert await until_closed(idle) == b""  # the idle one made room, not the busy one
+        assert not answered.closed()
+        held.release.set()
+        answer = await asyncio.wait_for(answered.read_until(b"\r\n0\r\n\r\n"), DEADLINE)
+        assert answer.startswith(b"HTTP/1.1 200")
+        # Kept alive, it waits for its next request: idle again, and now the longest idle.
+        newer = await connect(port)
+        await served.reach(4)
+        assert (await exchange(port, HEALTH)).startswith(b"HTTP/1.1 200")
+        assert await until_closed(answered) == b""
+        assert not newer.closed()
+        newer.close()
+    finally:
+        origin.close()
 
 
 @pytest.mark.gen_test(timeout=60)

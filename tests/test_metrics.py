@@ -57,3 +57,29 @@ async def test_metrics_can_be_public(http_client, base_url):
         http_client, base_url, "/metrics", key=None, headers={"X-Forwarded-For": "203.0.113.9"}
     )
     assert response.code == 200
+
+
+def requests_counted(text: str, sample: str) -> float:
+    """The value of one sample (a name with its labels, as printed) in Prometheus text."""
+    match = re.search(rf"^{re.escape(sample)} (\S+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+@pytest.mark.gen_test
+@with_env({"IMAGE_PROXY_ALLOW_PRIVATE_NETWORKS": "true"})
+async def test_every_answer_is_counted_exactly_once_across_scrapes(http_client, base_url):
+    response = await post_chat(http_client, base_url, chat_body("a boat", seed=2))
+    link = json_of(response)["choices"][0]["message"]["content"].split("(")[1].rstrip(")")
+    served = '{method="GET",route="ImageProxyHandler",status="200"}'
+    total, count = (
+        "imagegate_http_requests_total" + served,
+        ('imagegate_http_request_duration_seconds_count{route="ImageProxyHandler"}'),
+    )
+    seen = 0.0
+    for fetches in (3, 0, 5):
+        for _ in range(fetches):
+            await http_client.fetch(link)
+        text = (await call(http_client, base_url, "/metrics", key=None)).body.decode()
+        seen += fetches
+        assert requests_counted(text, total) == seen
+        assert requests_counted(text, count) == seen

@@ -7,6 +7,7 @@ import re
 
 import pytest
 from conftest import CLIENT_KEYS, LOG_WATCH, call
+from tornado.httputil import HTTPHeaders
 
 from tornado_imagegate.handlers.base import REQUEST_IDS
 
@@ -31,6 +32,13 @@ async def test_every_answer_carries_a_request_id_that_the_log_names(http_client,
     assert kept.headers["X-Request-Id"] == "proxy-id-1234"
     forged = await call(http_client, base_url, "/health", headers={"X-Request-Id": "a\u00e9 b"})
     assert forged.headers["X-Request-Id"] != "a\u00e9 b"
+    # Two ids in two header lines are not one well-formed id: the answer gets its own.
+    twice = HTTPHeaders()
+    twice.add("X-Request-Id", "proxy-id-1234")
+    twice.add("X-Request-Id", "proxy-id-5678")
+    for path in ("/health", "/image-proxy?id=" + "0" * 32):
+        doubled = await http_client.fetch(base_url + path, headers=twice, raise_error=False)
+        assert re.fullmatch(r"[0-9a-f]{16}", doubled.headers["X-Request-Id"])
 
 
 def test_a_forked_worker_never_repeats_its_parents_request_ids():

@@ -9,7 +9,7 @@ import logging
 import resource
 import socket
 import sys
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from http import HTTPStatus
 from typing import Any, cast
 
@@ -147,7 +147,28 @@ def framing_error_answer(data: bytes | memoryview) -> bytes | None:
 
 
 class GatewayStream(IOStream):
-    """A client connection whose framing errors are answered in the OpenAI envelope."""
+    """A client connection whose framing errors are answered in the OpenAI envelope, and which
+    tells whether it is idle: waiting for a request's headers, the longest-waiting first in
+    ``waiting`` (its server's ``idle``)."""
+
+    def __init__(self, *args: Any, waiting: dict[GatewayStream, None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.waiting = waiting
+        self.header_read: Awaitable[bytes] | None = None
+
+    def read_until_regex(self, regex: bytes, max_bytes: int | None = None) -> Awaitable[bytes]:
+        """Read a request's header block (Tornado reads nothing else so): the connection is
+        idle until it is in. Noted once per request here, not by a delegate around each."""
+        read = self.header_read = super().read_until_regex(regex, max_bytes)
+        waiting = self.waiting
+        waiting.pop(self, None)  # now the one that started waiting last
+        waiting[self] = None
+        return read
+
+    def is_idle(self) -> bool:
+        """Whether the connection waits for a request (or for the rest of its headers)."""
+        read = self.header_read
+        return read is None or not cast(Future, read).done()
 
     def write(self, data: bytes | memoryview) -> Future[None]:
         """Write ``data``, putting our answer in place of Tornado's bare framing 400."""
@@ -266,38 +287,6 @@ class _Acceptor:
         self.sock.close()
 
 
-class _RequestWatch(httputil.HTTPMessageDelegate):
-    """Passes a request through, noting when its headers arrive (the connection is busy)."""
-
-    def __init__(
-        self, server: GatewayHTTPServer, stream: IOStream, delegate: httputil.HTTPMessageDelegate
-    ) -> None:
-        self.server = server
-        self.stream = stream
-        self.delegate = delegate
-
-    def headers_received(
-        self,
-        start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
-        headers: httputil.HTTPHeaders,
-    ) -> Any:
-        """The connection is busy with a request from now on."""
-        self.server.idle.pop(self.stream, None)
-        return self.delegate.headers_received(start_line, headers)
-
-    def data_received(self, chunk: bytes) -> Any:
-        """Pass a piece of the body on."""
-        return self.delegate.data_received(chunk)
-
-    def finish(self) -> None:
-        """The request is complete."""
-        self.delegate.finish()
-
-    def on_connection_close(self) -> None:
-        """The connection closed before the request was complete."""
-        self.delegate.on_connection_close()
-
-
 class GatewayHTTPServer(HTTPServer):
     """Tornado's HTTP server with our own accept loop, a cap on open client connections and
     framing errors answered in the OpenAI envelope.
@@ -316,8 +305,9 @@ class GatewayHTTPServer(HTTPServer):
             raise ValueError("TLS is not served here: terminate it in a reverse proxy")
         self.max_connections = max_connections
         self.open_connections = 0
-        # Connections waiting for a request's headers, the longest-waiting first.
-        self.idle: dict[IOStream, None] = {}
+        # Connections that started waiting for a request's headers, the longest-waiting first;
+        # one busy since is dropped when the cap looks for an idle one (GatewayStream.is_idle).
+        self.idle: dict[GatewayStream, None] = {}
         self._closed_for_room: set[IOStream] = set()
         self._acceptors: list[_Acceptor] = []
         self.accept_errors = Tally(
@@ -361,7 +351,10 @@ class GatewayHTTPServer(HTTPServer):
             connection.close()
             return
         stream = GatewayStream(
-            connection, max_buffer_size=self.max_buffer_size, read_chunk_size=self.read_chunk_size
+            connection,
+            max_buffer_size=self.max_buffer_size,
+            read_chunk_size=self.read_chunk_size,
+            waiting=self.idle,
         )
         try:
             self.handle_stream(stream, address)
@@ -371,30 +364,23 @@ class GatewayHTTPServer(HTTPServer):
 
     def close_oldest_idle(self) -> bool:
         """Close the connection idle longest, if any; return whether one was closed."""
-        if not self.idle:
-            return False
-        oldest = next(iter(self.idle))
-        del self.idle[oldest]
-        self._closed_for_room.add(oldest)
-        self.open_connections -= 1
-        oldest.close()
-        self.closed_idle.add()
-        return True
+        while self.idle:
+            oldest = next(iter(self.idle))
+            del self.idle[oldest]
+            if oldest.is_idle():
+                self._closed_for_room.add(oldest)
+                self.open_connections -= 1
+                oldest.close()
+                self.closed_idle.add()
+                return True
+            # Busy with a request since it last waited: it joins again when it next waits.
+        return False
 
     def handle_stream(self, stream: IOStream, address: tuple) -> None:
         """Count the connection as open and idle, then serve HTTP on it."""
         self.open_connections += 1
-        self.idle[stream] = None
+        self.idle[cast(GatewayStream, stream)] = None
         super().handle_stream(stream, address)
-
-    def start_request(
-        self, server_conn: object, request_conn: httputil.HTTPConnection
-    ) -> httputil.HTTPMessageDelegate:
-        """Tornado waits for a request's headers from now on: the connection is idle."""
-        stream = cast(HTTP1ServerConnection, server_conn).stream
-        if not stream.closed():  # closed to make room before it was ever served
-            self.idle.setdefault(stream, None)
-        return _RequestWatch(self, stream, super().start_request(server_conn, request_conn))
 
     def on_close(self, server_conn: object) -> None:
         """The connection is closed: it no longer counts."""

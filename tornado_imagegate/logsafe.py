@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +14,10 @@ if TYPE_CHECKING:
     from tornado_imagegate.metrics import Metrics
 
 access_log = logging.getLogger("tornado.access")
+ACCESS_LINE = "%d %s %s %.1fms id=%s"
+# What logging records when it is told not to look for the caller (``logging._srcfile = None``).
+NO_CALLER = ("(unknown file)", "(unknown function)")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def log_request(handler: Any, metrics: Metrics | None = None) -> None:
@@ -37,14 +42,13 @@ def log_request(handler: Any, metrics: Metrics | None = None) -> None:
     if not access_log.isEnabledFor(level):
         return  # nothing to format
     request_id = getattr(handler, "request_id", "-")
-    access_log.log(
-        level,
-        "%d %s %s %.1fms id=%s",
-        status,
-        request.method,
-        request.path,
-        1000 * seconds,
-        request_id,
+    args = (status, request.method, request.path, 1000 * seconds, request_id)
+    # The record is made here, not by ``access_log.log``: that walks the stack for the calling
+    # line on every request, and no line of the access log shows it.
+    access_log.handle(
+        access_log.makeRecord(
+            access_log.name, level, NO_CALLER[0], 0, ACCESS_LINE, args, None, NO_CALLER[1]
+        )
     )
 
 
@@ -135,13 +139,29 @@ def hide_secrets(secrets: Iterable[str]) -> None:
             handler.addFilter(SECRET_FILTER)
 
 
+class SecondFormatter(logging.Formatter):
+    """logging's Formatter, formatting the date and time once per second rather than once per
+    line (an access line a request: ``strftime`` was most of a line's formatting)."""
+
+    _second: int | None = None
+    _text = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        """``asctime`` as logging's Formatter writes it: local time, then milliseconds."""
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        if second != self._second:
+            self._text = time.strftime(self.default_time_format, self.converter(record.created))
+            self._second = second
+        return self.default_msec_format % (self._text, record.msecs)
+
+
 def configure_logging(level: str) -> None:
     """Log to stderr (unbuffered under systemd) at ``level``, keeping curl's verbose mode off."""
-    logging.basicConfig(
-        level=level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(SecondFormatter(LOG_FORMAT))
+    logging.basicConfig(level=level, handlers=[handler])
     hide_secrets(())
     keep_curl_quiet()
 

@@ -89,7 +89,7 @@ class Metrics:
             ["group"],
             registry=self.registry,
         )
-        self._request_children: dict[tuple[str, str, int], tuple] = {}
+        self._request_tallies: dict[tuple[str, str, int], _RequestTally] = {}
         self._stage_children: dict[str, Histogram] = {}
         self.streams_open = Gauge(
             "imagegate_streams_open",
@@ -99,23 +99,34 @@ class Metrics:
         )
 
     def count_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        """One answered request (labelled children are looked up once and kept)."""
+        """One answered request (labelled children are looked up once and kept).
+
+        The request counter is brought up to date when it is read (a scrape) or shared (once
+        per turn of the event loop, with workers), not once per request.
+        """
         key = (route, method, status)
-        children = self._request_children.get(key)
-        if children is None:
-            children = (
+        tally = self._request_tallies.get(key)
+        if tally is None:
+            tally = _RequestTally(
                 self.requests.labels(route, method, str(status)),
                 self.request_seconds.labels(route),
             )
-            self._request_children[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
-        if self._mirrors and not self._publish_pending:
-            # Requests are what change those figures. Copied once per turn of the event loop,
-            # after the requests it answered (about 25 us a copy): before the next request is
-            # read, so a scrape that follows an answer finds it counted.
+            self._request_tallies[key] = tally
+        tally.uncounted += 1
+        tally.seconds.observe(seconds)
+        if self.shared_dir and not self._publish_pending:
+            # Requests are what change the shared figures. Copied once per turn of the event
+            # loop, after the requests it answered (about 25 us a copy): before the next request
+            # is read, so a scrape that follows an answer finds it counted.
             self._publish_pending = True
             asyncio.get_running_loop().call_soon(self._publish)
+
+    def _add_uncounted(self) -> None:
+        """Add the requests answered since the last call to the request counter."""
+        for tally in self._request_tallies.values():
+            if tally.uncounted:
+                uncounted, tally.uncounted = tally.uncounted, 0
+                tally.counter.inc(uncounted)
 
     def observe_stage(self, stage: str, seconds: float) -> None:
         """How long a stage took (its labelled child is looked up once and kept)."""
@@ -126,6 +137,7 @@ class Metrics:
 
     def _publish(self) -> None:
         self._publish_pending = False
+        self._add_uncounted()
         for mirror in self._mirrors:
             mirror.publish()
 
@@ -145,11 +157,24 @@ class Metrics:
     def render(self) -> bytes:
         """The Prometheus text format: this process's figures, or the sum of every worker's."""
         if not self.shared_dir:
+            self._add_uncounted()
             return generate_latest(self.registry)
         self._publish()
         every_worker = CollectorRegistry()
         multiprocess.MultiProcessCollector(every_worker, self.shared_dir)
         return generate_latest(every_worker)
+
+
+class _RequestTally:
+    """The labelled request counter and latency histogram of one route, method and status, and
+    the answers not yet added to the counter."""
+
+    __slots__ = ("counter", "seconds", "uncounted")
+
+    def __init__(self, counter: Counter, seconds: Histogram) -> None:
+        self.counter = counter
+        self.seconds = seconds
+        self.uncounted = 0
 
 
 class _Mirror:

@@ -70,7 +70,9 @@ class RequestIdMixin:
     def request_id(self) -> str:
         """This request's id, made once."""
         if self._request_id is None:
-            given = self.request.headers.get("X-Request-Id")
+            # get_list, not get: on a header that is absent (the usual case), ``get`` raises and
+            # catches a KeyError inside; joined as ``get`` joins repeated headers.
+            given = ",".join(self.request.headers.get_list("X-Request-Id"))
             self._request_id = given if given and _REQUEST_ID.match(given) else REQUEST_IDS.new()
         return self._request_id
 
@@ -110,6 +112,10 @@ class BaseHandler(RequestIdMixin, RequestHandler):
 
     def prepare(self) -> None:
         """Count the request as in flight, for a graceful shutdown."""
+        self.count_in_flight()
+
+    def count_in_flight(self) -> None:
+        """Count the request as in flight until it finishes or its client leaves."""
         self._counted = True
         self.lifecycle.begin()
 

@@ -34,6 +34,10 @@ class ImageProxyHandler(BaseHandler):
         """No per-request hashing: kept images carry the ETag computed when they were stored."""
         return None
 
+    def prepare(self) -> None:
+        """Count only the requests that wait (a first fetch, HEAD): a cache hit is answered
+        before anything else runs, so a shutdown can never find it in flight."""
+
     def set_default_headers(self) -> None:
         """Only what an image answer needs: the request id and, for canvas use, CORS."""
         if "*" in self.config.cors_allow_origins:
@@ -57,6 +61,7 @@ class ImageProxyHandler(BaseHandler):
         """Send the image's headers only."""
         image, arrival = self.store.find(self.request.query_arguments)
         if image is None:
+            self.count_in_flight()
             image = await arrival.done
         self.send_image(image, include_body=False)
 
@@ -74,7 +79,7 @@ class ImageProxyHandler(BaseHandler):
 
     def send_image(self, image: ServedImage, include_body: bool) -> None:
         """Answer from a complete image: validators, length, then the bytes (or 304)."""
-        if_none_match = self.request.headers.get("If-None-Match")
+        if_none_match = ",".join(self.request.headers.get_list("If-None-Match"))  # as request_id
         if if_none_match and (image.etag in if_none_match or if_none_match.strip() == "*"):
             self.put_headers(POLICY_HEADERS)
             self.put_headers(image.validator_headers)
@@ -88,6 +93,7 @@ class ImageProxyHandler(BaseHandler):
 
     async def stream_arrival(self, arrival: Arrival) -> None:
         """Stream a first fetch as it arrives, once every check on it has passed."""
+        self.count_in_flight()
         await arrival.ready  # raises the download's error before anything is sent
         if arrival.done.done():  # complete already (found in the shared tier): validators too
             self.send_image(arrival.done.result(), include_body=True)
