@@ -163,9 +163,6 @@ class IdleConnections:
         self.waiting: dict[GatewayStream, float] = {}
         self._timer: object | None = None
 
-    def __len__(self) -> int:
-        return len(self.waiting)
-
     def start_waiting(self, stream: GatewayStream) -> None:
         """``stream`` waits for a request's headers from now on."""
         waiting = self.waiting
