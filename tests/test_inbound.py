@@ -18,8 +18,10 @@ import pytest
 from conftest import CLIENT_KEYS, Calls, with_env
 from fakes import FakeOrigin, png_bytes
 from processes import Gateway, clean_env
+from tornado.httpserver import HTTPServer
 from tornado.iostream import IOStream, StreamClosedError
 from tornado.netutil import bind_sockets
+from tornado.web import Application
 
 from tornado_imagegate.handlers.base import upload_body_limit
 from tornado_imagegate.listener import GatewayHTTPServer, default_connection_cap
@@ -141,6 +143,45 @@ async def test_a_silent_connection_is_closed_after_the_idle_timeout(serve):
     await kept_alive.write(HEALTH.replace(b"Connection: close", b"Connection: keep-alive"))
     answer = await until_closed(kept_alive, deadline)  # the answer, then nothing more
     assert answer.startswith(b"HTTP/1.1 200")
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_headers_sent_a_byte_at_a_time_do_not_outlast_the_idle_timeout(serve):
+    port, _ = serve(idle_timeout=0.5)
+    trickle = await connect(port)
+    started = time.monotonic()
+    with pytest.raises(StreamClosedError):
+        for byte in HEALTH:  # each byte well inside the timeout, the whole far beyond it
+            await trickle.write(bytes([byte]))
+            await asyncio.sleep(0.1)
+    # Closed once the headers had taken the idle timeout, not when the last byte came.
+    assert time.monotonic() - started < len(HEALTH) * 0.1 / 2
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_request_longer_than_the_idle_timeout_is_answered_then_its_silence_counts(serve):
+    port, server = serve(idle_timeout=0.5)
+    closed = Calls(server, "on_close")
+    # A body that takes twice the idle timeout to come: the connection is busy, not idle.
+    stream = await connect(port)
+    await stream.write(b"POST /health HTTP/1.1\r\nHost: gateway\r\nContent-Length: 4\r\n\r\nab")
+    await asyncio.sleep(1.0)
+    assert not stream.closed()
+    await stream.write(b"cd")
+    head = await asyncio.wait_for(stream.read_until(b"\r\n\r\n"), DEADLINE)
+    assert head.startswith(b"HTTP/1.1 405")  # answered: nothing cut it off
+    assert b"connection: close" not in head.lower()
+    # Kept alive and then silent, it is closed by the idle timeout counted from its answer.
+    await until_closed(stream, IDLE_CONNECTION_TIMEOUT / 2)
+    await closed.reach(1)
+
+
+def test_tornado_keeps_the_header_timeout_where_the_server_takes_it_from():
+    server = HTTPServer(lambda request: None, idle_connection_timeout=7.0)
+    assert server.conn_params.header_timeout == 7.0  # what GatewayHTTPServer reads, then clears
+    gateway = make_http_server(Application(), max_connections=10, idle_timeout=7.0)
+    assert gateway.conn_params.header_timeout is None
+    assert gateway.idle.timeout == 7.0
 
 
 @pytest.mark.gen_test(timeout=60)

@@ -146,23 +146,76 @@ def framing_error_answer(data: bytes | memoryview) -> bytes | None:
     return BAD_REQUEST
 
 
+class IdleConnections:
+    """The connections waiting for a request's headers, the longest-waiting first, and one timer
+    that closes those silent for longer than the idle timeout.
+
+    Tornado arms a timer of its own around every request's header read (its ``header_timeout``);
+    one timer for all connections, due when the one waiting longest runs out, closes the same
+    connections at the same moments without a timer per request. A connection busy with a
+    request leaves the queue when it is next looked at, and joins it again at its end when it
+    waits for its next request.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        # Each connection and the loop time it started waiting, in that order.
+        self.waiting: dict[GatewayStream, float] = {}
+        self._timer: object | None = None
+
+    def start_waiting(self, stream: GatewayStream) -> None:
+        """``stream`` waits for a request's headers from now on."""
+        waiting = self.waiting
+        waiting.pop(stream, None)
+        now = stream.io_loop.time()
+        waiting[stream] = now
+        if self._timer is None:
+            self._timer = stream.io_loop.call_at(now + self.timeout, self._close_expired)
+
+    def forget(self, stream: IOStream) -> None:
+        """``stream`` is closed."""
+        self.waiting.pop(cast(GatewayStream, stream), None)
+
+    def pop_oldest_idle(self) -> GatewayStream | None:
+        """Take the connection waiting longest for a request out of the queue; None if none
+        waits (those busy with a request leave the queue on the way)."""
+        waiting = self.waiting
+        while waiting:
+            oldest = next(iter(waiting))
+            del waiting[oldest]
+            if oldest.is_idle():
+                return oldest
+        return None
+
+    def _close_expired(self) -> None:
+        self._timer = None
+        waiting = self.waiting
+        now = IOLoop.current().time()
+        while waiting:
+            oldest, since = next(iter(waiting.items()))
+            deadline = since + self.timeout
+            if deadline > now:
+                self._timer = oldest.io_loop.call_at(deadline, self._close_expired)
+                return
+            del waiting[oldest]
+            if oldest.is_idle():
+                oldest.close()  # as Tornado's header timeout does: closed without an answer
+
+
 class GatewayStream(IOStream):
     """A client connection whose framing errors are answered in the OpenAI envelope, and which
-    tells whether it is idle: waiting for a request's headers, the longest-waiting first in
-    ``waiting`` (its server's ``idle``)."""
+    tells whether it is idle: waiting for a request's headers (``IdleConnections``)."""
 
-    def __init__(self, *args: Any, waiting: dict[GatewayStream, None], **kwargs: Any) -> None:
+    def __init__(self, *args: Any, idle: IdleConnections, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.waiting = waiting
+        self.idle = idle
         self.header_read: Awaitable[bytes] | None = None
 
     def read_until_regex(self, regex: bytes, max_bytes: int | None = None) -> Awaitable[bytes]:
         """Read a request's header block (Tornado reads nothing else so): the connection is
         idle until it is in. Noted once per request here, not by a delegate around each."""
         read = self.header_read = super().read_until_regex(regex, max_bytes)
-        waiting = self.waiting
-        waiting.pop(self, None)  # now the one that started waiting last
-        waiting[self] = None
+        self.idle.start_waiting(self)
         return read
 
     def is_idle(self) -> bool:
@@ -305,9 +358,10 @@ class GatewayHTTPServer(HTTPServer):
             raise ValueError("TLS is not served here: terminate it in a reverse proxy")
         self.max_connections = max_connections
         self.open_connections = 0
-        # Connections that started waiting for a request's headers, the longest-waiting first;
-        # one busy since is dropped when the cap looks for an idle one (GatewayStream.is_idle).
-        self.idle: dict[GatewayStream, None] = {}
+        # The idle timeout (Tornado's header_timeout, from idle_connection_timeout) is kept by
+        # one timer for every connection rather than by Tornado around each request.
+        self.idle = IdleConnections(self.conn_params.header_timeout or 3600)
+        self.conn_params.header_timeout = None
         self._closed_for_room: set[IOStream] = set()
         self._acceptors: list[_Acceptor] = []
         self.accept_errors = Tally(
@@ -354,7 +408,7 @@ class GatewayHTTPServer(HTTPServer):
             connection,
             max_buffer_size=self.max_buffer_size,
             read_chunk_size=self.read_chunk_size,
-            waiting=self.idle,
+            idle=self.idle,
         )
         try:
             self.handle_stream(stream, address)
@@ -364,28 +418,25 @@ class GatewayHTTPServer(HTTPServer):
 
     def close_oldest_idle(self) -> bool:
         """Close the connection idle longest, if any; return whether one was closed."""
-        while self.idle:
-            oldest = next(iter(self.idle))
-            del self.idle[oldest]
-            if oldest.is_idle():
-                self._closed_for_room.add(oldest)
-                self.open_connections -= 1
-                oldest.close()
-                self.closed_idle.add()
-                return True
-            # Busy with a request since it last waited: it joins again when it next waits.
-        return False
+        oldest = self.idle.pop_oldest_idle()
+        if oldest is None:
+            return False
+        self._closed_for_room.add(oldest)
+        self.open_connections -= 1
+        oldest.close()
+        self.closed_idle.add()
+        return True
 
     def handle_stream(self, stream: IOStream, address: tuple) -> None:
         """Count the connection as open and idle, then serve HTTP on it."""
         self.open_connections += 1
-        self.idle[cast(GatewayStream, stream)] = None
+        self.idle.start_waiting(cast(GatewayStream, stream))
         super().handle_stream(stream, address)
 
     def on_close(self, server_conn: object) -> None:
         """The connection is closed: it no longer counts."""
         stream = cast(HTTP1ServerConnection, server_conn).stream
-        self.idle.pop(stream, None)
+        self.idle.forget(stream)
         if stream in self._closed_for_room:
             self._closed_for_room.discard(stream)
         else:
