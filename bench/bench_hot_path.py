@@ -75,7 +75,15 @@ import bench_image_proxy as image_proxy
 import pycurl
 import tornado
 from bench_generation import Child, finish_child, proc_cpu_seconds, start_child
-from hot_path_servers import FakeState, Route, serve_bare, serve_fakes, serve_floor, unique_png
+from hot_path_servers import (
+    IEND,
+    FakeState,
+    Route,
+    serve_bare,
+    serve_fakes,
+    serve_floor,
+    unique_png,
+)
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from tornado_imagegate.typos import throwaway_environment
@@ -1093,7 +1101,6 @@ CALLGRIND_TOOLS = ("valgrind", "callgrind_control")
 CALLGRIND_START_TIMEOUT = 600.0
 CALLGRIND_CONTROL_TIMEOUT = 120.0
 INSTRUCTION_WARMUP = 100  # requests before the counters are zeroed, once per server and figure
-INSTRUCTION_CONCURRENCY = 10
 INSTRUCTION_REQUEST_TIMEOUT = 300.0  # a request to a server under callgrind is ~50 x slower
 VALGRIND_LINE = re.compile(r"==\d+== ")  # valgrind's own messages on a server's stderr
 
@@ -1117,13 +1124,15 @@ def check_chat_answer(answer: Any) -> str:
     if answer.get("object") != "chat.completion" or not isinstance(content, str):
         return f"not a chat completion: {str(answer)[:200]}"
     if not generation.MARKDOWN_IMAGE.search(content):
-        return f"a chat completion without an image link: {content[:200]!r}"
+        # The query of a link is cut: a signed link is a secret, even in a benchmark.
+        shown = re.sub(r"\?[^)\s]*", "?...", content[:200])
+        return f"a chat completion without an image link: {shown!r}"
     return ""
 
 
 def images_answer_check(provider_b64_head: str) -> Callable[[Any], str]:
-    """The check of an Images API answer: its ``b64_json`` is valid base64 of a PNG of at least
-    the provider's size that begins as the provider's images do."""
+    """The check of an Images API answer: its ``b64_json`` is valid base64 of a whole PNG (up to
+    its end chunk) of at least the provider's size that begins as the provider's images do."""
 
     def check(answer: Any) -> str:
         try:
@@ -1136,8 +1145,8 @@ def images_answer_check(provider_b64_head: str) -> Callable[[Any], str]:
             image = base64.b64decode(encoded, validate=True)
         except binascii.Error:
             return "b64_json is not base64"
-        if len(image) < B64_IMAGE_BYTES:
-            return f"b64_json holds {len(image)} bytes, under the provider's {B64_IMAGE_BYTES}"
+        if len(image) < B64_IMAGE_BYTES or not image.endswith(IEND):
+            return f"b64_json holds {len(image)} bytes, not a whole image of the provider's"
         return ""
 
     return check
@@ -1262,10 +1271,12 @@ def start_callgrind_floor(fakes_url: str, log_dir: str) -> CallgrindServer:
     return CallgrindServer(child, child_url(child), out_file)
 
 
-async def send_checked(url: str, request: CountedRequest, count: int) -> list[str]:
-    """Send ``count`` requests, ``INSTRUCTION_CONCURRENCY`` at a time; what was wrong with the
+async def send_checked(
+    url: str, request: CountedRequest, count: int, concurrency: int
+) -> list[str]:
+    """Send ``count`` requests, ``concurrency`` at a time; what was wrong with the
     answers (empty when every one was 200 and of the right shape)."""
-    client = AsyncHTTPClient(force_instance=True, max_clients=INSTRUCTION_CONCURRENCY)
+    client = AsyncHTTPClient(force_instance=True, max_clients=concurrency)
     left = iter(range(count))
     problems: list[str] = []
 
@@ -1285,24 +1296,29 @@ async def send_checked(url: str, request: CountedRequest, count: int) -> list[st
             if problem := request.check(answer):
                 problems.append(problem)
 
-    try:
-        await asyncio.gather(*[worker() for _ in range(INSTRUCTION_CONCURRENCY)])
-    finally:
-        client.close()
+    await asyncio.gather(*[worker() for _ in range(concurrency)])
+    # Not closed when interrupted: curl's pending timer would then fire on a closed client.
+    client.close()
     return problems
 
 
 def count_instructions(
-    server: CallgrindServer, request: CountedRequest, requests: int, rounds: int
+    server: CallgrindServer, request: CountedRequest, args: argparse.Namespace
 ) -> tuple[list[float], list[str]]:
     """Instructions per request of ``server`` in each round (after a warm-up), and what was
     wrong with any answer."""
-    problems = drive(send_checked(server.url, request, INSTRUCTION_WARMUP))
+    problems = drive(
+        send_checked(server.url, request, INSTRUCTION_WARMUP, args.instructions_concurrency)
+    )
     per_request = []
-    for _ in range(rounds):
+    for _ in range(args.rounds):
         server.control("-z")
-        problems += drive(send_checked(server.url, request, requests))
-        per_request.append(server.count() / requests)
+        problems += drive(
+            send_checked(
+                server.url, request, args.instructions_requests, args.instructions_concurrency
+            )
+        )
+        per_request.append(server.count() / args.instructions_requests)
     return per_request, problems
 
 
@@ -1326,7 +1342,7 @@ def measure_instructions(args: argparse.Namespace) -> int:
     )
     print(
         f"  {args.instructions_requests} requests per round at concurrency "
-        f"{INSTRUCTION_CONCURRENCY} after {INSTRUCTION_WARMUP} warm-up requests, rounds "
+        f"{args.instructions_concurrency} after {INSTRUCTION_WARMUP} warm-up requests, rounds "
         f"{args.rounds}; every answer checked",
         flush=True,
     )
@@ -1351,9 +1367,7 @@ def measure_instructions(args: argparse.Namespace) -> int:
                 request = requests[name]
                 results[name] = {}
                 for side, server in (("gateway", gateway), ("floor", floor)):
-                    counts, wrong = count_instructions(
-                        server, request, args.instructions_requests, args.rounds
-                    )
+                    counts, wrong = count_instructions(server, request, args)
                     results[name][side] = counts
                     problems += [f"{name} {side}: {p}" for p in wrong[:3]]
                     if wrong:
@@ -1444,6 +1458,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=300,
         help="requests counted per round with --instructions (300)",
     )
+    parser.add_argument(
+        "--instructions-concurrency",
+        type=int,
+        default=10,
+        help="requests at a time with --instructions (10)",
+    )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--serve-fakes", action="store_true", help=argparse.SUPPRESS)
     mode.add_argument("--serve-bare", action="store_true", help=argparse.SUPPRESS)
@@ -1454,8 +1474,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.instructions:
         if set(args.only or ()) - set(INSTRUCTION_FIGURES):
             parser.error(f"--instructions measures {' and '.join(INSTRUCTION_FIGURES)} only")
-        if args.instructions_requests <= 0:
-            parser.error("--instructions-requests must be > 0")
+        if min(args.instructions_requests, args.instructions_concurrency) <= 0:
+            parser.error("--instructions-requests and --instructions-concurrency must be > 0")
     if args.quick:
         args.rounds, args.duration, args.warmup = 1, 3, 1
         args.latency_requests, args.sse_bursts = 200, 2
