@@ -1309,7 +1309,7 @@ def count_instructions(
     """Instructions per request of ``server`` in each round (after a warm-up), and what was
     wrong with any answer."""
     # The warm-up is counted and thrown away: the first count after the first zeroing ran
-    # about 2 % above the next ones even after 400 warm-up requests.
+    # 2 to 5 % above the next ones, even after 400 warm-up requests.
     server.control("-z")
     problems = drive(
         send_checked(server.url, request, INSTRUCTION_WARMUP, args.instructions_concurrency)
