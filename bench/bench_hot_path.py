@@ -41,6 +41,11 @@ Run it from the repository root with the project installed and wrk on the path::
     python bench/bench_hot_path.py                 # every figure, 3 rounds (about 7 minutes)
     python bench/bench_hot_path.py --quick         # 1 round, short runs (about 2 minutes)
     python bench/bench_hot_path.py --only cache --rounds 5
+    python bench/bench_hot_path.py --instructions  # cpu and images in instructions (callgrind)
+
+``--instructions`` counts, instead of timing, the user-space instructions per request of the
+gateway and of the design floor for ``cpu`` and ``images``, each server under callgrind: on a
+shared machine they repeat where CPU time does not (bench/README.rst says how far).
 """
 
 from __future__ import annotations
