@@ -243,8 +243,10 @@ def start_child(
     env: dict[str, str],
     log_dir: str,
     announcement: re.Pattern[str] = LISTENING,
+    timeout: float = START_TIMEOUT,
 ) -> Child:
-    """Start a server process and wait for the line on stdout that says it is ready."""
+    """Start a server process and wait for the line on stdout that says it is ready (stopping
+    it again if it does not come within ``timeout`` seconds, or the wait is interrupted)."""
     log_path = os.path.join(log_dir, f"{name}.stderr")
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
@@ -256,21 +258,25 @@ def start_child(
             cwd=CHECKOUT,
         )
     assert proc.stdout is not None
-    deadline = time.monotonic() + START_TIMEOUT
+    deadline = time.monotonic() + timeout
     seen: list[str] = []
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], 0.2)
-        if not ready:
-            if proc.poll() is not None:
-                break
-            continue
-        line = proc.stdout.readline().decode("utf-8", "replace")
-        if not line:
-            break
-        seen.append(line)
-        if announcement.search(line):
-            return Child(name, proc, log_path, line.strip())
     child = Child(name, proc, log_path)
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([proc.stdout], [], [], 0.2)
+            if not ready:
+                if proc.poll() is not None:
+                    break
+                continue
+            line = proc.stdout.readline().decode("utf-8", "replace")
+            if not line:
+                break
+            seen.append(line)
+            if announcement.search(line):
+                return Child(name, proc, log_path, line.strip())
+    except BaseException:  # Ctrl-C while it starts: no child is left behind
+        stop_child(child)
+        raise
     stop_child(child)
     raise RuntimeError(
         f"{name} did not start (exit status {proc.returncode}); stdout: {''.join(seen)!r}; "
@@ -336,10 +342,17 @@ def gateway_env(fakes: Child, log_level: str, upstream_max_clients: int | None) 
 
 
 def start_gateway(
-    name: str, env: dict[str, str], log_dir: str, python_args: Sequence[str] = ()
+    name: str,
+    env: dict[str, str],
+    log_dir: str,
+    python_args: Sequence[str] = (),
+    launcher: Sequence[str] = (),
+    timeout: float = START_TIMEOUT,
 ) -> Child:
-    """The real gateway program on a free loopback port (``python_args`` go before ``-m``)."""
+    """The real gateway program on a free loopback port (``python_args`` go before ``-m``;
+    ``launcher`` before Python itself, e.g. valgrind)."""
     command = [
+        *launcher,
         sys.executable,
         *python_args,
         "-m",
@@ -349,7 +362,7 @@ def start_gateway(
         "--port",
         "0",
     ]
-    return start_child(name, command, env, log_dir)
+    return start_child(name, command, env, log_dir, timeout=timeout)
 
 
 def start_fakes(slow_delay: float, log_dir: str) -> Child:

@@ -41,12 +41,19 @@ Run it from the repository root with the project installed and wrk on the path::
     python bench/bench_hot_path.py                 # every figure, 3 rounds (about 7 minutes)
     python bench/bench_hot_path.py --quick         # 1 round, short runs (about 2 minutes)
     python bench/bench_hot_path.py --only cache --rounds 5
+    python bench/bench_hot_path.py --instructions  # cpu and images in instructions (callgrind)
+
+``--instructions`` counts, instead of timing, the user-space instructions per request of the
+gateway and of the design floor for ``cpu`` and ``images``, each server under callgrind: on a
+shared machine they repeat where CPU time does not (bench/README.rst says how far).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import binascii
 import hashlib
 import json
 import math
@@ -73,7 +80,15 @@ import bench_image_proxy as image_proxy
 import pycurl
 import tornado
 from bench_generation import Child, finish_child, proc_cpu_seconds, start_child
-from hot_path_servers import FakeState, Route, serve_bare, serve_fakes, serve_floor, unique_png
+from hot_path_servers import (
+    IEND,
+    FakeState,
+    Route,
+    serve_bare,
+    serve_fakes,
+    serve_floor,
+    unique_png,
+)
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from tornado_imagegate.typos import throwaway_environment
@@ -242,10 +257,36 @@ def figures() -> dict[str, Figure]:
 # --- processes ----------------------------------------------------------------------------
 
 
-def start_script(name: str, script: Path, mode_args: Sequence[str], log_dir: str) -> Child:
-    """A Python script of this folder re-run as a server; it announces ``{"url": ...}``."""
-    command = [sys.executable, str(script), *mode_args]
-    return start_child(name, command, dict(os.environ), log_dir, announcement=ANNOUNCED)
+def start_script(
+    name: str,
+    script: Path,
+    mode_args: Sequence[str],
+    log_dir: str,
+    launcher: Sequence[str] = (),
+    timeout: float = generation.START_TIMEOUT,
+) -> Child:
+    """A Python script of this folder re-run as a server; it announces ``{"url": ...}``
+    (``launcher`` goes before Python itself, e.g. valgrind)."""
+    command = [*launcher, sys.executable, str(script), *mode_args]
+    return start_child(
+        name, command, dict(os.environ), log_dir, announcement=ANNOUNCED, timeout=timeout
+    )
+
+
+def start_fakes(args: argparse.Namespace, log_dir: str) -> Child:
+    """The lean fakes of hot_path_servers: the three providers and the image host."""
+    return start_script(
+        "fakes",
+        Path(__file__),
+        [
+            "--serve-fakes",
+            "--url-image-kib",
+            str(args.url_image_kib),
+            "--slow-delay",
+            str(args.slow_delay),
+        ],
+        log_dir,
+    )
 
 
 def child_url(child: Child) -> str:
@@ -482,18 +523,7 @@ class Bench:
     def start(self) -> None:
         """The fakes and the real gateway on them."""
         image_bytes = self.args.url_image_kib * 1024
-        self.fakes = start_script(
-            "fakes",
-            Path(__file__),
-            [
-                "--serve-fakes",
-                "--url-image-kib",
-                str(self.args.url_image_kib),
-                "--slow-delay",
-                str(self.args.slow_delay),
-            ],
-            self.log_dir,
-        )
+        self.fakes = start_fakes(self.args, self.log_dir)
         env = gateway_env(self.fakes_url)
         self.gateway = generation.start_gateway("gateway", env, self.log_dir)
         print(
@@ -1068,6 +1098,334 @@ def print_table(chosen: Sequence[Figure]) -> bool:
     return all_met
 
 
+# --- instruction counts (--instructions) ------------------------------------------------------
+
+INSTRUCTION_FIGURES = ("cpu", "images")
+CALLGRIND_TOOLS = ("valgrind", "callgrind_control")
+# Python under callgrind starts in 20-60 s on a quiet machine; a busy one takes longer.
+CALLGRIND_START_TIMEOUT = 600.0
+CALLGRIND_CONTROL_TIMEOUT = 120.0
+INSTRUCTION_WARMUP = 100  # requests before the counters are zeroed, once per server and figure
+INSTRUCTION_REQUEST_TIMEOUT = 300.0  # a request to a server under callgrind is ~50 x slower
+VALGRIND_LINE = re.compile(r"==\d+== ")  # valgrind's own messages on a server's stderr
+
+
+@dataclass(frozen=True)
+class CountedRequest:
+    """What an instruction figure sends, and how each answer is checked."""
+
+    title: str
+    path: str
+    body: dict[str, Any]
+    check: Callable[[Any], str]  # an answer's JSON -> "" when it is right
+
+
+def check_chat_answer(answer: Any) -> str:
+    """Empty when ``answer`` is a chat completion whose message links an image, else what is
+    wrong."""
+    try:
+        content = answer["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError):
+        return f"not a chat completion: {str(answer)[:200]}"
+    if answer.get("object") != "chat.completion" or not isinstance(content, str):
+        return f"not a chat completion: {str(answer)[:200]}"
+    if not generation.MARKDOWN_IMAGE.search(content):
+        # The query of a link is cut: a signed link is a secret, even in a benchmark.
+        shown = re.sub(r"\?[^)\s]*", "?...", content[:200])
+        return f"a chat completion without an image link: {shown!r}"
+    return ""
+
+
+def images_answer_check(provider_b64_head: str) -> Callable[[Any], str]:
+    """The check of an Images API answer: its ``b64_json`` is valid base64 of a whole PNG (up to
+    its end chunk) of at least the provider's size that begins as the provider's images do."""
+
+    def check(answer: Any) -> str:
+        try:
+            encoded = answer["data"][0]["b64_json"]
+        except (KeyError, IndexError, TypeError):
+            return f"not an Images API answer: {str(answer)[:200]}"
+        if not isinstance(encoded, str) or not encoded.startswith(provider_b64_head):
+            return "b64_json is not the provider's image"
+        try:
+            image = base64.b64decode(encoded, validate=True)
+        except binascii.Error:
+            return "b64_json is not base64"
+        if len(image) < B64_IMAGE_BYTES or not image.endswith(IEND):
+            return f"b64_json holds {len(image)} bytes, not a whole image of the provider's"
+        return ""
+
+    return check
+
+
+def counted_requests(args: argparse.Namespace) -> dict[str, CountedRequest]:
+    """The request of each instruction figure: the bench's own for ``cpu`` and ``images``."""
+    images = FakeState(args.url_image_kib * 1024, B64_IMAGE_BYTES, 0.0)
+    return {
+        "cpu": CountedRequest(
+            "chat completion, URL provider, unique images",
+            "/v1/chat/completions",
+            {
+                "model": URL_MODEL,
+                "messages": [{"role": "user", "content": PROMPT}],
+                "enhance": False,
+            },
+            check_chat_answer,
+        ),
+        "images": CountedRequest(
+            f"Images API, b64 answers of {B64_IMAGE_BYTES // 1024} KiB",
+            "/v1/images/generations",
+            {"model": B64_MODEL, "prompt": PROMPT, "response_format": "b64_json"},
+            images_answer_check(images.b64.head),
+        ),
+    }
+
+
+def missing_callgrind() -> str:
+    """The callgrind tools not on the path, as one line ("" when both are there)."""
+    missing = [tool for tool in CALLGRIND_TOOLS if shutil.which(tool) is None]
+    if not missing:
+        return ""
+    return (
+        f"--instructions needs {' and '.join(missing)} on the path (apt-get install valgrind); "
+        "nothing was measured"
+    )
+
+
+@dataclass
+class CallgrindServer:
+    """A server running under callgrind; ``count`` reads what it executed between the counters'
+    zeroing and their dump."""
+
+    child: Child
+    url: str
+    out_file: str
+    dumps: int = 0
+
+    @staticmethod
+    def launcher(out_file: str) -> list[str]:
+        """The command line prefix that runs a program under callgrind (user-space
+        instructions only, no per-instruction detail, the counts written to ``out_file``)."""
+        return ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_file}"]
+
+    def control(self, option: str) -> None:
+        """Send callgrind_control ``option`` to the server (it says OK when done: its exit
+        status is 0 even when it fails)."""
+        done = subprocess.run(
+            ["callgrind_control", option, str(self.child.proc.pid)],
+            capture_output=True,
+            text=True,
+            timeout=CALLGRIND_CONTROL_TIMEOUT,
+            check=False,
+        )
+        if "OK." not in done.stdout:
+            raise RuntimeError(
+                f"callgrind_control {option} {self.child.name} failed: "
+                f"{(done.stdout + done.stderr).strip()[:300]}"
+            )
+
+    def finish(self) -> None:
+        """Show what the server wrote to stderr besides valgrind's own lines (all of it if it
+        died), then stop it."""
+        if self.child.proc.poll() is not None:
+            finish_child(self.child)
+            return
+        with open(self.child.log_path, encoding="utf-8", errors="replace") as log:
+            own = [line for line in log if not VALGRIND_LINE.match(line)]
+        if own:
+            print(f"{self.child.name} stderr (last lines):\n{''.join(own[-10:])}")
+        generation.stop_child(self.child)
+
+    def count(self) -> int:
+        """Dump the counters and zero them (callgrind does both); the instructions since the
+        last zeroing, from the dump's ``totals:`` line."""
+        self.control("-d")
+        self.dumps += 1
+        path = f"{self.out_file}.{self.dumps}"
+        with open(path, encoding="utf-8", errors="replace") as dump:
+            for line in dump:
+                if line.startswith("totals:"):
+                    return int(line.split()[1])
+        raise RuntimeError(f"no totals line in the callgrind dump {path}")
+
+
+def start_callgrind_gateway(fakes_url: str, log_dir: str) -> CallgrindServer:
+    """The real gateway under callgrind, started as the bench starts it (same command line,
+    environment and checkout)."""
+    out_file = os.path.join(log_dir, "gateway.callgrind")
+    child = generation.start_gateway(
+        "gateway-callgrind",
+        gateway_env(fakes_url),
+        log_dir,
+        launcher=CallgrindServer.launcher(out_file),
+        timeout=CALLGRIND_START_TIMEOUT,
+    )
+    return CallgrindServer(child, child.url, out_file)
+
+
+def start_callgrind_floor(fakes_url: str, log_dir: str) -> CallgrindServer:
+    """The design floor under callgrind, checked before it is measured."""
+    out_file = os.path.join(log_dir, "floor.callgrind")
+    child = start_script(
+        "floor-callgrind",
+        Path(__file__),
+        ["--serve-floor", fakes_url],
+        log_dir,
+        launcher=CallgrindServer.launcher(out_file),
+        timeout=CALLGRIND_START_TIMEOUT,
+    )
+    return CallgrindServer(child, child_url(child), out_file)
+
+
+async def send_checked(
+    url: str, request: CountedRequest, count: int, concurrency: int
+) -> list[str]:
+    """Send ``count`` requests, ``concurrency`` at a time; what was wrong with the
+    answers (empty when every one was 200 and of the right shape)."""
+    client = AsyncHTTPClient(force_instance=True, max_clients=concurrency)
+    left = iter(range(count))
+    problems: list[str] = []
+
+    async def worker() -> None:
+        for _ in left:
+            http = post(url + request.path, request.body)
+            http.request_timeout = http.connect_timeout = INSTRUCTION_REQUEST_TIMEOUT
+            response = await client.fetch(http, raise_error=False)
+            if response.code != 200:
+                problems.append(generation.describe(response))
+                continue
+            try:
+                answer = json.loads(response.body)
+            except ValueError:
+                problems.append(f"not JSON: {response.body[:120]!r}")
+                continue
+            if problem := request.check(answer):
+                problems.append(problem)
+
+    await asyncio.gather(*[worker() for _ in range(concurrency)])
+    # Not closed when interrupted: curl's pending timer would then fire on a closed client.
+    client.close()
+    return problems
+
+
+def count_instructions(
+    server: CallgrindServer, request: CountedRequest, args: argparse.Namespace
+) -> tuple[list[float], list[str]]:
+    """Instructions per request of ``server`` in each round (after a warm-up), and what was
+    wrong with any answer."""
+    # The warm-up is counted and thrown away: the first count after the first zeroing ran
+    # 2 to 5 % above the next ones, even after 400 warm-up requests.
+    server.control("-z")
+    problems = drive(
+        send_checked(server.url, request, INSTRUCTION_WARMUP, args.instructions_concurrency)
+    )
+    server.count()
+    per_request = []
+    for _ in range(args.rounds):
+        server.control("-z")
+        problems += drive(
+            send_checked(
+                server.url, request, args.instructions_requests, args.instructions_concurrency
+            )
+        )
+        per_request.append(server.count() / args.instructions_requests)
+    return per_request, problems
+
+
+def measure_instructions(args: argparse.Namespace) -> int:
+    """``--instructions``: the gateway's and the floor's instructions per request for the
+    ``cpu`` and ``images`` requests, each server under callgrind in its own process."""
+    if missing := missing_callgrind():
+        print(missing)
+        return 2
+    AsyncHTTPClient.configure("tornado.curl_httpclient.CurlAsyncHTTPClient")
+    chosen = args.only or list(INSTRUCTION_FIGURES)
+    load = os.getloadavg()
+    print("bench_hot_path --instructions: user-space instructions per request under callgrind")
+    valgrind = subprocess.run(
+        ["valgrind", "--version"], capture_output=True, text=True, check=False
+    )
+    print(
+        f"  Python {platform.python_version()}, Tornado {tornado.version}, "
+        f"{valgrind.stdout.strip()}; load average {load[0]:.2f} (instruction counts do not "
+        "depend on it)"
+    )
+    print(
+        f"  {args.instructions_requests} requests per round at concurrency "
+        f"{args.instructions_concurrency} after {INSTRUCTION_WARMUP} warm-up requests, rounds "
+        f"{args.rounds}; every answer checked",
+        flush=True,
+    )
+    requests = counted_requests(args)
+    results: dict[str, dict[str, list[float]]] = {}
+    problems: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="bench-hot-path-instructions-") as log_dir:
+        fakes = gateway = floor = None
+        try:
+            fakes = start_fakes(args, log_dir)
+            fakes_url = child_url(fakes)
+            print("  starting the gateway and the floor under callgrind (a minute or two)")
+            gateway = start_callgrind_gateway(fakes_url, log_dir)
+            floor = start_callgrind_floor(fakes_url, log_dir)
+            check_floor(fakes_url, floor.url, args.url_image_kib * 1024)
+            print(
+                f"  fakes {fakes_url}, gateway {gateway.url} (pid {gateway.child.proc.pid}), "
+                f"floor {floor.url} (pid {floor.child.proc.pid})",
+                flush=True,
+            )
+            for name in chosen:
+                request = requests[name]
+                results[name] = {}
+                for side, server in (("gateway", gateway), ("floor", floor)):
+                    counts, wrong = count_instructions(server, request, args)
+                    results[name][side] = counts
+                    problems += [f"{name} {side}: {p}" for p in wrong[:3]]
+                    if wrong:
+                        problems.append(f"{name} {side}: {len(wrong)} wrong answers in all")
+                    print(
+                        f"  [{name}] {side}: "
+                        + ", ".join(f"{c / 1e6:.3f}" for c in counts)
+                        + " M instructions per request",
+                        flush=True,
+                    )
+        finally:
+            for server in (floor, gateway):
+                if server is not None:
+                    server.finish()
+            finish_child(fakes)
+    print_instructions(chosen, requests, results, problems)
+    return 1 if problems else 0
+
+
+def print_instructions(
+    chosen: Sequence[str],
+    requests: dict[str, CountedRequest],
+    results: dict[str, dict[str, list[float]]],
+    problems: Sequence[str],
+) -> None:
+    """The summary: instructions per request of each side (min / median / max over rounds)
+    and the gateway over the floor."""
+    print()
+    print("Summary: M instructions per request (user space, min / median / max over rounds)")
+    print(f"  {'figure':<8} {'gateway':<24} {'floor':<24} gateway/floor")
+    for name in chosen:
+        sides = results.get(name, {})
+        if len(sides) < 2:
+            print(f"  {name:<8} not measured")
+            continue
+        spreads = {
+            side: f"{min(c) / 1e6:.3f} / {statistics.median(c) / 1e6:.3f} / {max(c) / 1e6:.3f}"
+            for side, c in sides.items()
+        }
+        ratio = statistics.median(sides["gateway"]) / statistics.median(sides["floor"])
+        print(f"  {name:<8} {spreads['gateway']:<24} {spreads['floor']:<24} {ratio:.3f}")
+    print()
+    for name in chosen:
+        print(f"  {name}: {requests[name].title}")
+    for problem in problems[:10]:
+        print(f"    !! {problem}")
+
+
 # --- driver -------------------------------------------------------------------------------
 
 
@@ -1075,7 +1433,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """The command line (``--serve-*`` are the modes of the child processes)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", choices=FIGURES, action="append", help="run this figure only")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of each figure (3)")
+    parser.add_argument(
+        "--rounds", type=int, help="rounds of each figure (3; 1 with --instructions)"
+    )
     parser.add_argument("--duration", type=float, default=10, help="seconds per wrk run (10)")
     parser.add_argument("--warmup", type=float, default=2, help="seconds of wrk warm-up (2)")
     parser.add_argument("--connections", type=int, default=50, help="wrk connections (50)")
@@ -1096,11 +1456,36 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--quick", action="store_true", help="1 round, 3 s wrk runs, fewer requests"
     )
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="instructions per request of the gateway and the floor under callgrind (figures "
+        "cpu and images) instead of the timed figures",
+    )
+    parser.add_argument(
+        "--instructions-requests",
+        type=int,
+        default=300,
+        help="requests counted per round with --instructions (300)",
+    )
+    parser.add_argument(
+        "--instructions-concurrency",
+        type=int,
+        default=10,
+        help="requests at a time with --instructions (10)",
+    )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--serve-fakes", action="store_true", help=argparse.SUPPRESS)
     mode.add_argument("--serve-bare", action="store_true", help=argparse.SUPPRESS)
     mode.add_argument("--serve-floor", metavar="FAKES_ORIGIN", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.rounds is None:
+        args.rounds = 1 if args.instructions else 3  # instruction counts repeat closely
+    if args.instructions:
+        if set(args.only or ()) - set(INSTRUCTION_FIGURES):
+            parser.error(f"--instructions measures {' and '.join(INSTRUCTION_FIGURES)} only")
+        if min(args.instructions_requests, args.instructions_concurrency) <= 0:
+            parser.error("--instructions-requests and --instructions-concurrency must be > 0")
     if args.quick:
         args.rounds, args.duration, args.warmup = 1, 3, 1
         args.latency_requests, args.sse_bursts = 200, 2
@@ -1148,7 +1533,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             runner.run(serve_bare(image))
         return 0
     try:
-        return run(args)
+        return measure_instructions(args) if args.instructions else run(args)
     except KeyboardInterrupt:
         print("interrupted (every process this benchmark started has been stopped)")
         return 130
