@@ -41,11 +41,12 @@ Run it from the repository root with the project installed and wrk on the path::
     python bench/bench_hot_path.py                 # every figure, 3 rounds (about 7 minutes)
     python bench/bench_hot_path.py --quick         # 1 round, short runs (about 2 minutes)
     python bench/bench_hot_path.py --only cache --rounds 5
-    python bench/bench_hot_path.py --instructions  # cpu and images in instructions (callgrind)
+    python bench/bench_hot_path.py --instructions  # cpu, images, cache in instructions (callgrind)
 
 ``--instructions`` counts, instead of timing, the user-space instructions per request of the
-gateway and of the design floor for ``cpu`` and ``images``, each server under callgrind: on a
-shared machine they repeat where CPU time does not (bench/README.rst says how far).
+gateway and of the design floor for ``cpu`` and ``images``, and of the cache-hit gateway and the
+bare image handler for ``cache``, each server under callgrind: on a shared machine they repeat
+where CPU time does not (bench/README.rst says how far).
 """
 
 from __future__ import annotations
@@ -1100,7 +1101,7 @@ def print_table(chosen: Sequence[Figure]) -> bool:
 
 # --- instruction counts (--instructions) ------------------------------------------------------
 
-INSTRUCTION_FIGURES = ("cpu", "images")
+INSTRUCTION_FIGURES = ("cpu", "images", "cache")
 CALLGRIND_TOOLS = ("valgrind", "callgrind_control")
 # Python under callgrind starts in 20-60 s on a quiet machine; a busy one takes longer.
 CALLGRIND_START_TIMEOUT = 600.0
@@ -1116,8 +1117,8 @@ class CountedRequest:
 
     title: str
     path: str
-    body: dict[str, Any]
-    check: Callable[[Any], str]  # an answer's JSON -> "" when it is right
+    body: dict[str, Any] | None  # None: a GET of the server's own URL (a cache hit)
+    check: Callable[[Any], str]  # an answer's JSON (a GET's: its bytes) -> "" when it is right
 
 
 def check_chat_answer(answer: Any) -> str:
@@ -1178,7 +1179,23 @@ def counted_requests(args: argparse.Namespace) -> dict[str, CountedRequest]:
             {"model": B64_MODEL, "prompt": PROMPT, "response_format": "b64_json"},
             images_answer_check(images.b64.head),
         ),
+        "cache": CountedRequest(
+            f"cache hit of {args.cache_image_kib} KiB; its floor is the bare image handler "
+            "(the figure's ratio, requests per instruction, is floor/gateway: >= 0.95)",
+            "",
+            None,
+            cached_image_check(image_proxy.bench_image(args.cache_image_kib * 1024)),
+        ),
     }
+
+
+def cached_image_check(image: bytes) -> Callable[[Any], str]:
+    """The check of a cache hit: the very bytes of the benchmark's image."""
+
+    def check(body: Any) -> str:
+        return "" if body == image else f"not the benchmark's image ({len(body)} bytes)"
+
+    return check
 
 
 def missing_callgrind() -> str:
@@ -1263,6 +1280,37 @@ def start_callgrind_gateway(fakes_url: str, log_dir: str) -> CallgrindServer:
     return CallgrindServer(child, child.url, out_file)
 
 
+def start_callgrind_cache_pair(
+    args: argparse.Namespace, log_dir: str
+) -> tuple[CallgrindServer, CallgrindServer]:
+    """The cache-hit gateway of bench_image_proxy.py and the bare image handler, each under
+    callgrind, serving the same image (the bare one at the gateway's link, query ignored)."""
+    image_bytes = args.cache_image_kib * 1024
+    gateway_out = os.path.join(log_dir, "cache-gateway.callgrind")
+    gateway = start_script(
+        "cache-gateway-callgrind",
+        BENCH_DIR / "bench_image_proxy.py",
+        ["--serve-gateway", "--cache-bytes", str(64 << 20), "--image-bytes", str(image_bytes)],
+        log_dir,
+        launcher=CallgrindServer.launcher(gateway_out),
+        timeout=CALLGRIND_START_TIMEOUT,
+    )
+    bare_out = os.path.join(log_dir, "bare.callgrind")
+    bare = start_script(
+        "bare-callgrind",
+        Path(__file__),
+        ["--serve-bare", "--cache-image-kib", str(args.cache_image_kib)],
+        log_dir,
+        launcher=CallgrindServer.launcher(bare_out),
+        timeout=CALLGRIND_START_TIMEOUT,
+    )
+    link = urlsplit(child_url(gateway))
+    bare_url = f"{child_url(bare)}{link.path}?{link.query}"
+    return CallgrindServer(gateway, child_url(gateway), gateway_out), CallgrindServer(
+        bare, bare_url, bare_out
+    )
+
+
 def start_callgrind_floor(fakes_url: str, log_dir: str) -> CallgrindServer:
     """The design floor under callgrind, checked before it is measured."""
     out_file = os.path.join(log_dir, "floor.callgrind")
@@ -1288,11 +1336,18 @@ async def send_checked(
 
     async def worker() -> None:
         for _ in left:
-            http = post(url + request.path, request.body)
+            if request.body is None:
+                http = HTTPRequest(url + request.path)
+            else:
+                http = post(url + request.path, request.body)
             http.request_timeout = http.connect_timeout = INSTRUCTION_REQUEST_TIMEOUT
             response = await client.fetch(http, raise_error=False)
             if response.code != 200:
                 problems.append(generation.describe(response))
+                continue
+            if request.body is None:
+                if problem := request.check(response.body):
+                    problems.append(problem)
                 continue
             try:
                 answer = json.loads(response.body)
@@ -1360,23 +1415,29 @@ def measure_instructions(args: argparse.Namespace) -> int:
     results: dict[str, dict[str, list[float]]] = {}
     problems: list[str] = []
     with tempfile.TemporaryDirectory(prefix="bench-hot-path-instructions-") as log_dir:
-        fakes = gateway = floor = None
+        fakes = gateway = floor = cache_gateway = bare = None
         try:
-            fakes = start_fakes(args, log_dir)
-            fakes_url = child_url(fakes)
-            print("  starting the gateway and the floor under callgrind (a minute or two)")
-            gateway = start_callgrind_gateway(fakes_url, log_dir)
-            floor = start_callgrind_floor(fakes_url, log_dir)
-            check_floor(fakes_url, floor.url, args.url_image_kib * 1024)
-            print(
-                f"  fakes {fakes_url}, gateway {gateway.url} (pid {gateway.child.proc.pid}), "
-                f"floor {floor.url} (pid {floor.child.proc.pid})",
-                flush=True,
-            )
+            if any(name != "cache" for name in chosen):
+                fakes = start_fakes(args, log_dir)
+                fakes_url = child_url(fakes)
+                print("  starting the gateway and the floor under callgrind (a minute or two)")
+                gateway = start_callgrind_gateway(fakes_url, log_dir)
+                floor = start_callgrind_floor(fakes_url, log_dir)
+                check_floor(fakes_url, floor.url, args.url_image_kib * 1024)
+                print(
+                    f"  fakes {fakes_url}, gateway {gateway.url} (pid {gateway.child.proc.pid}), "
+                    f"floor {floor.url} (pid {floor.child.proc.pid})",
+                    flush=True,
+                )
+            if "cache" in chosen:
+                print("  starting the cache-hit gateway and the bare handler under callgrind")
+                cache_gateway, bare = start_callgrind_cache_pair(args, log_dir)
             for name in chosen:
                 request = requests[name]
                 results[name] = {}
-                for side, server in (("gateway", gateway), ("floor", floor)):
+                pair = (cache_gateway, bare) if name == "cache" else (gateway, floor)
+                for side, server in zip(("gateway", "floor"), pair, strict=True):
+                    assert server is not None
                     counts, wrong = count_instructions(server, request, args)
                     results[name][side] = counts
                     problems += [f"{name} {side}: {p}" for p in wrong[:3]]
@@ -1389,7 +1450,7 @@ def measure_instructions(args: argparse.Namespace) -> int:
                         flush=True,
                     )
         finally:
-            for server in (floor, gateway):
+            for server in (floor, gateway, bare, cache_gateway):
                 if server is not None:
                     server.finish()
             finish_child(fakes)
@@ -1418,7 +1479,8 @@ def print_instructions(
             for side, c in sides.items()
         }
         ratio = statistics.median(sides["gateway"]) / statistics.median(sides["floor"])
-        print(f"  {name:<8} {spreads['gateway']:<24} {spreads['floor']:<24} {ratio:.3f}")
+        extra = f"  (floor/gateway {1 / ratio:.3f})" if name == "cache" else ""
+        print(f"  {name:<8} {spreads['gateway']:<24} {spreads['floor']:<24} {ratio:.3f}{extra}")
     print()
     for name in chosen:
         print(f"  {name}: {requests[name].title}")
@@ -1459,8 +1521,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--instructions",
         action="store_true",
-        help="instructions per request of the gateway and the floor under callgrind (figures "
-        "cpu and images) instead of the timed figures",
+        help="instructions per request of the gateway and its floor under callgrind (figures "
+        "cpu, images and cache) instead of the timed figures",
     )
     parser.add_argument(
         "--instructions-requests",
