@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hmac
 import itertools
-import json
 import logging
 import os
 import re
@@ -19,7 +18,7 @@ from tornado.web import (
     stream_request_body,
 )
 
-from tornado_imagegate import errors
+from tornado_imagegate import errors, jsontext
 from tornado_imagegate.config import Settings
 from tornado_imagegate.errors import GatewayError
 from tornado_imagegate.lifecycle import Lifecycle
@@ -156,7 +155,7 @@ class BaseHandler(RequestIdMixin, RequestHandler):
         """Send ``value`` as a JSON body."""
         self.set_status(status)
         self.set_header("Content-Type", "application/json; charset=utf-8")
-        self.finish(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
+        self.finish(jsontext.dumps(value))
 
     def request_base_url(self) -> str:
         """The absolute base for links in this answer."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -121,7 +120,7 @@ def json_request(endpoint: str, key: str, body: dict[str, Any]) -> HTTPRequest:
             "Content-Type": "application/json",
             "Accept": "application/json",
         },
-        body=json.dumps(body, ensure_ascii=False),
+        body=jsontext.dumps(body),
         follow_redirects=False,
     )
 
