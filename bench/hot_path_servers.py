@@ -33,12 +33,14 @@ from dataclasses import dataclass
 import orjson
 import pybase64
 from fakes import emit, noise_png_of_size, serve_until_stdin_closes
-from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from tornado.httpclient import AsyncHTTPClient
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 from tornado.web import Application, HTTPError, RequestHandler
 
 from tornado_imagegate.config import Settings
+from tornado_imagegate.openai_api import chat_completion
+from tornado_imagegate.providers import json_request
 from tornado_imagegate.providers.siliconflow import INFERENCE_STEPS
 from tornado_imagegate.server import configure_http_client
 
@@ -140,11 +142,21 @@ async def serve_fakes(url_image_bytes: int, b64_image_bytes: int, slow_delay: fl
             (r"/img/(\d+)\.png", ImageHost, {"state": state}),
         ]
     )
+    server, state.origin = listen(app)
+    await serve_announced(server, state.origin)
+
+
+def listen(app: Application) -> tuple[HTTPServer, str]:
+    """Serve ``app`` on 127.0.0.1 and a free port, with a deep accept queue; the origin."""
     server = HTTPServer(app)
     sockets = bind_sockets(0, HOST, backlog=BACKLOG)
     server.add_sockets(sockets)
-    state.origin = f"http://{HOST}:{sockets[0].getsockname()[1]}"
-    emit({"url": state.origin})
+    return server, f"http://{HOST}:{sockets[0].getsockname()[1]}"
+
+
+async def serve_announced(server: HTTPServer, origin: str) -> None:
+    """Announce ``{"url": origin}``, then serve until stdin closes."""
+    emit({"url": origin})
     await serve_until_stdin_closes({}, stop_on_signals=True)
     server.stop()
 
@@ -206,12 +218,7 @@ async def serve_bare(image: bytes) -> None:
             (r"/v1/chat/completions", BareSse),
         ]
     )
-    server = HTTPServer(app)
-    sockets = bind_sockets(0, HOST, backlog=BACKLOG)
-    server.add_sockets(sockets)
-    emit({"url": f"http://{HOST}:{sockets[0].getsockname()[1]}"})
-    await serve_until_stdin_closes({}, stop_on_signals=True)
-    server.stop()
+    await serve_announced(*listen(app))
 
 
 # --- the design floor ---------------------------------------------------------------------
@@ -242,17 +249,7 @@ class _Floor(RequestHandler):
 
     async def generate(self, route: Route, body: dict[str, object]) -> dict:
         """POST ``body`` to the provider (as the gateway's providers do) and read its JSON."""
-        request = HTTPRequest(
-            route.endpoint,
-            method="POST",
-            headers={
-                "Authorization": f"Bearer {route.key}",
-                "Content-Type": "application/json",
-                "Accept": "application/json",
-            },
-            body=orjson.dumps(body),
-            follow_redirects=False,
-        )
+        request = json_request(route.endpoint, route.key, body)
         response = await AsyncHTTPClient().fetch(request)
         return orjson.loads(response.body)
 
@@ -282,21 +279,7 @@ class FloorChat(_Floor):
         name = hashlib.sha256(image.body).hexdigest()
         host = self.request.host
         content = f"![image](http://{host}/image-proxy?id={name})"
-        self.answer_json(
-            {
-                "id": "chatcmpl-" + name[:24],
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": model,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": content},
-                        "finish_reason": "stop",
-                    }
-                ],
-            }
-        )
+        self.answer_json(chat_completion(model, content, prompt))
 
 
 class FloorImages(_Floor):
@@ -329,9 +312,4 @@ async def serve_floor(routes: dict[str, Route]) -> None:
             (r"/v1/images/generations", FloorImages, {"routes": routes}),
         ]
     )
-    server = HTTPServer(app)
-    sockets = bind_sockets(0, HOST, backlog=BACKLOG)
-    server.add_sockets(sockets)
-    emit({"url": f"http://{HOST}:{sockets[0].getsockname()[1]}"})
-    await serve_until_stdin_closes({}, stop_on_signals=True)
-    server.stop()
+    await serve_announced(*listen(app))
