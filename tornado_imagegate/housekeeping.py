@@ -91,7 +91,7 @@ def _title(chat: ChatBody, task: str) -> str:
         first = history.group(1)
     else:
         for text in chat.texts("user"):
-            if text and not any(p.search(text) for p in _TASK_PATTERNS):
+            if text and not _ANY_TASK.search(text):
                 first = text
                 break
     words = re.sub(r"[^\w\s'-]", " ", first).split()
