@@ -377,6 +377,19 @@ def start_fakes(slow_delay: float, log_dir: str) -> Child:
     return start_child("fakes", command, dict(os.environ), log_dir, announcement=ADDRESSES)
 
 
+def wrk_post_script(directory: str, name: str, body: dict[str, Any], key: str) -> str:
+    """A wrk script (``<directory>/<name>.lua``) POSTing this JSON body with a bearer key."""
+    path = os.path.join(directory, f"{name}.lua")
+    with open(path, "w", encoding="utf-8") as script:
+        script.write(
+            'wrk.method = "POST"\n'
+            f"wrk.body = {json.dumps(json.dumps(body))}\n"
+            'wrk.headers["Content-Type"] = "application/json"\n'
+            f'wrk.headers["Authorization"] = "Bearer {key}"\n'
+        )
+    return path
+
+
 # --- /proc ----------------------------------------------------------------------------------
 
 

@@ -418,15 +418,7 @@ def start_litellm(venv: Path, fakes_url: str, log_dir: str) -> LiteLLM | str:
 
 def wrk_script(directory: str, name: str, body: dict[str, Any]) -> str:
     """A wrk script POSTing this JSON body with the client key."""
-    path = os.path.join(directory, f"{name}.lua")
-    with open(path, "w", encoding="utf-8") as script:
-        script.write(
-            'wrk.method = "POST"\n'
-            f"wrk.body = {json.dumps(json.dumps(body))}\n"
-            'wrk.headers["Content-Type"] = "application/json"\n'
-            f'wrk.headers["Authorization"] = "Bearer {API_KEY}"\n'
-        )
-    return path
+    return generation.wrk_post_script(directory, name, body, API_KEY)
 
 
 @dataclass

@@ -105,15 +105,7 @@ def wrk(url: str, args: argparse.Namespace, script: str | None = None) -> tuple[
 
 def completion_script(directory: str) -> str:
     """A wrk script POSTing one chat completion per request."""
-    path = os.path.join(directory, "completion.lua")
-    with open(path, "w", encoding="utf-8") as script:
-        script.write(
-            'wrk.method = "POST"\n'
-            f"wrk.body = {json.dumps(json.dumps(COMPLETION_BODY))}\n"
-            'wrk.headers["Content-Type"] = "application/json"\n'
-            f'wrk.headers["Authorization"] = "Bearer {generation.API_KEY}"\n'
-        )
-    return path
+    return generation.wrk_post_script(directory, "completion", COMPLETION_BODY, generation.API_KEY)
 
 
 def kept_image_path(origin: str) -> str:
