@@ -21,7 +21,7 @@ from processes import Gateway, clean_env
 from tornado.httpserver import HTTPServer
 from tornado.iostream import IOStream, StreamClosedError
 from tornado.netutil import bind_sockets
-from tornado.web import Application
+from tornado.web import Application, RequestHandler
 
 from tornado_imagegate.handlers.base import upload_body_limit
 from tornado_imagegate.listener import GatewayHTTPServer, default_connection_cap
@@ -182,6 +182,91 @@ def test_tornado_keeps_the_header_timeout_where_the_server_takes_it_from():
     gateway = make_http_server(Application(), max_connections=10, idle_timeout=7.0)
     assert gateway.conn_params.header_timeout is None
     assert gateway.idle.timeout == 7.0
+
+
+# A body announced and then sent slowly, and the same in chunks.
+SLOW_BODY = b"POST /health HTTP/1.1\r\nHost: gateway\r\nContent-Length: 40\r\n\r\n"
+SLOW_CHUNKED = b"POST /health HTTP/1.1\r\nHost: gateway\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+async def trickle_body(stream: IOStream, piece: bytes, pieces: int = 40) -> float:
+    """Send ``piece`` every 0.1 s until the server closes the connection; the seconds it took
+    (the whole would take ``pieces`` tenths)."""
+    started = time.monotonic()
+    with pytest.raises(StreamClosedError):
+        for _ in range(pieces):
+            await stream.write(piece)
+            await asyncio.sleep(0.1)
+        await until_closed(stream)  # still open after the whole body: no timeout cut it
+        pytest.fail("the body's connection was answered, not cut off by the body timeout")
+    return time.monotonic() - started
+
+
+class SlowAnswer(RequestHandler):
+    """Answers a POST a second after its body is in: longer than the tests' body timeout."""
+
+    async def post(self) -> None:
+        await asyncio.sleep(1.0)
+        self.write(b"answered " + self.request.body)
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.parametrize(
+    ("head", "piece"), [(SLOW_BODY, b"x"), (SLOW_CHUNKED, b"1\r\nx\r\n")], ids=["length", "chunked"]
+)
+async def test_a_body_sent_a_byte_at_a_time_does_not_outlast_the_body_timeout(
+    serve, caplog, head, piece
+):
+    port, _ = serve(body_timeout=0.5)  # the idle timeout stays far longer
+    streams = [await connect(port) for _ in range(2)]
+    for stream in streams:
+        await stream.write(head)
+    # Each piece well inside the idle timeout, the whole (4 s) far beyond the body timeout.
+    took = await asyncio.gather(*(trickle_body(stream, piece) for stream in streams))
+    assert max(took) < 2.0  # cut once the body had taken the body timeout, not at its end
+    # Both cut, reported once: a flood of slow bodies does not flood the log.
+    cut = [r for r in caplog.records if "did not arrive within 0.5 s" in r.getMessage()]
+    assert len(cut) == 1, caplog.text
+    assert "from 127.0.0.1" in cut[0].getMessage()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_the_body_timeout_counts_each_request_body_not_its_answer(io_loop):
+    server = make_http_server(
+        Application([("/slow", SlowAnswer)]), max_connections=10, body_timeout=0.5
+    )
+    sockets = bind_sockets(0, "127.0.0.1", family=socket.AF_INET)
+    server.add_sockets(sockets)
+    try:
+        stream = await connect(sockets[0].getsockname()[1])
+        request = b"POST /slow HTTP/1.1\r\nHost: gateway\r\nContent-Length: 6\r\n\r\n"
+        # The body in time, the answer a second later: twice the body timeout, not cut.
+        await stream.write(request + b"first!")
+        head = await asyncio.wait_for(stream.read_until(b"\r\n\r\n"), DEADLINE)
+        assert head.startswith(b"HTTP/1.1 200")
+        assert await stream.read_bytes(len(b"answered first!")) == b"answered first!"
+        # Kept alive, a second request's body has its own clock: sent in two halves 0.3 s
+        # apart, it comes 1.3 s after the first body began, and is answered.
+        await stream.write(request + b"sec")
+        await asyncio.sleep(0.3)
+        await stream.write(b"ond")
+        head = await asyncio.wait_for(stream.read_until(b"\r\n\r\n"), DEADLINE)
+        assert head.startswith(b"HTTP/1.1 200")
+        assert await stream.read_bytes(len(b"answered second")) == b"answered second"
+        # A third, trickled, is cut: the clock runs again on a kept-alive connection.
+        await stream.write(request.replace(b"Length: 6", b"Length: 40"))
+        assert await trickle_body(stream, b"x") < 2.0
+    finally:
+        server.stop()
+        await server.close_all_connections()
+
+
+def test_tornado_keeps_the_body_timeout_where_the_server_takes_it_from():
+    server = HTTPServer(lambda request: None, body_timeout=7.0)
+    assert server.conn_params.body_timeout == 7.0  # what GatewayHTTPServer reads, then clears
+    gateway = make_http_server(Application(), max_connections=10, body_timeout=7.0)
+    assert gateway.conn_params.body_timeout is None
+    assert gateway.bodies is not None and gateway.bodies.timeout == 7.0
 
 
 @pytest.mark.gen_test(timeout=60)

@@ -22,9 +22,12 @@ fails, naming what changed, when an installed Tornado no longer behaves as this 
   starts each request with libcurl's defaults (``_CurlStreamingBuffer(client, curl, callback)``
   takes a streamed answer's chunks).
 
-The other private detail the gateway relies on is in listener.py: the exact bytes of Tornado's
-bare answer to a framing error, and the exception it is handling when it writes them
-(``framing_error_answer``, pinned by the framing tests of tests/test_inbound.py).
+The other private details the gateway relies on are in listener.py, pinned by
+tests/test_inbound.py: the exact bytes of Tornado's bare answer to a framing error, and the
+exception it is handling when it writes them (``framing_error_answer``, the framing tests); and
+that Tornado reads a request's body, and nothing else, with ``read_bytes`` and ``read_until``,
+and marks the request's HTTP1Connection ``_read_finished`` once the body is in (``BodyReads``,
+the body timeout tests).
 """
 
 from __future__ import annotations

@@ -146,28 +146,27 @@ def framing_error_answer(data: bytes | memoryview) -> bytes | None:
     return BAD_REQUEST
 
 
-class IdleConnections:
-    """The connections waiting for a request's headers, the longest-waiting first, and one timer
-    that closes those silent for longer than the idle timeout.
+class ConnectionClock:
+    """Connections in the order they entered a phase, and one timer that closes those still in
+    it once they have spent ``timeout`` there.
 
-    Tornado arms a timer of its own around every request's header read (its ``header_timeout``);
-    one timer for all connections, due when the one waiting longest runs out, closes the same
-    connections at the same moments without a timer per request. A connection busy with a
-    request leaves the queue when it is next looked at, and joins it again at its end when it
-    waits for its next request.
+    Tornado arms a timer of its own around every request's header read and body read (its
+    ``header_timeout`` and ``body_timeout``: a future, a timer and callbacks each time); one
+    timer for all connections, due when the one that entered first runs out, closes the same
+    connections at the same moments. A connection that has left the phase leaves the queue when
+    it is next looked at, and joins it again when it next enters.
     """
 
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
-        # Each connection and the loop time it started waiting, in that order.
+        # Each connection and the loop time it entered the phase, in that order.
         self.waiting: dict[GatewayStream, float] = {}
         self._timer: object | None = None
 
-    def start_waiting(self, stream: GatewayStream) -> None:
-        """``stream`` waits for a request's headers from now on."""
+    def enter(self, stream: GatewayStream, now: float) -> None:
+        """``stream`` entered the phase at loop time ``now``."""
         waiting = self.waiting
         waiting.pop(stream, None)
-        now = stream.io_loop.time()
         waiting[stream] = now
         if self._timer is None:
             self._timer = stream.io_loop.call_at(now + self.timeout, self._close_expired)
@@ -176,16 +175,13 @@ class IdleConnections:
         """``stream`` is closed."""
         self.waiting.pop(cast(GatewayStream, stream), None)
 
-    def pop_oldest_idle(self) -> GatewayStream | None:
-        """Take the connection waiting longest for a request out of the queue; None if none
-        waits (those busy with a request leave the queue on the way)."""
-        waiting = self.waiting
-        while waiting:
-            oldest = next(iter(waiting))
-            del waiting[oldest]
-            if oldest.is_idle():
-                return oldest
-        return None
+    def still_in(self, stream: GatewayStream, since: float) -> bool:
+        """Whether ``stream`` is still in the phase it entered at ``since``."""
+        raise NotImplementedError
+
+    def expire(self, stream: GatewayStream) -> None:
+        """Close a connection whose time in the phase is up."""
+        stream.close()
 
     def _close_expired(self) -> None:
         self._timer = None
@@ -198,25 +194,113 @@ class IdleConnections:
                 self._timer = oldest.io_loop.call_at(deadline, self._close_expired)
                 return
             del waiting[oldest]
+            if self.still_in(oldest, since):
+                self.expire(oldest)
+
+
+class IdleConnections(ConnectionClock):
+    """The connections waiting for a request's headers, the longest-waiting first: silent for
+    longer than the idle timeout, they are closed without an answer (as by Tornado's header
+    timeout)."""
+
+    def start_waiting(self, stream: GatewayStream) -> None:
+        """``stream`` waits for a request's headers from now on."""
+        self.enter(stream, stream.io_loop.time())
+
+    def still_in(self, stream: GatewayStream, since: float) -> bool:
+        """Whether ``stream`` still waits for a request (or for the rest of its headers)."""
+        return stream.is_idle()
+
+    def pop_oldest_idle(self) -> GatewayStream | None:
+        """Take the connection waiting longest for a request out of the queue; None if none
+        waits (those busy with a request leave the queue on the way)."""
+        waiting = self.waiting
+        while waiting:
+            oldest = next(iter(waiting))
+            del waiting[oldest]
             if oldest.is_idle():
-                oldest.close()  # as Tornado's header timeout does: closed without an answer
+                return oldest
+        return None
+
+
+class BodyReads(ConnectionClock):
+    """The connections reading a request's body, in the order their bodies began: a body not
+    whole within the body timeout closes its connection without an answer (as Tornado's body
+    timeout did), reported at most once per interval."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(timeout)
+        self.cut = Tally(
+            f"a request body did not arrive within {timeout:g} s; closing its connection "
+            "(from %(detail)s)",
+            f"closed %(count)d more connection(s) whose request body took over {timeout:g} s "
+            "in the last %(seconds).1f s (the latest from %(detail)s)",
+        )
+
+    def still_in(self, stream: GatewayStream, since: float) -> bool:
+        """Whether ``stream`` is still reading the body it began at ``since``."""
+        return stream.body_since == since and not stream.body_read()
+
+    def expire(self, stream: GatewayStream) -> None:
+        """Close the connection: its reader sees the stream closed, as when a client leaves."""
+        self.cut.add(stream.peer)
+        stream.close()
 
 
 class GatewayStream(IOStream):
     """A client connection whose framing errors are answered in the OpenAI envelope, and which
-    tells whether it is idle: waiting for a request's headers (``IdleConnections``)."""
+    tells whether it is idle (waiting for a request's headers: ``IdleConnections``) or reading
+    a request's body (``BodyReads``)."""
 
-    def __init__(self, *args: Any, idle: IdleConnections, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        idle: IdleConnections,
+        bodies: BodyReads | None = None,
+        peer: str = "",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.idle = idle
+        self.bodies = bodies
+        self.peer = peer
         self.header_read: Awaitable[bytes] | None = None
+        # The request being read (Tornado's HTTP1Connection, from the server's start_request),
+        # and the loop time its body began to be read (None until then).
+        self.request_connection: object | None = None
+        self.body_since: float | None = None
 
     def read_until_regex(self, regex: bytes, max_bytes: int | None = None) -> Awaitable[bytes]:
         """Read a request's header block (Tornado reads nothing else so): the connection is
         idle until it is in. Noted once per request here, not by a delegate around each."""
         read = self.header_read = super().read_until_regex(regex, max_bytes)
+        self.body_since = None
         self.idle.start_waiting(self)
         return read
+
+    def read_bytes(self, num_bytes: int, partial: bool = False) -> Awaitable[bytes]:
+        """Read part of a request's body (Tornado reads nothing else so); the first read of a
+        body starts its clock."""
+        if self.body_since is None:
+            self._start_body()
+        return super().read_bytes(num_bytes, partial)
+
+    def read_until(self, delimiter: bytes, max_bytes: int | None = None) -> Awaitable[bytes]:
+        """Read the size line of a chunked body's chunk; as ``read_bytes``."""
+        if self.body_since is None:
+            self._start_body()
+        return super().read_until(delimiter, max_bytes)
+
+    def _start_body(self) -> None:
+        now = self.body_since = self.io_loop.time()
+        if self.bodies is not None:
+            self.bodies.enter(self, now)
+
+    def body_read(self) -> bool:
+        """Whether the request being read has its whole body (Tornado marks its connection so
+        once the body is in)."""
+        connection = self.request_connection
+        return connection is None or bool(getattr(connection, "_read_finished", True))
 
     def is_idle(self) -> bool:
         """Whether the connection waits for a request (or for the rest of its headers)."""
@@ -362,6 +446,10 @@ class GatewayHTTPServer(HTTPServer):
         # one timer for every connection rather than by Tornado around each request.
         self.idle = IdleConnections(self.conn_params.header_timeout or 3600)
         self.conn_params.header_timeout = None
+        # So is the body timeout: one timer for every body being read.
+        body_timeout = self.conn_params.body_timeout
+        self.bodies = BodyReads(body_timeout) if body_timeout is not None else None
+        self.conn_params.body_timeout = None
         self._closed_for_room: set[IOStream] = set()
         self._acceptors: list[_Acceptor] = []
         self.accept_errors = Tally(
@@ -393,6 +481,8 @@ class GatewayHTTPServer(HTTPServer):
         self._acceptors.clear()
         for tally in (self.accept_errors, self.closed_idle, self.refused):
             tally.stop()
+        if self.bodies is not None:
+            self.bodies.cut.stop()
         super().stop()
 
     def accepted(self, connection: socket.socket, address: Any) -> None:
@@ -409,6 +499,8 @@ class GatewayHTTPServer(HTTPServer):
             max_buffer_size=self.max_buffer_size,
             read_chunk_size=self.read_chunk_size,
             idle=self.idle,
+            bodies=self.bodies,
+            peer=str(address[0]) if isinstance(address, tuple) and address else "a client",
         )
         try:
             self.handle_stream(stream, address)
@@ -433,10 +525,21 @@ class GatewayHTTPServer(HTTPServer):
         self.idle.start_waiting(cast(GatewayStream, stream))
         super().handle_stream(stream, address)
 
+    def start_request(
+        self, server_conn: object, request_conn: httputil.HTTPConnection
+    ) -> httputil.HTTPMessageDelegate:
+        """Tell the connection which request it reads (``BodyReads`` asks it whether that
+        request's body is in), then hand the request on as Tornado does."""
+        stream = cast(GatewayStream, cast(HTTP1ServerConnection, server_conn).stream)
+        stream.request_connection = request_conn
+        return super().start_request(server_conn, request_conn)
+
     def on_close(self, server_conn: object) -> None:
         """The connection is closed: it no longer counts."""
         stream = cast(HTTP1ServerConnection, server_conn).stream
         self.idle.forget(stream)
+        if self.bodies is not None:
+            self.bodies.forget(stream)
         if stream in self._closed_for_room:
             self._closed_for_room.discard(stream)
         else:
