@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import io
 import json
 from typing import Any
 
@@ -16,11 +17,11 @@ import pycurl
 import pytest
 import tornado
 from fakes import Answer, FakeOrigin, FakeUpstream
-from tornado.curl_httpclient import CurlAsyncHTTPClient, _CurlStreamingBuffer
+from tornado.curl_httpclient import CurlAsyncHTTPClient, CurlError, _CurlStreamingBuffer
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest, _RequestProxy
 from tornado.ioloop import IOLoop
 
-from tornado_imagegate.curl_client import GatewayCurlClient
+from tornado_imagegate.curl_client import AnswerBody, GatewayCurlClient
 
 
 def pinned(holds: bool, what: str) -> None:
@@ -148,6 +149,45 @@ async def test_a_request_reaches_the_upstream_as_tornado_would_send_it():
         "imagegate",
     )
     assert "gzip" in fetched.headers.get("accept-encoding", "")
+
+
+@pytest.mark.gen_test
+async def test_an_answer_of_many_chunks_is_kept_as_they_came_and_read_whole():
+    upstream = FakeOrigin()
+    # 300 KB of varied bytes: curl hands it over in some twenty chunks.
+    payload = bytes(range(256)) * 1200
+    upstream.serve("/big", payload, content_type="application/octet-stream")
+    client = GatewayCurlClient(force_instance=True, max_body_size=len(payload))
+    small = GatewayCurlClient(force_instance=True, max_body_size=len(payload) - 1)
+    try:
+        answer = await client.fetch(upstream.url("/big"))
+        # One byte over the client's max_body_size fails the transfer, as in Tornado.
+        with pytest.raises(CurlError, match="max_body_size"):
+            await small.fetch(upstream.url("/big"))
+    finally:
+        client.close()
+        small.close()
+        upstream.close()
+    pinned(
+        isinstance(answer.buffer, AnswerBody),
+        "where the client keeps an answer's body (curl.info['buffer'], handed to HTTPResponse)",
+    )
+    assert answer.body == payload
+    assert answer.body is answer.buffer.getvalue()  # joined once, then kept
+
+
+def test_an_answer_body_is_read_whole_from_its_start():
+    body = AnswerBody()
+    assert body.getvalue() == b""
+    for chunk in (b"ab", b"", b"cde"):
+        assert body.write(chunk) == len(chunk)
+    assert body.tell() == 5
+    assert body.seek(0) == 0
+    assert body.getvalue() == b"abcde"
+    with pytest.raises(io.UnsupportedOperation):
+        body.seek(2)
+    body.close()
+    assert (body.getvalue(), body.tell()) == (b"", 0)
 
 
 @pytest.mark.gen_test

@@ -20,7 +20,10 @@ fails, naming what changed, when an installed Tornado no longer behaves as this 
 - ``_curl_setup_request(curl, request, buffer, headers)`` configures a handle for a request, and
   ``_finish()`` resets every handle (``curl.reset()``) before it is used again, so a handle
   starts each request with libcurl's defaults (``_CurlStreamingBuffer(client, curl, callback)``
-  takes a streamed answer's chunks).
+  takes a streamed answer's chunks);
+- ``curl.info["buffer"]`` holds what ``_finish()`` hands to ``HTTPResponse`` as its ``buffer``
+  (after ``seek(0)``, or ``close()`` when the transfer failed), read by ``getvalue()``: the
+  client puts an ``AnswerBody`` there in place of Tornado's BytesIO.
 
 The other private details the gateway relies on are in listener.py, pinned by
 tests/test_inbound.py: the exact bytes of Tornado's bare answer to a framing error, and the
@@ -34,7 +37,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from io import BytesIO
+from io import BytesIO, UnsupportedOperation
 from typing import Any
 
 import pycurl
@@ -205,13 +208,61 @@ class GatewayCurlClient(CurlAsyncHTTPClient):
             streaming_buffer = _CurlStreamingBuffer(self, curl, request.streaming_callback)
             curl.info["streaming_buffer"] = streaming_buffer
             return streaming_buffer.write
+        # The answer's body goes to an AnswerBody, in place of Tornado's BytesIO.
+        body = curl.info["buffer"] = AnswerBody()
         max_body_size = self.max_body_size
 
         def write_function(chunk: bytes) -> int:
             # As Tornado's: an answer over max_body_size fails the transfer (CURLE_WRITE_ERROR).
-            if buffer.tell() + len(chunk) > max_body_size:
+            if body.size + len(chunk) > max_body_size:
                 curl.info["body_too_large"] = True
                 return 0
-            return buffer.write(chunk)
+            return body.write(chunk)
 
         return write_function
+
+
+class AnswerBody:
+    """An answer's body as curl delivers it: its chunks, joined once when it is read.
+
+    Tornado collects a body in a BytesIO, which copies what it holds whenever it grows: a
+    137 KB answer (100 KiB of base64) was copied about twice over on its way in. Tornado's
+    ``_finish`` calls ``seek(0)`` on it (``close()`` when the transfer failed), and
+    ``HTTPResponse.body`` reads it with ``getvalue()``.
+    """
+
+    __slots__ = ("_chunks", "size")
+
+    def __init__(self) -> None:
+        self._chunks: list[bytes] = []
+        self.size = 0
+
+    def write(self, chunk: bytes) -> int:
+        """Keep a chunk as it came (pycurl hands each one over as a bytes object of its own)."""
+        self._chunks.append(chunk)
+        self.size += len(chunk)
+        return len(chunk)
+
+    def tell(self) -> int:
+        """The bytes received so far."""
+        return self.size
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        """Back to the start, as Tornado does before the body is read (there is no other)."""
+        if offset or whence:
+            raise UnsupportedOperation("an answer's body is only read whole")
+        return 0
+
+    def getvalue(self) -> bytes:
+        """The whole body: its chunks joined, once."""
+        chunks = self._chunks
+        if len(chunks) == 1:
+            return chunks[0]
+        value = b"".join(chunks)
+        self._chunks = [value] if value else []
+        return value
+
+    def close(self) -> None:
+        """Drop what was received (a failed transfer's partial body)."""
+        self._chunks = []
+        self.size = 0

@@ -35,8 +35,8 @@ class ImagesGenerationsHandler(GenerationHandler):
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.finish(self.images_answer(asked, generation))
 
-    def images_answer(self, asked: ImagesApiRequest, generation: Generation) -> str:
-        """The Images API answer as JSON text: links or base64 bytes, and the provider's usage.
+    def images_answer(self, asked: ImagesApiRequest, generation: Generation) -> bytes:
+        """The Images API answer as UTF-8 JSON: links or base64 bytes, and the provider's usage.
 
         Base64 the provider sent goes to the client as it came, never decoded and encoded again.
         """
