@@ -728,6 +728,25 @@ def test_which_groups_take_input_images(kind, inputs, takes):
     assert f"    input images: {expected}" in settings_report(settings).splitlines()
 
 
+def test_the_report_names_the_models_that_take_an_edit_mask():
+    env = {
+        **group_env("openai-images"),
+        "IMAGE_GEN_MODEL_1": "gpt-image-1,dall-e-2",
+        "IMAGE_GEN_MODEL_2": "flux-kontext-pro,flux-pro-1.0-fill",
+        "IMAGE_GEN_API_BASE_2": "https://api.bfl.ai/v1",
+        "IMAGE_GEN_API_KEY_2": "bfl-inputs-config-2",
+        "IMAGE_GEN_KIND_2": "bfl",
+        **{k.replace("_1", "_3"): v for k, v in group_env("siliconflow").items()},
+    }
+    lines = settings_report(load_settings(env)).splitlines()
+    blocks = "\n".join(lines)
+    assert "    edit masks: gpt-image-1, dall-e-2" in lines, blocks
+    assert "    edit masks: flux-pro-1.0-fill" in lines, blocks
+    # A group that takes no input images has no mask line either.
+    siliconflow = blocks[blocks.index("  IMAGE_GEN_3:") :]
+    assert "edit masks" not in siliconflow.split("\n  IMAGE_GEN_")[0]
+
+
 def test_a_wrong_inputs_value_stops_start_up_naming_it():
     with pytest.raises(ConfigError, match="IMAGE_GEN_INPUTS_1"):
         load_settings(group_env("chat", "sometimes"))

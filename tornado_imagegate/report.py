@@ -41,6 +41,9 @@ def describe_groups(groups: tuple[ProviderGroup, ...]) -> list[str]:
             lines.append(f"    answers: {_answers(kind.polls)}")
             takes = group.image_inputs
             lines.append(f"    input images: {f'up to {takes}' if takes else 'none'}")
+            if takes:
+                masked = [model for model in group.models if group.takes_mask(model)]
+                lines.append(f"    edit masks: {', '.join(masked) or 'none'}")
             if group.extra:
                 lines.append(f"    extra request fields: {show_json_object(dict(group.extra))}")
         lines.append(f"    models: {', '.join(group.models) or '(none)'}")
