@@ -6,6 +6,7 @@ import asyncio
 import bisect
 import json
 import logging
+import re
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -33,6 +34,8 @@ def register_secret(*values: str) -> None:
 
 BETWEEN_TESTS = "(outside any test)"
 WAIT_DEADLINE = 10.0
+# A markdown image in a chat answer; group 1 is its URL.
+LINK = re.compile(r"!\[[^\]]*\]\((\S+?)\)")
 
 
 class _LogWatch(logging.Handler):

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import os
-import re
 
 import pytest
-from conftest import assert_error, chat_body, json_of, post_chat, register_secret, with_env
+from conftest import LINK, assert_error, chat_body, json_of, post_chat, register_secret, with_env
 from fakes import (
     Answer,
     FakeLLM,
@@ -22,7 +21,6 @@ TWO_KEYS = ("cd-two-key-a-2222", "cd-two-key-b-3333")
 OI_KEYS = ("cd-oi-key-a-4444", "cd-oi-key-b-5555")
 LLM_KEYS = ("cd-llm-key-a-6666", "cd-llm-key-b-7777")
 register_secret(ONE_KEY, *TWO_KEYS, *OI_KEYS, *LLM_KEYS)
-LINK = re.compile(r"!\[[^\]]*\]\((\S+?)\)")
 
 
 @pytest.fixture

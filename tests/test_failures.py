@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 
 import pytest
 from conftest import (
     CLIENT_KEYS,
+    LINK,
     LOG_WATCH,
     assert_error,
     chat_body,
@@ -32,7 +32,6 @@ SD_KEY = "sd-failures-key-4141"
 CHAT_KEY = "chat-failures-key-5252"
 LLM_KEY = "llm-failures-key-6363"
 register_secret(SD_KEY, CHAT_KEY, LLM_KEY)
-LINK = re.compile(r"!\[[^\]]*\]\((\S+?)\)")
 
 
 @pytest.fixture

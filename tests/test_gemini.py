@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 
 import openai
 import pytest
 from conftest import (
     CLIENT_KEYS,
+    LINK,
     assert_error,
     call,
     chat_body,
@@ -26,7 +26,6 @@ from tornado_imagegate.config import load_settings
 GEMINI_KEYS = ("AIza-gemini-key-one-1357", "AIza-gemini-key-two-2468")
 register_secret(*GEMINI_KEYS)
 MODEL = "gemini-2.5-flash-image"
-LINK = re.compile(r"!\[[^\]]*\]\((\S+?)\)")
 
 
 @pytest.fixture

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import base64
-import re
 
 import openai
 import pytest
 from conftest import (
     CLIENT_KEYS,
+    LINK,
     assert_error,
     call,
     chat_body,
@@ -24,7 +24,6 @@ from tornado_imagegate.providers import ProviderImage
 OI_KEY = "sk-gpt-image-key-8642"
 CHAT_KEY = "sk-or-chat-key-9753"
 register_secret(OI_KEY, CHAT_KEY)
-LINK = re.compile(r"!\[[^\]]*\]\((\S+?)\)")
 PASSED = {
     "quality": "high",
     "background": "transparent",

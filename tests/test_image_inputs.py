@@ -7,12 +7,12 @@ import base64
 import dataclasses
 import logging
 import random
-import re
 
 import openai
 import pytest
 from conftest import (
     CLIENT_KEYS,
+    LINK,
     LOG_WATCH,
     assert_error,
     call,
@@ -49,7 +49,6 @@ BFL_KEY = "bfl-inputs-key-6060"
 MS_KEY = "ms-inputs-key-7070"
 FAL_KEY = "fal-inputs-key:8181"
 register_secret(OI_KEY, CHAT_KEY, GEMINI_KEY, SF_KEY, BFL_KEY, MS_KEY, FAL_KEY)
-LINK = re.compile(r"!\[[^\]]*\]\((\S+?)\)")
 INPUT_MAX_BYTES = 64 * 1024
 FAL_MODELS = (
     "fal-ai/flux-2/edit,fal-ai/flux-pro/kontext,fal-ai/flux-lora/inpainting,fal-ai/flux/dev"

@@ -6,11 +6,10 @@ IMAGE_PROXY_ALLOW_PRIVATE_NETWORKS=false.
 
 from __future__ import annotations
 
-import re
 from collections import deque
 
 import pytest
-from conftest import assert_error, chat_body, json_of, post_chat, register_secret, with_env
+from conftest import LINK, assert_error, chat_body, json_of, post_chat, register_secret, with_env
 from fakes import (
     Answer,
     FakeOpenAIImages,
@@ -25,7 +24,6 @@ from pngcheck import png_info
 SD_KEY = "sd-origin-trust-key-3131"
 OI_KEY = "sk-origin-trust-key-3232"
 register_secret(SD_KEY, OI_KEY)
-LINK = re.compile(r"!\[[^\]]*\]\((\S+?)\)")
 
 
 class FakeLocalSD(FakeSD):

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import re
-
 import pytest
-from conftest import assert_error, chat_body, json_of, post_chat, register_secret, with_env
+from conftest import LINK, assert_error, chat_body, json_of, post_chat, register_secret, with_env
 from fakes import (
     Answer,
     FakeChatImages,
@@ -25,7 +23,6 @@ OI_KEY = "oi-key-6666"
 SD_KEY = "sd-key-7777"
 LLM_KEYS = ("llm-key-one-8888", "llm-key-two-9999")
 register_secret(*SF_KEYS, *CHAT_KEYS, OI_KEY, SD_KEY, *LLM_KEYS)
-LINK = re.compile(r"!\[[^\]]*\]\((\S+?)\)")
 OPTIMISER = {"OPENAI_MODEL": "gpt-test"}
 REASONING = {"OPENAI_MODEL_REASONING": "thinker-test"}
 

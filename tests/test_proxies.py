@@ -10,7 +10,6 @@ address. Cases that need addresses other than loopback run in a private network 
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from urllib.parse import urlencode
 import pycurl
 import pytest
 from conftest import (
+    LINK,
     assert_error,
     chat_body,
     gateway_settings,
@@ -37,7 +37,6 @@ SD_KEY = "sd-key-proxies-1357"
 LLM_KEY = "llm-key-proxies-2468"
 PROXY_PASSWORD = "pr0xy-pa55word-8642"
 register_secret(SD_KEY, LLM_KEY, PROXY_PASSWORD)
-LINK = re.compile(r"!\[[^\]]*\]\((\S+?)\)")
 ENV_PROXY_NAMES = ("http_proxy", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
 NETNS_SCRIPT = Path(__file__).resolve().parent / "netns_proxies.py"
 

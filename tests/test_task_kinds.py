@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +16,7 @@ import openai
 import pytest
 from conftest import (
     CLIENT_KEYS,
+    LINK,
     LOG_WATCH,
     assert_error,
     auth,
@@ -47,7 +47,6 @@ FAL_KEYS = ("fal-task-key-one:9c0d", "fal-task-key-two:1e2f")
 register_secret(*BFL_KEYS, *REPLICATE_KEYS, *FAL_KEYS)
 
 VERSION = "5599ed30703defd1d160a25a63321b4dec97101d98b4674bcc56e41f62f35637"
-LINK = re.compile(r"!\[[^\]]*\]\((\S+?)\)")
 TIMEOUT = 30
 
 
