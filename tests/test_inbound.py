@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import re
 import resource
@@ -23,7 +24,7 @@ from tornado.iostream import IOStream, StreamClosedError
 from tornado.netutil import bind_sockets
 from tornado.web import Application, RequestHandler
 
-from tornado_imagegate.handlers.base import upload_body_limit
+from tornado_imagegate.handlers.base import JsonApiHandler, upload_body_limit
 from tornado_imagegate.listener import GatewayHTTPServer, default_connection_cap
 from tornado_imagegate.options import OPTION
 from tornado_imagegate.server import (
@@ -259,6 +260,19 @@ async def test_the_body_timeout_counts_each_request_body_not_its_answer(io_loop)
     finally:
         server.stop()
         await server.close_all_connections()
+
+
+def test_every_handler_takes_each_piece_of_a_body_at_once(app):
+    # BodyReads counts a body as unread while a read of it is pending. A data_received that
+    # returned a future would pause Tornado's reads while it ran, and hide a slow body from the
+    # body timeout: a handler that needs one must change BodyReads first.
+    rules = app.wildcard_router.rules
+    handlers = {rule.target for rule in rules} | {app.settings["default_handler_class"]}
+    assert len(handlers) > 10
+    for handler in handlers:
+        taken = inspect.unwrap(handler.data_received)
+        assert taken in (RequestHandler.data_received, JsonApiHandler.data_received), handler
+        assert not inspect.iscoroutinefunction(taken)
 
 
 def test_tornado_keeps_the_body_timeout_where_the_server_takes_it_from():

@@ -28,9 +28,8 @@ fails, naming what changed, when an installed Tornado no longer behaves as this 
 The other private details the gateway relies on are in listener.py, pinned by
 tests/test_inbound.py: the exact bytes of Tornado's bare answer to a framing error, and the
 exception it is handling when it writes them (``framing_error_answer``, the framing tests); and
-that Tornado reads a request's body, and nothing else, with ``read_bytes`` and ``read_until``,
-and marks the request's HTTP1Connection ``_read_finished`` once the body is in (``BodyReads``,
-the body timeout tests).
+that Tornado reads a request's body, and nothing else, with ``read_bytes`` and ``read_until``
+(``BodyReads``, the body timeout tests).
 """
 
 from __future__ import annotations
