@@ -262,6 +262,24 @@ async def test_the_body_timeout_counts_each_request_body_not_its_answer(io_loop)
         await server.close_all_connections()
 
 
+@pytest.mark.gen_test(timeout=60)
+async def test_nagle_stays_off_on_client_connections_across_answers(serve):
+    port, server = serve()
+    stream = await connect(port)
+    keep_alive = HEALTH.replace(b"Connection: close", b"Connection: keep-alive")
+    for _ in range(2):
+        await stream.write(keep_alive)
+        head = await asyncio.wait_for(stream.read_until(b"\r\n\r\n"), DEADLINE)
+        assert head.startswith(b"HTTP/1.1 200")
+        length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))
+        await stream.read_bytes(length)
+        # Between answers, where Tornado would have turned Nagle's algorithm back on.
+        (connection,) = server._connections
+        sock = connection.stream.socket
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    stream.close()
+
+
 def test_every_handler_takes_each_piece_of_a_body_at_once(app):
     # BodyReads counts a body as unread while a read of it is pending. A data_received that
     # returned a future would pause Tornado's reads while it ran, and hide a slow body from the

@@ -272,6 +272,18 @@ class GatewayStream(IOStream):
         self.header_read: Awaitable[bytes] | None = None
         # The loop time the body of the request being read began to be read (None until then).
         self.body_since: float | None = None
+        if self.socket.family in (socket.AF_INET, socket.AF_INET6):
+            # As in Tornado's set_nodelay: it fails if the client already closed (EINVAL).
+            with contextlib.suppress(OSError):
+                self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def set_nodelay(self, value: bool) -> None:
+        """Leave Nagle's algorithm off, as it was set when the connection was accepted.
+
+        Tornado turns it off to flush each answer's end and on again after it: two system calls
+        per request. The gateway writes each answer, and each event of a stream, when it has
+        it whole, so nothing is gained by holding small writes back.
+        """
 
     def read_until_regex(self, regex: bytes, max_bytes: int | None = None) -> Awaitable[bytes]:
         """Read a request's header block (Tornado reads nothing else so): the connection is
