@@ -248,9 +248,9 @@ class BodyReads(ConnectionClock):
 
 
 class GatewayStream(IOStream):
-    """A client connection whose framing errors are answered in the OpenAI envelope, and which
+    """A client connection whose framing errors are answered in the OpenAI envelope, which
     tells whether it is idle (waiting for a request's headers: ``IdleConnections``) or reading
-    a request's body (``BodyReads``)."""
+    a request's body (``BodyReads``), and which keeps Nagle's algorithm off."""
 
     # Kept out of the instance's __dict__: IOStream has 27 attributes there, and past 30 Python
     # stops sharing a dict's keys between instances, which slows every attribute look-up on the
