@@ -461,12 +461,8 @@ def usage_chunk(completion: str, created: int, model: str, counts: dict[str, int
 
 def sse_event(value: Any) -> bytes:
     """One Server-Sent Event carrying JSON (or the literal ``[DONE]``)."""
-    data = (
-        value
-        if isinstance(value, str)
-        else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    )
-    return f"data: {data}\n\n".encode()
+    data = value.encode() if isinstance(value, str) else jsontext.dumps(value)
+    return b"data: " + data + b"\n\n"
 
 
 SSE_KEEPALIVE = b": keep-alive\n\n"
