@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import assert_error, call, chat_body, json_of, post_chat, with_env
+from conftest import LINK, assert_error, call, chat_body, json_of, post_chat, with_env
 
 
 @pytest.mark.gen_test
@@ -16,7 +16,7 @@ async def test_metrics_tell_requests_stages_keys_cache_and_streams(http_client, 
         base_url,
         chat_body("a vase", seed=1),
     )
-    link = json_of(response)["choices"][0]["message"]["content"].split("(")[1].rstrip(")")
+    link = LINK.search(json_of(response)["choices"][0]["message"]["content"]).group(1)
     await http_client.fetch(link)
     await call(http_client, base_url, "/v1/models", key=None)
     metrics = await call(http_client, base_url, "/metrics", key=None)
@@ -69,7 +69,7 @@ def requests_counted(text: str, sample: str) -> float:
 @with_env({"IMAGE_PROXY_ALLOW_PRIVATE_NETWORKS": "true"})
 async def test_every_answer_is_counted_exactly_once_across_scrapes(http_client, base_url):
     response = await post_chat(http_client, base_url, chat_body("a boat", seed=2))
-    link = json_of(response)["choices"][0]["message"]["content"].split("(")[1].rstrip(")")
+    link = LINK.search(json_of(response)["choices"][0]["message"]["content"]).group(1)
     served = '{method="GET",route="ImageProxyHandler",status="200"}'
     total, count = (
         "imagegate_http_requests_total" + served,
