@@ -732,7 +732,7 @@ def test_the_report_names_the_models_that_take_an_edit_mask():
         **group_env("openai-images"),
         "IMAGE_GEN_MODEL_1": "gpt-image-1,dall-e-2",
         "IMAGE_GEN_MODEL_2": "flux-kontext-pro,flux-pro-1.0-fill",
-        "IMAGE_GEN_API_BASE_2": "https://api.bfl.ai/v1",
+        "IMAGE_GEN_API_BASE_2": "https://bfl.example.com/v1",
         "IMAGE_GEN_API_KEY_2": "bfl-inputs-config-2",
         "IMAGE_GEN_KIND_2": "bfl",
         **{k.replace("_1", "_3"): v for k, v in group_env("siliconflow").items()},
