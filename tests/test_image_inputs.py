@@ -265,6 +265,7 @@ async def test_dashscope_edit_models_get_data_uris_then_the_text_and_answer_at_o
     body = with_images(
         "qwen-image-edit-plus", "a hat", data_uri(pngs[0]), fakes.images.url("photo")
     )
+    body["negative_prompt"] = "blurry"
     [link] = await links_of(http_client, base_url, body)
     [edit] = fakes.ds.edits
     assert edit.path == "/api/v1/services/aigc/multimodal-generation/generation"
@@ -279,6 +280,7 @@ async def test_dashscope_edit_models_get_data_uris_then_the_text_and_answer_at_o
     assert content[-1] == {"text": "a hat"}
     assert edit.json["parameters"]["n"] == 1
     assert edit.json["parameters"]["size"] == "1024*1024"
+    assert edit.json["parameters"]["negative_prompt"] == "blurry"
     # Answered at once: no task, no poll; the gateway keeps and serves the edited image.
     assert fakes.ds.tasks == {} and fakes.ds.polls == []
     kept = await http_client.fetch(link)
@@ -301,7 +303,7 @@ async def test_dashscope_text_to_image_models_still_go_as_tasks(http_client, bas
 
 
 @pytest.mark.gen_test
-async def test_plain_qwen_image_edit_gets_no_size_and_one_image_a_call(base_url, fakes):
+async def test_dashscope_plain_qwen_image_edit_gets_no_size_and_one_image_a_call(base_url, fakes):
     png = png_bytes(seed=67)
     async with sdk(base_url) as client:
         result = await client.images.edit(

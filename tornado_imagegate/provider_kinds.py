@@ -195,7 +195,7 @@ KINDS: dict[str, ProviderKind] = {
         ),
         ProviderKind(
             name="dashscope",
-            description="Alibaba DashScope image synthesis, asynchronous: Wan, Qwen-Image",
+            description="Alibaba DashScope images: Wan, Qwen-Image (asynchronous), Qwen image edit",
             implementation="tornado_imagegate.providers.dashscope:DashScopeApi",
             ratios=RATIOS_1024,
             endpoint_path="/services/aigc/text2image/image-synthesis",
