@@ -22,8 +22,10 @@ from conftest import (
     register_secret,
 )
 from fakes import (
+    Answer,
     FakeBFL,
     FakeChatImages,
+    FakeDashScope,
     FakeFal,
     FakeGemini,
     FakeModelScope,
@@ -48,7 +50,8 @@ SF_KEY = "sk-siliconflow-inputs-8080"
 BFL_KEY = "bfl-inputs-key-6060"
 MS_KEY = "ms-inputs-key-7070"
 FAL_KEY = "fal-inputs-key:8181"
-register_secret(OI_KEY, CHAT_KEY, GEMINI_KEY, SF_KEY, BFL_KEY, MS_KEY, FAL_KEY)
+DS_KEY = "sk-dashscope-inputs-9292"
+register_secret(OI_KEY, CHAT_KEY, GEMINI_KEY, SF_KEY, BFL_KEY, MS_KEY, FAL_KEY, DS_KEY)
 INPUT_MAX_BYTES = 64 * 1024
 FAL_MODELS = (
     "fal-ai/flux-2/edit,fal-ai/flux-pro/kontext,fal-ai/flux-lora/inpainting,fal-ai/flux/dev"
@@ -66,8 +69,9 @@ def fakes(io_loop):
         bfl=FakeBFL,
         ms=FakeModelScope,
         fal=FakeFal,
+        ds=FakeDashScope,
     )
-    started.ms.plan = ["done"]
+    started.ms.plan = started.ds.plan = ["done"]
     yield started
     started.close()
 
@@ -109,6 +113,10 @@ def gateway_env(fakes, request):
         "IMAGE_GEN_API_BASE_8": fakes.fal.url(""),
         "IMAGE_GEN_API_KEY_8": FAL_KEY,
         "IMAGE_GEN_KIND_8": "fal",
+        "IMAGE_GEN_MODEL_9": "qwen-image-edit-plus,qwen-image-edit,qwen-image-plus",
+        "IMAGE_GEN_API_BASE_9": fakes.ds.base(),
+        "IMAGE_GEN_API_KEY_9": DS_KEY,
+        "IMAGE_GEN_KIND_9": "dashscope",
         "IMAGE_INPUT_MAX_BYTES": str(INPUT_MAX_BYTES),
         "IMAGE_PROXY_ALLOW_PRIVATE_NETWORKS": "true",
         **getattr(request, "param", {}),
@@ -131,7 +139,7 @@ async def links_of(http_client, base_url, body) -> list[str]:
 
 def received(fakes) -> int:
     """How many requests the providers received, together."""
-    every = (fakes.oi, fakes.chat, fakes.gemini, fakes.sf, fakes.bfl, fakes.ms, fakes.fal)
+    every = (fakes.oi, fakes.chat, fakes.gemini, fakes.sf, fakes.bfl, fakes.ms, fakes.fal, fakes.ds)
     return sum(len(fake.requests) for fake in every)
 
 
@@ -246,6 +254,136 @@ async def test_modelscope_edit_models_get_image_url_as_a_list_of_data_uris(
     assert len(fakes.ms.requests) == 2  # one submission, one poll
     await links_of(http_client, base_url, chat_body("a kite", model="Qwen/Qwen-Image"))
     assert "image_url" not in fakes.ms.requests[-2].json
+
+
+@pytest.mark.gen_test
+async def test_dashscope_edit_models_get_data_uris_then_the_text_and_answer_at_once(
+    http_client, base_url, fakes
+):
+    pngs = [png_bytes(seed=s) for s in (64, 65)]
+    fakes.images.serve("photo", pngs[1])
+    body = with_images(
+        "qwen-image-edit-plus", "a hat", data_uri(pngs[0]), fakes.images.url("photo")
+    )
+    body["negative_prompt"] = "blurry"
+    [link] = await links_of(http_client, base_url, body)
+    [edit] = fakes.ds.edits
+    assert edit.path == "/api/v1/services/aigc/multimodal-generation/generation"
+    assert edit.key == DS_KEY
+    assert "x-dashscope-async" not in edit.headers
+    assert edit.json["model"] == "qwen-image-edit-plus"
+    content = edit.json["input"]["messages"][0]["content"]
+    # The images first, as data URIs of the bytes the gateway checked (the link's too), then
+    # the text.
+    assert all(part["image"].startswith("data:image/png;base64,") for part in content[:-1])
+    assert fakes.ds.edit_images(edit) == pngs
+    assert content[-1] == {"text": "a hat"}
+    assert edit.json["parameters"]["n"] == 1
+    assert edit.json["parameters"]["size"] == "1024*1024"
+    assert edit.json["parameters"]["negative_prompt"] == "blurry"
+    # Answered at once: no task, no poll; the gateway keeps and serves the edited image.
+    assert fakes.ds.tasks == {} and fakes.ds.polls == []
+    kept = await http_client.fetch(link)
+    [made] = fakes.ds.image_urls
+    assert kept.body == (await http_client.fetch(made)).body
+
+
+@pytest.mark.gen_test
+async def test_dashscope_text_to_image_models_still_go_as_tasks(http_client, base_url, fakes):
+    await links_of(http_client, base_url, chat_body("a kite", model="qwen-image-plus"))
+    [submission] = [r for r in fakes.ds.requests if r.method == "POST"]
+    assert submission.path == "/api/v1/services/aigc/text2image/image-synthesis"
+    assert submission.headers["x-dashscope-async"] == "enable"
+    assert submission.json["input"] == {"prompt": "a kite"}
+    assert len(fakes.ds.tasks) == 1 and len(fakes.ds.polls) == 1
+    assert fakes.ds.edits == []
+    one = with_images("qwen-image-plus", "x", data_uri(png_bytes(seed=66)))
+    assert_error(await post_chat(http_client, base_url, one), 400, "image_input_not_supported")
+    assert len(fakes.ds.requests) == 2
+
+
+@pytest.mark.gen_test
+async def test_dashscope_plain_qwen_image_edit_gets_no_size_and_one_image_a_call(base_url, fakes):
+    png = png_bytes(seed=67)
+    async with sdk(base_url) as client:
+        result = await client.images.edit(
+            model="qwen-image-edit",
+            image=("photo.png", png, "image/png"),
+            prompt="at night",
+            n=2,
+            size="1536x1024",
+            response_format="url",
+        )
+    assert len(result.data) == 2
+    first, second = fakes.ds.edits
+    for edit in (first, second):
+        assert edit.json["model"] == "qwen-image-edit"
+        assert "size" not in edit.json["parameters"]
+        assert edit.json["parameters"]["n"] == 1
+        assert fakes.ds.edit_images(edit) == [png]
+    # Each call starts at its own seed, or both would make the same picture.
+    seeds = sorted(edit.json["parameters"]["seed"] for edit in (first, second))
+    assert seeds[1] == seeds[0] + 1
+
+
+@pytest.mark.gen_test
+async def test_dashscope_edits_through_the_openai_sdk_make_n_images_in_one_call(base_url, fakes):
+    first, second = png_bytes(seed=68), png_bytes(seed=69)
+    async with sdk(base_url) as client:
+        result = await client.images.edit(
+            model="qwen-image-edit-plus",
+            image=[("a.png", first, "image/png"), ("b.png", second, "image/png")],
+            prompt="put them together",
+            n=2,
+            size="1536x1024",
+        )
+    assert len(result.data) == 2
+    assert all(base64.b64decode(entry.b64_json)[:4] == b"\x89PNG" for entry in result.data)
+    [edit] = fakes.ds.edits
+    assert fakes.ds.edit_images(edit) == [first, second]
+    assert fakes.ds.edit_text(edit) == "put them together"
+    assert (edit.json["parameters"]["n"], edit.json["parameters"]["size"]) == (2, "1536*1024")
+
+
+@pytest.mark.gen_test
+async def test_dashscope_edit_refusals_and_errors_reach_the_client(http_client, base_url, fakes):
+    body = with_images("qwen-image-edit-plus", "a hat", data_uri(png_bytes(seed=70)))
+    urls = [data_uri(png_bytes(seed=s)) for s in range(4)]
+    four = with_images("qwen-image-edit-plus", "a hat", *urls)
+    assert_error(await post_chat(http_client, base_url, four), 400, "invalid_image_input")
+    assert received(fakes) == 0
+    refusal = "Input data may contain inappropriate content."
+    fakes.ds.script(
+        Answer(400, {"request_id": "r1", "code": "DataInspectionFailed", "message": refusal}),
+        Answer(400, {"request_id": "r2", "code": "InvalidParameter", "message": "bad size"}),
+        Answer(json={"request_id": "r3", "code": "DataInspectionFailed", "message": refusal}),
+        Answer(json={"request_id": "r4", "code": "InternalError", "message": "try later"}),
+    )
+    error = assert_error(await post_chat(http_client, base_url, body), 400, "upstream_rejected")
+    assert refusal in error["message"]
+    error = assert_error(await post_chat(http_client, base_url, body), 400, "upstream_rejected")
+    assert "bad size" in error["message"]
+    # A 200 that carries a code and no output failed all the same (DashScope does that).
+    error = assert_error(await post_chat(http_client, base_url, body), 400, "upstream_rejected")
+    assert refusal in error["message"]
+    error = assert_error(await post_chat(http_client, base_url, body), 502, "upstream_error")
+    assert "try later" in error["message"]
+    assert len(fakes.ds.edits) == 4 and fakes.ds.tasks == {}
+
+
+@pytest.mark.gen_test
+async def test_a_dashscope_edit_model_without_an_image_sends_the_text_alone(
+    http_client, base_url, fakes
+):
+    # As the other kinds' edit models: the text goes to the model's endpoint, which decides
+    # (DashScope wants an image, and says so).
+    response = await post_chat(http_client, base_url, chat_body("a hat", model="qwen-image-edit"))
+    error = assert_error(response, 400, "upstream_rejected")
+    assert "1 to 3 images" in error["message"]
+    [sent] = fakes.ds.requests
+    assert sent.path.endswith("/multimodal-generation/generation")
+    assert sent.json["input"]["messages"][0]["content"] == [{"text": "a hat"}]
+    assert fakes.ds.tasks == {}
 
 
 @pytest.mark.gen_test
@@ -622,13 +760,34 @@ async def test_a_follow_up_passes_the_previous_image_from_the_store(
     assert base64.b64decode(parts[1]["inlineData"]["data"]) == served.body
 
 
+def gemini_sent(fakes) -> tuple[str, list[bytes], str]:
+    """The text, the input images and the aspect ratio of Gemini's last request."""
+    sent = fakes.gemini.last().json
+    text, *images = sent["contents"][0]["parts"]
+    decoded = [base64.b64decode(part["inlineData"]["data"]) for part in images]
+    return text["text"], decoded, sent["generationConfig"]["imageConfig"]["aspectRatio"]
+
+
+def dashscope_sent(fakes) -> tuple[str, list[bytes], str]:
+    """The text, the input images and the size of DashScope's last edit."""
+    edit = fakes.ds.edits[-1]
+    return fakes.ds.edit_text(edit), fakes.ds.edit_images(edit), edit.json["parameters"]["size"]
+
+
 @pytest.mark.gen_test
+@pytest.mark.parametrize(
+    ("model", "sent", "shape"),
+    [
+        ("gemini-2.5-flash-image", gemini_sent, "16:9"),
+        ("qwen-image-edit-plus", dashscope_sent, "1024*576"),
+    ],
+)
 async def test_the_fox_follow_up_over_http_sends_the_previous_image_and_the_refined_prompt(
-    http_client, base_url, fakes, caplog
+    http_client, base_url, fakes, caplog, model, sent, shape
 ):
-    model = "gemini-2.5-flash-image"
+    # The first picture is drawn from text (by Gemini), the follow-up edits it on ``model``.
     first = await post_chat(
-        http_client, base_url, chat_body("a red fox in snow, 16:9", model=model)
+        http_client, base_url, chat_body("a red fox in snow, 16:9", model="gemini-2.5-flash-image")
     )
     assert first.code == 200, first.body
     answer = json_of(first)["choices"][0]["message"]["content"]
@@ -648,12 +807,11 @@ async def test_the_fox_follow_up_over_http_sends_the_previous_image_and_the_refi
     assert follow_up.code == 200, follow_up.body
     # The previous image came from the store: no request reached the gateway's own image proxy.
     assert not [r for r in caplog.records if "/image-proxy" in r.getMessage()]
-    sent = fakes.gemini.last().json
-    parts = sent["contents"][0]["parts"]
-    assert "fox" in parts[0]["text"] and "night" in parts[0]["text"]
-    assert sent["generationConfig"]["imageConfig"]["aspectRatio"] == "16:9"
+    text, images, size = sent(fakes)
+    assert "fox" in text and "night" in text
+    assert size == shape
     served = await http_client.fetch(f"{base_url}/image-proxy?{link.partition('?')[2]}")
-    assert base64.b64decode(parts[1]["inlineData"]["data"]) == served.body
+    assert images == [served.body]
 
 
 @pytest.mark.gen_test
@@ -725,6 +883,18 @@ def test_which_groups_take_input_images(kind, inputs, takes):
     assert group.image_inputs == takes
     expected = f"up to {takes}" if takes else "none"
     assert f"    input images: {expected}" in settings_report(settings).splitlines()
+
+
+def test_the_report_shows_dashscope_taking_images_for_its_edit_models():
+    env = {**group_env("dashscope"), "IMAGE_GEN_MODEL_1": "wan2.2-t2i-flash,qwen-image-edit-plus"}
+    settings = load_settings(env)
+    group = settings.groups[0]
+    assert [group.image_inputs_for(model) for model in group.models] == [0, 3]
+    lines = settings_report(settings).splitlines()
+    assert "    input images: up to 3" in lines
+    assert "    edit masks: none" in lines
+    text_only = load_settings({**env, "IMAGE_GEN_MODEL_1": "wan2.2-t2i-flash,qwen-image-plus"})
+    assert "    input images: none" in settings_report(text_only).splitlines()
 
 
 def test_the_report_names_the_models_that_take_an_edit_mask():

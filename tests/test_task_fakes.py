@@ -1,4 +1,5 @@
-"""Self-test of the task-API fakes (BFL, Replicate, fal): each speaks its documented shape."""
+"""Self-test of the task-API fakes (BFL, Replicate, fal, DashScope's edits): each speaks its
+documented shape."""
 
 from __future__ import annotations
 
@@ -6,16 +7,20 @@ import json
 from typing import Any
 
 import pytest
+from conftest import register_secret
 from fakes import (
     FAILED,
     MODERATED,
     NEVER,
     Answer,
     FakeBFL,
+    FakeDashScope,
     FakeFal,
     FakeOrigin,
     FakeReplicate,
     TaskScript,
+    data_uri,
+    jpeg_bytes,
 )
 from pngcheck import png_info
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
@@ -57,6 +62,14 @@ def replicate(io_loop, image_host):
 def fal(io_loop, image_host):
     """A fake fal queue."""
     fake = FakeFal(image_host)
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
+def dashscope(io_loop, image_host):
+    """A fake DashScope."""
+    fake = FakeDashScope(image_host)
     yield fake
     fake.close()
 
@@ -230,3 +243,70 @@ async def test_fal_failure_moderation_and_scripted_polls(client, fal):
     code, _, _ = await fetch(client, fal.url("fal-ai/flux/dev"), "POST", {})
     assert code == 401
     assert [len(fal.submissions()), len(fal.polls())] == [3, 5]
+
+
+DS_KEY = "sk-ds-fake-key-k1"
+register_secret(DS_KEY)
+
+
+def qwen_edit(model: str = "qwen-image-edit-plus", images: int = 1, **parameters: Any) -> dict:
+    """A DashScope edit body: ``images`` PNG data URIs, then the text."""
+    content: list[dict[str, str]] = [{"image": data_uri()} for _ in range(images)]
+    content.append({"text": "a hat"})
+    return {
+        "model": model,
+        "input": {"messages": [{"role": "user", "content": content}]},
+        "parameters": parameters,
+    }
+
+
+def reordered(body: dict) -> dict:
+    """``body`` with its text first, its images after."""
+    content = body["input"]["messages"][0]["content"]
+    body["input"]["messages"][0]["content"] = content[-1:] + content[:-1]
+    return body
+
+
+def with_image(body: dict, uri: str) -> dict:
+    """``body`` with its first image replaced by ``uri``."""
+    body["input"]["messages"][0]["content"][0] = {"image": uri}
+    return body
+
+
+@pytest.mark.gen_test
+async def test_dashscope_edits_are_checked_as_the_service_checks_them(client, dashscope):
+    url = dashscope.url(dashscope.edit_path)
+    key = {"Authorization": f"Bearer {DS_KEY}", "Content-Type": "application/json"}
+    code, answer, _ = await fetch(client, url, "POST", qwen_edit(images=2, n=2), key)
+    assert code == 200, answer
+    [choice] = answer["output"]["choices"]
+    links = [part["image"] for part in choice["message"]["content"]]
+    assert len(links) == 2
+    for link in links:
+        assert png_info((await client.fetch(link)).body)
+    jpeg = "data:image/jpeg;base64," + data_uri(jpeg_bytes()).split(",", 1)[1]
+    code, _, _ = await fetch(client, url, "POST", with_image(qwen_edit(), jpeg), key)
+    assert code == 200
+    refused = [
+        qwen_edit(images=0),
+        qwen_edit(images=4),
+        reordered(qwen_edit()),
+        with_image(qwen_edit(), "data:image/png;base64,bm90IGFuIGltYWdl"),
+        with_image(qwen_edit(), "data:image/png;base64,!!"),
+        qwen_edit("qwen-image-edit", size="1024*1024"),
+        qwen_edit("qwen-image-edit", n=2),
+        qwen_edit(n=7),
+        qwen_edit(size="256*256"),
+        qwen_edit(size="1024x1024"),
+        qwen_edit(seed=2**31),
+        qwen_edit("wan2.2-t2i-flash"),
+    ]
+    for body in refused:
+        code, answer, _ = await fetch(client, url, "POST", body, key)
+        assert (code, answer["code"]) == (400, "InvalidParameter"), body
+    code, answer, _ = await fetch(client, url, "POST", qwen_edit(), {})
+    assert (code, answer["code"]) == (401, "InvalidApiKey")
+    async_call = {**key, "X-DashScope-Async": "enable"}
+    code, answer, _ = await fetch(client, url, "POST", qwen_edit(), async_call)
+    assert (code, answer["code"]) == (403, "AccessDenied")
+    assert len(dashscope.edits) == 2 and dashscope.tasks == {}

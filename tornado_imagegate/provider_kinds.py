@@ -195,16 +195,22 @@ KINDS: dict[str, ProviderKind] = {
         ),
         ProviderKind(
             name="dashscope",
-            description="Alibaba DashScope image synthesis, asynchronous: Wan, Qwen-Image",
+            description="Alibaba DashScope images: Wan, Qwen-Image (asynchronous), Qwen image edit",
             implementation="tornado_imagegate.providers.dashscope:DashScopeApi",
             ratios=RATIOS_1024,
             endpoint_path="/services/aigc/text2image/image-synthesis",
             default_endpoint="https://dashscope.aliyuncs.com/api/v1",
+            # The Qwen image edit models (plain, plus, max), called synchronously on the
+            # multimodal-generation endpoint: up to three data-URI images before the text.
+            model_image_inputs=(("qwen-image-edit", 3),),
             polls=True,
             # wan2.1/2.2: 512-1440 a side; wan2.5: 768*768 to 1440*1440 pixels, 1:4 to 4:1;
-            # wan2.6: from 1280*1280 pixels; qwen-image: five sizes. The multiple of 16 is ours.
+            # wan2.6: from 1280*1280 pixels; qwen-image: five sizes; the edit models' plus and
+            # max series 512-2048 a side (plain qwen-image-edit is sent no size). The multiple
+            # of 16 is ours.
             size_rules=SizeRules(min_side=512, max_side=1440, multiple=16),
             model_size_rules=(
+                ("qwen-image-edit", SizeRules(min_side=512, max_side=2048, multiple=16)),
                 (
                     "wan2.6",
                     SizeRules(

@@ -11,7 +11,8 @@ Each service the gateway calls has one fake here, used by every test and bench:
 - ``gemini``: ``FakeGemini``, Google's ``generateContent`` with image output (inline base64,
   refusals as 200s, Google's error body).
 - ``tasks``: asynchronous task APIs, each task following a scripted plan of poll answers:
-  ``FakeModelScope``, ``FakeDashScope`` (on ``FakeTaskApi``).
+  ``FakeModelScope``, ``FakeDashScope`` (on ``FakeTaskApi``; DashScope's synchronous Qwen image
+  edits too).
 - ``task_service``: ``FakeTaskService``, what the fakes of task APIs share (``TaskScript``: polls
   still running, then an outcome; links that expire once downloaded), and one module per task
   API: ``bfl`` (``FakeBFL``), ``replicate`` (``FakeReplicate``), ``fal`` (``FakeFal``).

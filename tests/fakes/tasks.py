@@ -10,7 +10,10 @@ that never finishes; ``next_plans`` gives the next tasks plans of their own. Wit
 
 from __future__ import annotations
 
+import base64
+import binascii
 import itertools
+import re
 import uuid
 from collections import deque
 from typing import Any
@@ -162,22 +165,75 @@ class FakeModelScope(FakeTaskApi):
 
 
 class FakeDashScope(FakeTaskApi):
-    """DashScope image synthesis, async: ``output.task_id``, then ``output.task_status``.
+    """DashScope image synthesis, async: ``output.task_id``, then ``output.task_status``; and
+    the Qwen image edit models, synchronous, on the multimodal-generation endpoint.
 
     The submission must carry ``X-DashScope-Async: enable``; otherwise 403 as the service does
-    (``AccessDenied``: synchronous calls are not supported).
+    (``AccessDenied``: synchronous calls are not supported). An edit must not carry it, and is
+    checked as the service checks it (``InvalidParameter`` otherwise): one user message of 1 to 3
+    images, each a base64 data URI of a real image, then the text; no ``size`` for plain
+    ``qwen-image-edit`` (and ``n`` 1), a ``"W*H"`` of 512..2048 a side and ``n`` 1..6 for the
+    plus and max series. ``edits`` records the valid ones; ``script()`` answers the next valid
+    edits instead of the images (a refusal, an error).
     """
 
     image_prefix = "ds"
     submit_path = "/api/v1/services/aigc/text2image/image-synthesis"
     tasks_path = "/api/v1/tasks/"
+    edit_path = "/api/v1/services/aigc/multimodal-generation/generation"
+
+    def __init__(self, image_host: FakeOrigin, host: str = "127.0.0.1", **listening: int) -> None:
+        super().__init__(image_host, host, **listening)
+        self.edits: list[Recorded] = []
+
+    def edit_images(self, edit: Recorded) -> list[bytes]:
+        """The decoded input images of a recorded edit, in order."""
+        content = edit.json["input"]["messages"][0]["content"]
+        return [base64.b64decode(part["image"].split(",", 1)[1]) for part in content[:-1]]
+
+    def edit_text(self, edit: Recorded) -> str:
+        """The instruction of a recorded edit (its last content part)."""
+        return edit.json["input"]["messages"][0]["content"][-1]["text"]
 
     def _choose(self, recorded: Recorded, valid: bool) -> Answer:
         if recorded.method == "POST" and recorded.path.endswith(self.submit_path):
             if recorded.headers.get("x-dashscope-async") != "enable":
                 refusal = "current user api does not support synchronous calls"
                 return Answer(403, self.error_json(403, refusal))
+        if recorded.method == "POST" and recorded.path.endswith(self.edit_path):
+            return self._edit(recorded, valid)
         return super()._choose(recorded, valid)
+
+    def _edit(self, recorded: Recorded, valid: bool) -> Answer:
+        if recorded.key is None:
+            return Answer(401, self.error_json(401, "Invalid API-key provided."))
+        if "x-dashscope-async" in recorded.headers:
+            refusal = "current user api does not support asynchronous calls"
+            return Answer(403, self.error_json(403, refusal))
+        problem = _edit_problem(recorded.json) if valid else "the body is not a JSON object"
+        if problem:
+            return Answer(400, self.error_json(400, problem))
+        self.edits.append(recorded)
+        if self.queue:
+            return self.queue.popleft()
+        count = recorded.json.get("parameters", {}).get("n", 1)
+        return Answer(json=self._edited(count))
+
+    def _edited(self, count: int) -> Any:
+        """``output.choices[0].message.content[].image``: links on the image host."""
+        content = [{"image": self.new_image_url()} for _ in range(count)]
+        return {
+            "request_id": uuid.uuid4().hex,
+            "output": {
+                "choices": [
+                    {
+                        "finish_reason": "stop",
+                        "message": {"role": "assistant", "content": content},
+                    }
+                ]
+            },
+            "usage": {"width": 1024, "height": 1024, "image_count": count},
+        }
 
     def error_json(self, status: int, message: str) -> Any:
         """DashScope's error body: ``{request_id, code, message}``."""
@@ -219,3 +275,59 @@ class FakeDashScope(FakeTaskApi):
     def cancelled_json(self, task_id: str) -> Any:
         """DashScope answers a cancel with its request id."""
         return {"request_id": uuid.uuid4().hex}
+
+
+# What a DashScope edit's input image may be: a data URI of an image format it reads.
+_DATA_URI = re.compile(r"data:image/[a-z0-9.+-]+;base64,(.+)", re.DOTALL)
+_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM", b"II*\0", b"MM\0*", b"GIF8")
+
+
+def _real_image(uri: str) -> bool:
+    """Whether ``uri`` is a base64 data URI of an image (PNG, JPEG, BMP, TIFF, GIF or WebP)."""
+    match = _DATA_URI.fullmatch(uri)
+    if match is None:
+        return False
+    try:
+        data = base64.b64decode(match.group(1), validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    webp = data[:4] == b"RIFF" and data[8:12] == b"WEBP"
+    return webp or data.startswith(_SIGNATURES)
+
+
+def _edit_problem(body: dict[str, Any]) -> str:
+    """What DashScope would refuse in an edit request ("" when nothing)."""
+    model = body.get("model")
+    if not isinstance(model, str) or "qwen-image-edit" not in model:
+        return f"Model not exist: {model}"
+    given = body.get("input")
+    messages = given.get("messages") if isinstance(given, dict) else None
+    if not isinstance(messages, list) or len(messages) != 1 or not isinstance(messages[0], dict):
+        return "input.messages must be one user message"
+    content = messages[0].get("content") if messages[0].get("role") == "user" else None
+    if not isinstance(content, list) or not all(isinstance(part, dict) for part in content):
+        return "input.messages must be one user message with a list of content parts"
+    if not content or set(content[-1]) != {"text"}:
+        return "the content must end with one text part"
+    images = content[:-1]
+    if not 1 <= len(images) <= 3:
+        return f"the content must hold 1 to 3 images, not {len(images)}"
+    if any(set(part) != {"image"} or not _real_image(part["image"]) for part in images):
+        return "each image before the text must be a valid image URL or base64 data URI"
+    parameters = body.get("parameters", {})
+    if not isinstance(parameters, dict):
+        return "parameters must be an object"
+    sized = "qwen-image-edit-plus" in model or "qwen-image-edit-max" in model
+    n = parameters.get("n", 1)
+    if not isinstance(n, int) or not 1 <= n <= (6 if sized else 1):
+        return f"parameters.n is out of range: {n}"
+    if "size" in parameters:
+        if not sized:
+            return f"the model {model} does not support a custom size"
+        match = re.fullmatch(r"(\d+)\*(\d+)", str(parameters["size"]))
+        if not match or not all(512 <= int(side) <= 2048 for side in match.groups()):
+            return f"parameters.size is invalid: {parameters['size']}"
+    seed = parameters.get("seed", 0)
+    if not isinstance(seed, int) or not 0 <= seed <= 2147483647:
+        return f"parameters.seed is out of range: {seed}"
+    return ""

@@ -1,8 +1,12 @@
-"""Alibaba DashScope image synthesis (kind ``dashscope``), asynchronous: Wan and Qwen-Image.
+"""Alibaba DashScope image synthesis (kind ``dashscope``): Wan and Qwen-Image, and Qwen's edits.
 
 ``POST {base}/services/aigc/text2image/image-synthesis`` with ``X-DashScope-Async: enable``
 answers ``output.task_id``; ``GET {base}/tasks/{task_id}`` answers ``output.task_status`` and,
 once ``SUCCEEDED``, ``output.results[].url`` (links that expire after 24 hours).
+
+The Qwen image edit models are synchronous: ``POST {base}/services/aigc/multimodal-generation/
+generation`` with the input images and the instruction as one user message answers
+``output.choices[].message.content[].image`` at once (links that also expire after 24 hours).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from tornado_imagegate.providers import (
     ProviderAnswerError,
     ProviderCall,
     ProviderImage,
+    data_uri,
     json_object_answer,
     json_request,
     with_extra,
@@ -33,6 +38,14 @@ from tornado_imagegate.providers.task_engine import (
 # Where the API's base ends: the submission endpoints are under {base}/services/.
 SERVICES = "/services/"
 MAX_IMAGES = 4  # Wan's parameters.n
+EDIT_PATH = "/services/aigc/multimodal-generation/generation"
+# The edit models: qwen-image-edit takes no size and makes one image; the plus and max series
+# (dated ones too) take a size and make up to six.
+EDIT_FAMILY = "qwen-image-edit"
+SIZED_EDIT_SERIES = ("qwen-image-edit-plus", "qwen-image-edit-max")
+MAX_EDIT_IMAGES = 6
+# parameters.seed of the edit models: 0..2147483647.
+EDIT_SEED_RANGE = 2**31
 FAILED = frozenset({"FAILED", "CANCELED", "CANCELLED", "UNKNOWN"})
 
 
@@ -44,6 +57,17 @@ def api_base(endpoint: str) -> str:
     return urlunsplit(parts._replace(path=base, query="", fragment=""))
 
 
+def is_edit_model(model: str) -> bool:
+    """Whether ``model`` is one of the Qwen image edit models (the synchronous endpoint)."""
+    return EDIT_FAMILY in model.lower()
+
+
+def takes_size(model: str) -> bool:
+    """Whether an edit model takes ``parameters.size`` (the plus and max series do)."""
+    lowered = model.lower()
+    return any(series in lowered for series in SIZED_EDIT_SERIES)
+
+
 def _failure(holder: dict[str, Any]) -> TaskState:
     """A failed task: refused when its code or message says a content check stopped it."""
     code, message = holder.get("code"), holder.get("message")
@@ -52,19 +76,43 @@ def _failure(holder: dict[str, Any]) -> TaskState:
     return TaskState(TaskStatus.REJECTED if refused else TaskStatus.FAILED, reason=reason)
 
 
+def _edited(output: dict[str, Any]) -> TaskState:
+    """An edit's answer: DONE with ``output.choices[].message.content[].image``."""
+    choices = output.get("choices")
+    images = []
+    for choice in choices if isinstance(choices, list) else []:
+        message = choice.get("message") if isinstance(choice, dict) else None
+        content = message.get("content") if isinstance(message, dict) else None
+        for part in content if isinstance(content, list) else []:
+            url = part.get("image") if isinstance(part, dict) else None
+            if isinstance(url, str) and url:
+                images.append(ProviderImage(url=url))
+    if not images:
+        raise ProviderAnswerError("the answer holds no image")
+    return TaskState(TaskStatus.DONE, images=tuple(images))
+
+
 class DashScopeApi(TaskApiDefaults):
-    """``{model, input: {prompt}, parameters: {size: "W*H", n, seed}}`` -> ``output.task_id``."""
+    """``{model, input: {prompt}, parameters: {size: "W*H", n, seed}}`` -> ``output.task_id``;
+    an edit model's ``{model, input: {messages}, parameters}`` -> its images at once."""
 
     def fit_size(self, model: str, width: int, height: int) -> tuple[int, int]:
-        """Within the model's limits (wan2.1/2.2 sides, wan2.5/2.6 pixels, qwen-image sizes)."""
+        """Within the model's limits (wan2.1/2.2 sides, wan2.5/2.6 pixels, qwen-image sizes, the
+        edit models' sides)."""
         return provider_kind("dashscope").sizes_for(model).fit(width, height)
 
     def images_per_call(self, model: str) -> int:
-        """Up to four images a task (Wan); Qwen-Image makes one."""
+        """Up to four images a task (Wan); Qwen-Image makes one; the edit models six, the plain
+        qwen-image-edit one."""
+        if is_edit_model(model):
+            return MAX_EDIT_IMAGES if takes_size(model) else 1
         return 1 if "qwen-image" in model.lower() else MAX_IMAGES
 
     def submit(self, call: ProviderCall) -> HTTPRequest:
-        """The asynchronous submission; extra fields join ``parameters`` (``watermark``...)."""
+        """The asynchronous submission, or an edit model's synchronous call; extra fields join
+        ``parameters`` (``watermark``...)."""
+        if is_edit_model(call.model):
+            return self._edit(call)
         prompt: dict[str, Any] = {"prompt": call.prompt}
         if call.request.negative_prompt:
             prompt["negative_prompt"] = call.request.negative_prompt
@@ -82,14 +130,42 @@ class DashScopeApi(TaskApiDefaults):
         request.headers["X-DashScope-Async"] = "enable"
         return request
 
+    def _edit(self, call: ProviderCall) -> HTTPRequest:
+        """The edit models' synchronous call: the input images (data URIs) first, the text last.
+
+        Without an input image the text goes alone, and DashScope decides, as the other kinds'
+        edit models do.
+        """
+        # Data URIs even for an image the client named by its http(s) link: the provider gets
+        # the very bytes the gateway checked, and needs no route to the client's host.
+        content: list[dict[str, str]] = [{"image": data_uri(image)} for image in call.inputs]
+        content.append({"text": call.prompt})
+        parameters: dict[str, Any] = {"n": call.count, "seed": call.seed % EDIT_SEED_RANGE}
+        if takes_size(call.model):
+            parameters["size"] = f"{call.size[0]}*{call.size[1]}"
+        if call.request.negative_prompt:
+            parameters["negative_prompt"] = call.request.negative_prompt
+        parameters = with_extra(parameters, call.extra)
+        if not takes_size(call.model):
+            parameters.pop("size", None)  # qwen-image-edit refuses one, even from the extras
+        body = {
+            "model": call.model,
+            "input": {"messages": [{"role": "user", "content": content}]},
+            "parameters": parameters,
+        }
+        return json_request(api_base(call.endpoint) + EDIT_PATH, call.key, body)
+
     def read_submission(self, response: HTTPResponse) -> TaskState:
-        """``output.task_id`` (and its first status); a ``code`` without ``output`` failed."""
+        """``output.task_id`` (and its first status), or an edit's images at once
+        (``output.choices``); a ``code`` without ``output`` failed."""
         answer = json_object_answer(response)
         output = answer.get("output")
         if not isinstance(output, dict):
             if answer.get("code"):
                 return _failure(answer)
             raise ProviderAnswerError("the answer names no task")
+        if "choices" in output:
+            return _edited(output)
         task_id = output.get("task_id")
         if not isinstance(task_id, str) or not task_id:
             raise ProviderAnswerError("the answer names no task")
