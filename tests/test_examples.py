@@ -24,6 +24,7 @@ EXPECTED = {
     "openai-images.env": ("kind openai-images", "gpt-image-1", "sk-your-openai-key"),
     "modelscope.env": ("kind modelscope", "Tongyi-MAI/Z-Image-Turbo", "ms-your-modelscope-token"),
     "bfl.env": ("kind bfl", "flux-pro-1.1", "your-bfl-key"),
+    "dashscope.env": ("kind dashscope", "wan2.6-t2i", "sk-your-dashscope-key"),
     "sd.env": ("kind sd", "Z-Image", "your-sd-key"),
     "prompt-optimiser.env": ("prompt optimiser: on", "gpt-4o-mini", "sk-your-openai-key"),
 }

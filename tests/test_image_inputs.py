@@ -113,7 +113,7 @@ def gateway_env(fakes, request):
         "IMAGE_GEN_API_BASE_8": fakes.fal.url(""),
         "IMAGE_GEN_API_KEY_8": FAL_KEY,
         "IMAGE_GEN_KIND_8": "fal",
-        "IMAGE_GEN_MODEL_9": "qwen-image-edit-plus,qwen-image-edit,qwen-image-plus",
+        "IMAGE_GEN_MODEL_9": "qwen-image-edit-plus,qwen-image-edit,qwen-image-plus,wan2.6-image",
         "IMAGE_GEN_API_BASE_9": fakes.ds.base(),
         "IMAGE_GEN_API_KEY_9": DS_KEY,
         "IMAGE_GEN_KIND_9": "dashscope",
@@ -384,6 +384,33 @@ async def test_a_dashscope_edit_model_without_an_image_sends_the_text_alone(
     assert sent.path.endswith("/multimodal-generation/generation")
     assert sent.json["input"]["messages"][0]["content"] == [{"text": "a hat"}]
     assert fakes.ds.tasks == {}
+
+
+@pytest.mark.gen_test
+async def test_dashscope_wan26_image_gets_the_text_then_its_images_as_a_task(
+    http_client, base_url, fakes
+):
+    pngs = [png_bytes(seed=s) for s in (71, 72)]
+    body = with_images("wan2.6-image", "in watercolour, 3:4", *map(data_uri, pngs))
+    [link] = await links_of(http_client, base_url, body)
+    [submission] = [r for r in fakes.ds.requests if r.method == "POST"]
+    assert submission.path == "/api/v1/services/aigc/image-generation/generation"
+    assert submission.headers["x-dashscope-async"] == "enable"
+    text, *images = submission.json["input"]["messages"][0]["content"]
+    assert text == {"text": "in watercolour"}
+    assert [base64.b64decode(part["image"].split(",", 1)[1]) for part in images] == pngs
+    parameters = submission.json["parameters"]
+    assert parameters["enable_interleave"] is False  # images alone, as many as asked
+    width, height = (int(side) for side in parameters["size"].split("*"))
+    assert abs(width / height - 3 / 4) < 0.02 and width * height <= 1440 * 1440
+    # A task, polled until done; the image of its chat-format answer is kept and served.
+    assert len(fakes.ds.tasks) == 1 and fakes.ds.polls and fakes.ds.edits == []
+    kept = await http_client.fetch(link)
+    [made] = fakes.ds.image_urls
+    assert kept.body == (await http_client.fetch(made)).body
+    five = with_images("wan2.6-image", "x", *(data_uri(png_bytes(seed=s)) for s in range(5)))
+    assert_error(await post_chat(http_client, base_url, five), 400, "invalid_image_input")
+    assert len(fakes.ds.requests) == 2
 
 
 @pytest.mark.gen_test
@@ -893,6 +920,14 @@ def test_the_report_shows_dashscope_taking_images_for_its_edit_models():
     lines = settings_report(settings).splitlines()
     assert "    input images: up to 3" in lines
     assert "    edit masks: none" in lines
+    wan26 = load_settings({**env, "IMAGE_GEN_MODEL_1": "wan2.6-t2i,wan2.6-image"})
+    assert [
+        wan26.groups[0].image_inputs_for(model) for model in ("wan2.6-t2i", "wan2.6-image")
+    ] == [
+        0,
+        4,
+    ]
+    assert "    input images: up to 4" in settings_report(wan26).splitlines()
     text_only = load_settings({**env, "IMAGE_GEN_MODEL_1": "wan2.2-t2i-flash,qwen-image-plus"})
     assert "    input images: none" in settings_report(text_only).splitlines()
 

@@ -310,3 +310,64 @@ async def test_dashscope_edits_are_checked_as_the_service_checks_them(client, da
     code, answer, _ = await fetch(client, url, "POST", qwen_edit(), async_call)
     assert (code, answer["code"]) == (403, "AccessDenied")
     assert len(dashscope.edits) == 2 and dashscope.tasks == {}
+
+
+def wan26(model: str = "wan2.6-t2i", images: int = 0, **parameters: Any) -> dict:
+    """A Wan 2.6 submission: the text, then ``images`` PNG data URIs."""
+    content: list[dict] = [{"text": "a kite"}]
+    content += [{"image": data_uri()} for _ in range(images)]
+    return {
+        "model": model,
+        "input": {"messages": [{"role": "user", "content": content}]},
+        "parameters": {"n": 1, "size": "1280*1280", **parameters},
+    }
+
+
+@pytest.mark.gen_test
+async def test_dashscope_wan26_tasks_are_checked_and_answer_in_the_chat_format(client, dashscope):
+    dashscope.plan = ["done"]
+    url = dashscope.url(dashscope.messages_path)
+    key = {
+        "Authorization": f"Bearer {DS_KEY}",
+        "Content-Type": "application/json",
+        "X-DashScope-Async": "enable",
+    }
+    code, answer, _ = await fetch(client, url, "POST", wan26(n=2), key)
+    assert code == 200, answer
+    task_id = answer["output"]["task_id"]
+    code, status, _ = await fetch(client, dashscope.url(f"/api/v1/tasks/{task_id}"), headers=key)
+    assert status["output"]["task_status"] == "SUCCEEDED" and "results" not in status["output"]
+    links = [
+        part["image"]
+        for choice in status["output"]["choices"]
+        for part in choice["message"]["content"]
+    ]
+    assert len(links) == 2
+    for link in links:
+        assert png_info((await client.fetch(link)).body)
+    for body in (wan26("wan2.6-image", images=4), wan26("wan2.6-image", enable_interleave=True)):
+        code, answer, _ = await fetch(client, url, "POST", body, key)
+        assert code == 200, answer
+    refused = [
+        wan26(images=1),
+        wan26("wan2.6-image"),
+        wan26("wan2.6-image", images=5),
+        wan26("wan2.6-image", images=2, enable_interleave=True),
+        wan26(n=5),
+        wan26(size="1024*1024"),
+        wan26(size="2880*640"),
+        wan26(seed=2**31),
+        wan26("wan2.5-t2i-preview"),
+    ]
+    for body in refused:
+        code, answer, _ = await fetch(client, url, "POST", body, key)
+        assert (code, answer["code"]) == (400, "InvalidParameter"), body
+    without_async = {name: value for name, value in key.items() if name != "X-DashScope-Async"}
+    code, answer, _ = await fetch(client, url, "POST", wan26(), without_async)
+    assert (code, answer["code"]) == (403, "AccessDenied")
+    # The text-to-image endpoint knows no Wan 2.6 model.
+    legacy = {"model": "wan2.6-t2i", "input": {"prompt": "a kite"}, "parameters": {"n": 1}}
+    code, answer, _ = await fetch(client, dashscope.url(dashscope.submit_path), "POST", legacy, key)
+    assert (code, answer["code"]) == (400, "InvalidParameter")
+    assert "Model not exist" in answer["message"]
+    assert len(dashscope.tasks) == 3

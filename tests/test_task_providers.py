@@ -418,3 +418,62 @@ async def test_extra_fields_join_the_request_without_replacing_the_gateways(
     ds_parameters = dashscope.requests[0].json["parameters"]
     assert ds_parameters["watermark"] is False and ds_parameters["prompt_extend"] is True
     assert ds_parameters["n"] == 1
+
+
+WAN26 = "wan2.6-t2i"
+
+
+@pytest.mark.gen_test(timeout=30)
+@with_env({"IMAGE_GEN_MODEL_2": f"{DS_MODEL},{WAN26}"})
+async def test_wan26_is_a_task_in_the_messages_format_on_the_image_generation_endpoint(
+    http_client, base_url, dashscope
+):
+    dashscope.plan = ["pending", "running", "done"]
+    body = chat_body("a red kite, 16:9", WAN26)
+    body["negative_prompt"] = "clouds"
+    response = await post_chat(http_client, base_url, body)
+
+    assert response.code == 200, response.body
+    [link] = links_of(json_of(response)["choices"][0]["message"]["content"])
+    [submission] = [r for r in dashscope.requests if r.method == "POST"]
+    # Not the text-to-image endpoint, which refuses the Wan 2.6 models.
+    assert submission.path == "/api/v1/services/aigc/image-generation/generation"
+    assert submission.headers["x-dashscope-async"] == "enable"
+    assert submission.json["input"] == {
+        "messages": [{"role": "user", "content": [{"text": "a red kite"}]}]
+    }
+    parameters = submission.json["parameters"]
+    width, height = (int(side) for side in parameters["size"].split("*"))
+    # 16:9, within Wan 2.6's 1280*1280..1440*1440 pixels.
+    assert 1280 * 1280 <= width * height <= 1440 * 1440
+    assert abs(width / height - 16 / 9) < 0.02
+    assert (parameters["n"], parameters["negative_prompt"]) == (1, "clouds")
+    # Polled until done; the image of its chat-format answer is kept and served.
+    [task_id] = dashscope.tasks
+    assert len(dashscope.polls_of(task_id)) == 3
+    kept = await http_client.fetch(link)
+    [made] = dashscope.image_urls
+    assert kept.body == (await http_client.fetch(made)).body
+
+
+@pytest.mark.gen_test(timeout=30)
+@with_env({"IMAGE_GEN_MODEL_2": f"{DS_MODEL},{WAN26}"})
+async def test_the_images_api_gets_several_wan26_images_from_one_task(
+    http_client, base_url, dashscope
+):
+    dashscope.plan = ["done"]
+    response = await call(
+        http_client,
+        base_url,
+        "/v1/images/generations",
+        method="POST",
+        body={"model": WAN26, "prompt": "two pears", "n": 2, "seed": 2**40 + 5},
+    )
+
+    assert response.code == 200, response.body
+    data = json_of(response)["data"]
+    assert len(data) == 2
+    assert all(base64.b64decode(item["b64_json"])[:4] == b"\x89PNG" for item in data)
+    [submission] = [r for r in dashscope.requests if r.method == "POST"]
+    assert submission.json["parameters"]["n"] == 2  # one task, not two
+    assert submission.json["parameters"]["seed"] == 5  # within DashScope's 0..2147483647

@@ -201,8 +201,9 @@ KINDS: dict[str, ProviderKind] = {
             endpoint_path="/services/aigc/text2image/image-synthesis",
             default_endpoint="https://dashscope.aliyuncs.com/api/v1",
             # The Qwen image edit models (plain, plus, max), called synchronously on the
-            # multimodal-generation endpoint: up to three data-URI images before the text.
-            model_image_inputs=(("qwen-image-edit", 3),),
+            # multimodal-generation endpoint: up to three data-URI images before the text; and
+            # wan2.6-image, a task on the image-generation endpoint: up to four after the text.
+            model_image_inputs=(("qwen-image-edit", 3), ("wan2.6-image", 4)),
             polls=True,
             # wan2.1/2.2: 512-1440 a side; wan2.5: 768*768 to 1440*1440 pixels, 1:4 to 4:1;
             # wan2.6: from 1280*1280 pixels; qwen-image: five sizes; the edit models' plus and

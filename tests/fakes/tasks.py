@@ -80,11 +80,15 @@ class FakeTaskApi(FakeUpstream):
                 return super()._choose(recorded, valid)
             if not valid:
                 return Answer(400, self.error_json(400, "the request body is not a JSON object"))
-            task_id = f"{uuid.uuid4().hex[:8]}-{next(_task_numbers)}"
-            self.tasks[task_id] = deque(self.next_plans.pop(0) if self.next_plans else self.plan)
-            self.task_bodies[task_id] = recorded.json
-            return Answer(json=self.submitted_json(task_id))
+            return Answer(json=self.submitted_json(self.new_task(recorded)))
         return Answer(404, self.error_json(404, f"no endpoint at {path}"))
+
+    def new_task(self, recorded: Recorded) -> str:
+        """Start a task for a valid submission, following the next plan; its id."""
+        task_id = f"{uuid.uuid4().hex[:8]}-{next(_task_numbers)}"
+        self.tasks[task_id] = deque(self.next_plans.pop(0) if self.next_plans else self.plan)
+        self.task_bodies[task_id] = recorded.json
+        return task_id
 
     def _results(self, task_id: str, step: str) -> list[str]:
         if step != "done":
@@ -175,12 +179,21 @@ class FakeDashScope(FakeTaskApi):
     ``qwen-image-edit`` (and ``n`` 1), a ``"W*H"`` of 512..2048 a side and ``n`` 1..6 for the
     plus and max series. ``edits`` records the valid ones; ``script()`` answers the next valid
     edits instead of the images (a refusal, an error).
+
+    The Wan 2.6 models (``wan2.6-t2i``, ``wan2.6-image``) are tasks on the image-generation
+    endpoint, in the messages format, and the text-to-image endpoint refuses them as the service
+    does (``Model not exist``). Their submission is checked as the service checks it: one user
+    message of one text part, then no image (``wan2.6-t2i``) or 1 to 4 (``wan2.6-image``, unless
+    ``enable_interleave``), each a base64 data URI of a real image; ``n`` 1..4 and a ``"W*H"``
+    of 1280*1280 (``wan2.6-image``: 768*768) to 1440*1440 pixels, 1:4..4:1. Their finished
+    tasks answer in the chat format, ``output.choices[].message.content[].image``.
     """
 
     image_prefix = "ds"
     submit_path = "/api/v1/services/aigc/text2image/image-synthesis"
     tasks_path = "/api/v1/tasks/"
     edit_path = "/api/v1/services/aigc/multimodal-generation/generation"
+    messages_path = "/api/v1/services/aigc/image-generation/generation"
 
     def __init__(self, image_host: FakeOrigin, host: str = "127.0.0.1", **listening: int) -> None:
         super().__init__(image_host, host, **listening)
@@ -196,12 +209,28 @@ class FakeDashScope(FakeTaskApi):
         return edit.json["input"]["messages"][0]["content"][-1]["text"]
 
     def _choose(self, recorded: Recorded, valid: bool) -> Answer:
+        asynchronous = recorded.headers.get("x-dashscope-async") == "enable"
         if recorded.method == "POST" and recorded.path.endswith(self.submit_path):
-            if recorded.headers.get("x-dashscope-async") != "enable":
+            if not asynchronous:
                 refusal = "current user api does not support synchronous calls"
                 return Answer(403, self.error_json(403, refusal))
+            model = recorded.json.get("model") if valid else None
+            if recorded.key is not None and isinstance(model, str) and "wan2.6" in model:
+                return Answer(400, self.error_json(400, f"Model not exist: {model}"))
         if recorded.method == "POST" and recorded.path.endswith(self.edit_path):
             return self._edit(recorded, valid)
+        if recorded.method == "POST" and recorded.path.endswith(self.messages_path):
+            if recorded.key is None:
+                return Answer(401, self.error_json(401, "Invalid API-key provided."))
+            if not asynchronous:
+                refusal = "current user api does not support synchronous calls"
+                return Answer(403, self.error_json(403, refusal))
+            problem = _wan_problem(recorded.json) if valid else "the body is not a JSON object"
+            if problem:
+                return Answer(400, self.error_json(400, problem))
+            if self.queue:
+                return self.queue.popleft()
+            return Answer(json=self.submitted_json(self.new_task(recorded)))
         return super()._choose(recorded, valid)
 
     def _edit(self, recorded: Recorded, valid: bool) -> Answer:
@@ -260,7 +289,17 @@ class FakeDashScope(FakeTaskApi):
             step, "FAILED"
         )
         output: dict[str, Any] = {"task_id": task_id, "task_status": status}
-        if step == "done":
+        if step == "done" and "messages" in self.task_bodies[task_id].get("input", {}):
+            # The Wan 2.6 models answer in the chat format, one choice per image.
+            output["choices"] = [
+                {
+                    "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": [{"image": url, "type": "image"}]},
+                }
+                for url in urls
+            ]
+            output["finished"] = True
+        elif step == "done":
             output["results"] = [{"orig_prompt": "p", "url": url} for url in urls]
             output["task_metrics"] = {"TOTAL": len(urls), "SUCCEEDED": len(urls), "FAILED": 0}
         elif step == "failed":
@@ -326,6 +365,50 @@ def _edit_problem(body: dict[str, Any]) -> str:
             return f"the model {model} does not support a custom size"
         match = re.fullmatch(r"(\d+)\*(\d+)", str(parameters["size"]))
         if not match or not all(512 <= int(side) <= 2048 for side in match.groups()):
+            return f"parameters.size is invalid: {parameters['size']}"
+    seed = parameters.get("seed", 0)
+    if not isinstance(seed, int) or not 0 <= seed <= 2147483647:
+        return f"parameters.seed is out of range: {seed}"
+    return ""
+
+
+def _wan_problem(body: dict[str, Any]) -> str:
+    """What DashScope would refuse in a Wan 2.6 submission ("" when nothing)."""
+    model = body.get("model")
+    if not isinstance(model, str) or "wan2.6" not in model:
+        return f"Model not exist: {model}"
+    given = body.get("input")
+    messages = given.get("messages") if isinstance(given, dict) else None
+    if not isinstance(messages, list) or len(messages) != 1 or not isinstance(messages[0], dict):
+        return "input.messages must be one user message"
+    content = messages[0].get("content") if messages[0].get("role") == "user" else None
+    if not isinstance(content, list) or not all(isinstance(part, dict) for part in content):
+        return "input.messages must be one user message with a list of content parts"
+    texts = [part for part in content if set(part) == {"text"}]
+    images = [part for part in content if set(part) == {"image"}]
+    if len(texts) != 1 or len(texts) + len(images) != len(content):
+        return "the content must hold one text part and image parts only"
+    parameters = body.get("parameters", {})
+    if not isinstance(parameters, dict):
+        return "parameters must be an object"
+    if "image" not in model:
+        allowed = range(0, 1)
+    else:
+        allowed = range(0, 2) if parameters.get("enable_interleave", False) else range(1, 5)
+    if len(images) not in allowed:
+        return f"{model} takes {allowed.start} to {allowed.stop - 1} images, not {len(images)}"
+    if not all(_real_image(part["image"]) for part in images):
+        return "each image must be a valid image URL or base64 data URI"
+    n = parameters.get("n", 4)
+    if not isinstance(n, int) or not 1 <= n <= 4:
+        return f"parameters.n is out of range: {n}"
+    if "size" in parameters:
+        match = re.fullmatch(r"(\d+)\*(\d+)", str(parameters["size"]))
+        width, height = (int(side) for side in match.groups()) if match else (0, 0)
+        least = 768 * 768 if "image" in model else 1280 * 1280
+        if not (
+            least <= width * height <= 1440 * 1440 and max(width, height) <= 4 * min(width, height)
+        ):
             return f"parameters.size is invalid: {parameters['size']}"
     seed = parameters.get("seed", 0)
     if not isinstance(seed, int) or not 0 <= seed <= 2147483647:

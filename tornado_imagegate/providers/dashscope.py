@@ -4,6 +4,11 @@
 answers ``output.task_id``; ``GET {base}/tasks/{task_id}`` answers ``output.task_status`` and,
 once ``SUCCEEDED``, ``output.results[].url`` (links that expire after 24 hours).
 
+The Wan 2.6 models are tasks too, on another endpoint and in the chat format:
+``POST {base}/services/aigc/image-generation/generation`` with the prompt (and ``wan2.6-image``'s
+input images) as one user message; their finished task answers
+``output.choices[].message.content[].image``.
+
 The Qwen image edit models are synchronous: ``POST {base}/services/aigc/multimodal-generation/
 generation`` with the input images and the instruction as one user message answers
 ``output.choices[].message.content[].image`` at once (links that also expire after 24 hours).
@@ -44,8 +49,12 @@ EDIT_PATH = "/services/aigc/multimodal-generation/generation"
 EDIT_FAMILY = "qwen-image-edit"
 SIZED_EDIT_SERIES = ("qwen-image-edit-plus", "qwen-image-edit-max")
 MAX_EDIT_IMAGES = 6
-# parameters.seed of the edit models: 0..2147483647.
+# parameters.seed of the edit and Wan 2.6 models: 0..2147483647.
 EDIT_SEED_RANGE = 2**31
+# The Wan 2.6 models (wan2.6-t2i, wan2.6-image): tasks in the messages format, where the
+# text-to-image endpoint refuses them.
+WAN_MESSAGES_FAMILY = "wan2.6"
+WAN_MESSAGES_PATH = "/services/aigc/image-generation/generation"
 FAILED = frozenset({"FAILED", "CANCELED", "CANCELLED", "UNKNOWN"})
 
 
@@ -62,6 +71,11 @@ def is_edit_model(model: str) -> bool:
     return EDIT_FAMILY in model.lower()
 
 
+def is_wan_messages_model(model: str) -> bool:
+    """Whether ``model`` is a Wan 2.6 model (a task on the image-generation endpoint)."""
+    return WAN_MESSAGES_FAMILY in model.lower()
+
+
 def takes_size(model: str) -> bool:
     """Whether an edit model takes ``parameters.size`` (the plus and max series do)."""
     lowered = model.lower()
@@ -76,8 +90,8 @@ def _failure(holder: dict[str, Any]) -> TaskState:
     return TaskState(TaskStatus.REJECTED if refused else TaskStatus.FAILED, reason=reason)
 
 
-def _edited(output: dict[str, Any]) -> TaskState:
-    """An edit's answer: DONE with ``output.choices[].message.content[].image``."""
+def _chosen_images(output: dict[str, Any]) -> tuple[ProviderImage, ...]:
+    """The images of an answer in the chat format: ``output.choices[].message.content[].image``."""
     choices = output.get("choices")
     images = []
     for choice in choices if isinstance(choices, list) else []:
@@ -87,9 +101,15 @@ def _edited(output: dict[str, Any]) -> TaskState:
             url = part.get("image") if isinstance(part, dict) else None
             if isinstance(url, str) and url:
                 images.append(ProviderImage(url=url))
+    return tuple(images)
+
+
+def _edited(output: dict[str, Any]) -> TaskState:
+    """An edit's answer: DONE with ``output.choices[].message.content[].image``."""
+    images = _chosen_images(output)
     if not images:
         raise ProviderAnswerError("the answer holds no image")
-    return TaskState(TaskStatus.DONE, images=tuple(images))
+    return TaskState(TaskStatus.DONE, images=images)
 
 
 class DashScopeApi(TaskApiDefaults):
@@ -113,6 +133,8 @@ class DashScopeApi(TaskApiDefaults):
         ``parameters`` (``watermark``...)."""
         if is_edit_model(call.model):
             return self._edit(call)
+        if is_wan_messages_model(call.model):
+            return self._wan_messages(call)
         prompt: dict[str, Any] = {"prompt": call.prompt}
         if call.request.negative_prompt:
             prompt["negative_prompt"] = call.request.negative_prompt
@@ -127,6 +149,31 @@ class DashScopeApi(TaskApiDefaults):
             "parameters": with_extra(parameters, call.extra),
         }
         request = json_request(call.endpoint, call.key, body)
+        request.headers["X-DashScope-Async"] = "enable"
+        return request
+
+    def _wan_messages(self, call: ProviderCall) -> HTTPRequest:
+        """A Wan 2.6 task: the prompt, then ``wan2.6-image``'s input images (data URIs), as one
+        user message; ``size``, ``n``, ``seed`` and ``negative_prompt`` in ``parameters``."""
+        content: list[dict[str, str]] = [{"text": call.prompt}]
+        content.extend({"image": data_uri(image)} for image in call.inputs)
+        parameters: dict[str, Any] = {
+            "size": f"{call.size[0]}*{call.size[1]}",
+            "n": call.count,
+            "seed": call.seed % EDIT_SEED_RANGE,
+        }
+        if call.request.negative_prompt:
+            parameters["negative_prompt"] = call.request.negative_prompt
+        if "image" in call.model.lower():
+            # wan2.6-image draws images alone (interleaved text and images otherwise take at
+            # most one input image and make one picture).
+            parameters["enable_interleave"] = False
+        body = {
+            "model": call.model,
+            "input": {"messages": [{"role": "user", "content": content}]},
+            "parameters": with_extra(parameters, call.extra),
+        }
+        request = json_request(api_base(call.endpoint) + WAN_MESSAGES_PATH, call.key, body)
         request.headers["X-DashScope-Async"] = "enable"
         return request
 
@@ -182,7 +229,8 @@ class DashScopeApi(TaskApiDefaults):
         )
 
     def read_poll(self, response: HTTPResponse) -> TaskState:
-        """``output.task_status``; SUCCEEDED with ``output.results[].url``."""
+        """``output.task_status``; SUCCEEDED with ``output.results[].url`` (Wan 2.6:
+        ``output.choices[].message.content[].image``)."""
         answer = json_object_answer(response)
         output = answer.get("output")
         if not isinstance(output, dict):
@@ -211,7 +259,7 @@ class DashScopeApi(TaskApiDefaults):
                 ProviderImage(url=item["url"])
                 for item in items
                 if isinstance(item.get("url"), str) and item["url"]
-            )
+            ) or _chosen_images(output)
             if images:
                 return TaskState(TaskStatus.DONE, images=images)
             # Every image failed (with n > 1 the task succeeds if one does): say why.
