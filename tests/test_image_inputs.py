@@ -113,7 +113,9 @@ def gateway_env(fakes, request):
         "IMAGE_GEN_API_BASE_8": fakes.fal.url(""),
         "IMAGE_GEN_API_KEY_8": FAL_KEY,
         "IMAGE_GEN_KIND_8": "fal",
-        "IMAGE_GEN_MODEL_9": "qwen-image-edit-plus,qwen-image-edit,qwen-image-plus,wan2.6-image",
+        "IMAGE_GEN_MODEL_9": (
+            "qwen-image-edit-plus,qwen-image-edit,qwen-image-plus,wan2.6-image,qwen-image-2.0"
+        ),
         "IMAGE_GEN_API_BASE_9": fakes.ds.base(),
         "IMAGE_GEN_API_KEY_9": DS_KEY,
         "IMAGE_GEN_KIND_9": "dashscope",
@@ -267,7 +269,7 @@ async def test_dashscope_edit_models_get_data_uris_then_the_text_and_answer_at_o
     )
     body["negative_prompt"] = "blurry"
     [link] = await links_of(http_client, base_url, body)
-    [edit] = fakes.ds.edits
+    [edit] = fakes.ds.sync_calls
     assert edit.path == "/api/v1/services/aigc/multimodal-generation/generation"
     assert edit.key == DS_KEY
     assert "x-dashscope-async" not in edit.headers
@@ -296,7 +298,7 @@ async def test_dashscope_text_to_image_models_still_go_as_tasks(http_client, bas
     assert submission.headers["x-dashscope-async"] == "enable"
     assert submission.json["input"] == {"prompt": "a kite"}
     assert len(fakes.ds.tasks) == 1 and len(fakes.ds.polls) == 1
-    assert fakes.ds.edits == []
+    assert fakes.ds.sync_calls == []
     one = with_images("qwen-image-plus", "x", data_uri(png_bytes(seed=66)))
     assert_error(await post_chat(http_client, base_url, one), 400, "image_input_not_supported")
     assert len(fakes.ds.requests) == 2
@@ -315,7 +317,7 @@ async def test_dashscope_plain_qwen_image_edit_gets_no_size_and_one_image_a_call
             response_format="url",
         )
     assert len(result.data) == 2
-    first, second = fakes.ds.edits
+    first, second = fakes.ds.sync_calls
     for edit in (first, second):
         assert edit.json["model"] == "qwen-image-edit"
         assert "size" not in edit.json["parameters"]
@@ -339,7 +341,7 @@ async def test_dashscope_edits_through_the_openai_sdk_make_n_images_in_one_call(
         )
     assert len(result.data) == 2
     assert all(base64.b64decode(entry.b64_json)[:4] == b"\x89PNG" for entry in result.data)
-    [edit] = fakes.ds.edits
+    [edit] = fakes.ds.sync_calls
     assert fakes.ds.edit_images(edit) == [first, second]
     assert fakes.ds.edit_text(edit) == "put them together"
     assert (edit.json["parameters"]["n"], edit.json["parameters"]["size"]) == (2, "1536*1024")
@@ -368,7 +370,7 @@ async def test_dashscope_edit_refusals_and_errors_reach_the_client(http_client, 
     assert refusal in error["message"]
     error = assert_error(await post_chat(http_client, base_url, body), 502, "upstream_error")
     assert "try later" in error["message"]
-    assert len(fakes.ds.edits) == 4 and fakes.ds.tasks == {}
+    assert len(fakes.ds.sync_calls) == 4 and fakes.ds.tasks == {}
 
 
 @pytest.mark.gen_test
@@ -404,13 +406,30 @@ async def test_dashscope_wan26_image_gets_the_text_then_its_images_as_a_task(
     width, height = (int(side) for side in parameters["size"].split("*"))
     assert abs(width / height - 3 / 4) < 0.02 and width * height <= 1440 * 1440
     # A task, polled until done; the image of its chat-format answer is kept and served.
-    assert len(fakes.ds.tasks) == 1 and fakes.ds.polls and fakes.ds.edits == []
+    assert len(fakes.ds.tasks) == 1 and fakes.ds.polls and fakes.ds.sync_calls == []
     kept = await http_client.fetch(link)
     [made] = fakes.ds.image_urls
     assert kept.body == (await http_client.fetch(made)).body
     five = with_images("wan2.6-image", "x", *(data_uri(png_bytes(seed=s)) for s in range(5)))
     assert_error(await post_chat(http_client, base_url, five), 400, "invalid_image_input")
     assert len(fakes.ds.requests) == 2
+
+
+@pytest.mark.gen_test
+async def test_dashscope_qwen_image_2_takes_images_before_the_text_at_once(
+    http_client, base_url, fakes
+):
+    png = png_bytes(seed=73)
+    [link] = await links_of(
+        http_client, base_url, with_images("qwen-image-2.0", "a cap", data_uri(png))
+    )
+    [sent] = fakes.ds.sync_calls
+    assert sent.path == "/api/v1/services/aigc/multimodal-generation/generation"
+    assert fakes.ds.edit_images(sent) == [png]
+    assert fakes.ds.edit_text(sent) == "a cap"
+    assert sent.json["parameters"]["size"] == "1024*1024"
+    assert fakes.ds.tasks == {}
+    await http_client.fetch(link)
 
 
 @pytest.mark.gen_test
@@ -797,7 +816,7 @@ def gemini_sent(fakes) -> tuple[str, list[bytes], str]:
 
 def dashscope_sent(fakes) -> tuple[str, list[bytes], str]:
     """The text, the input images and the size of DashScope's last edit."""
-    edit = fakes.ds.edits[-1]
+    edit = fakes.ds.sync_calls[-1]
     return fakes.ds.edit_text(edit), fakes.ds.edit_images(edit), edit.json["parameters"]["size"]
 
 

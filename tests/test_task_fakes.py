@@ -275,7 +275,7 @@ def with_image(body: dict, uri: str) -> dict:
 
 @pytest.mark.gen_test
 async def test_dashscope_edits_are_checked_as_the_service_checks_them(client, dashscope):
-    url = dashscope.url(dashscope.edit_path)
+    url = dashscope.url(dashscope.sync_path)
     key = {"Authorization": f"Bearer {DS_KEY}", "Content-Type": "application/json"}
     code, answer, _ = await fetch(client, url, "POST", qwen_edit(images=2, n=2), key)
     assert code == 200, answer
@@ -309,7 +309,7 @@ async def test_dashscope_edits_are_checked_as_the_service_checks_them(client, da
     async_call = {**key, "X-DashScope-Async": "enable"}
     code, answer, _ = await fetch(client, url, "POST", qwen_edit(), async_call)
     assert (code, answer["code"]) == (403, "AccessDenied")
-    assert len(dashscope.edits) == 2 and dashscope.tasks == {}
+    assert len(dashscope.sync_calls) == 2 and dashscope.tasks == {}
 
 
 def wan26(model: str = "wan2.6-t2i", images: int = 0, **parameters: Any) -> dict:
@@ -371,3 +371,41 @@ async def test_dashscope_wan26_tasks_are_checked_and_answer_in_the_chat_format(c
     assert (code, answer["code"]) == (400, "InvalidParameter")
     assert "Model not exist" in answer["message"]
     assert len(dashscope.tasks) == 3
+
+
+@pytest.mark.gen_test
+async def test_dashscope_runs_only_two_qwen_image_models_as_tasks(client, dashscope):
+    key = {"Authorization": f"Bearer {DS_KEY}", "Content-Type": "application/json"}
+    url = dashscope.url(dashscope.sync_path)
+    accepted = [
+        qwen_edit("qwen-image-max", images=0, size="1664*928"),
+        qwen_edit("qwen-image-max-2025-12-30", images=0, size="1472*1104"),
+        qwen_edit("qwen-image-plus", images=0),
+        qwen_edit("qwen-image-2.0-pro", images=0, n=6, size="2048*1152"),
+        qwen_edit("qwen-image-2.0", images=3),
+    ]
+    for body in accepted:
+        code, answer, _ = await fetch(client, url, "POST", body, key)
+        assert code == 200, (body, answer)
+    refused = [
+        qwen_edit("qwen-image-max", images=1),
+        qwen_edit("qwen-image-max", images=0, n=2),
+        qwen_edit("qwen-image-max", images=0, size="1024*1024"),
+        qwen_edit("qwen-image-2.0", images=4),
+        qwen_edit("qwen-image-2.0", images=0, n=7),
+        qwen_edit("qwen-image-2.0", images=0, size="256*256"),
+    ]
+    for body in refused:
+        code, answer, _ = await fetch(client, url, "POST", body, key)
+        assert (code, answer["code"]) == (400, "InvalidParameter"), body
+    tasks = dashscope.url(dashscope.submit_path)
+    with_async = {**key, "X-DashScope-Async": "enable"}
+    for model, known in [
+        ("qwen-image-max", False),
+        ("qwen-image", True),
+        ("wan2.5-t2i-preview", True),
+    ]:
+        body = {"model": model, "input": {"prompt": "a kite"}, "parameters": {"n": 1}}
+        code, answer, _ = await fetch(client, tasks, "POST", body, with_async)
+        assert (code == 200) is known, (model, answer)
+    assert len(dashscope.sync_calls) == len(accepted) and len(dashscope.tasks) == 2

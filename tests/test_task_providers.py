@@ -477,3 +477,40 @@ async def test_the_images_api_gets_several_wan26_images_from_one_task(
     [submission] = [r for r in dashscope.requests if r.method == "POST"]
     assert submission.json["parameters"]["n"] == 2  # one task, not two
     assert submission.json["parameters"]["seed"] == 5  # within DashScope's 0..2147483647
+
+
+@pytest.mark.gen_test(timeout=30)
+@with_env({"IMAGE_GEN_MODEL_2": f"{DS_MODEL},qwen-image-max,qwen-image-2.0-pro"})
+async def test_qwen_image_models_other_than_the_two_task_models_are_called_synchronously(
+    http_client, base_url, dashscope
+):
+    # qwen-image-max makes one image a call, in one of its five sizes: n=2 takes two calls.
+    response = await call(
+        http_client,
+        base_url,
+        "/v1/images/generations",
+        method="POST",
+        body={"model": "qwen-image-max", "prompt": "two pears", "n": 2, "size": "1792x1024"},
+    )
+    assert response.code == 200, response.body
+    assert len(json_of(response)["data"]) == 2
+    first, second = dashscope.sync_calls
+    for sent in (first, second):
+        assert sent.path == "/api/v1/services/aigc/multimodal-generation/generation"
+        assert "x-dashscope-async" not in sent.headers
+        assert sent.json["input"]["messages"] == [
+            {"role": "user", "content": [{"text": "two pears"}]}
+        ]
+        assert (sent.json["parameters"]["n"], sent.json["parameters"]["size"]) == (1, "1664*928")
+    # The 2.0 series makes several in one call, at any size within its pixel limits.
+    body = chat_body("a lighthouse, 3:2", "qwen-image-2.0-pro")
+    response = await post_chat(http_client, base_url, body)
+    assert response.code == 200, response.body
+    [link] = links_of(json_of(response)["choices"][0]["message"]["content"])
+    sent = dashscope.sync_calls[-1]
+    assert sent.json["input"]["messages"][0]["content"] == [{"text": "a lighthouse"}]
+    width, height = (int(side) for side in sent.json["parameters"]["size"].split("*"))
+    assert abs(width / height - 3 / 2) < 0.02
+    await assert_png(http_client, link)
+    # No task at all: each answer came at once.
+    assert dashscope.tasks == {} and dashscope.polls == []

@@ -195,23 +195,34 @@ KINDS: dict[str, ProviderKind] = {
         ),
         ProviderKind(
             name="dashscope",
-            description="Alibaba DashScope images: Wan, Qwen-Image (asynchronous), Qwen image edit",
+            description="Alibaba DashScope images: Wan and Qwen-Image, tasks or answered at once",
             implementation="tornado_imagegate.providers.dashscope:DashScopeApi",
             ratios=RATIOS_1024,
             endpoint_path="/services/aigc/text2image/image-synthesis",
             default_endpoint="https://dashscope.aliyuncs.com/api/v1",
-            # The Qwen image edit models (plain, plus, max), called synchronously on the
-            # multimodal-generation endpoint: up to three data-URI images before the text; and
-            # wan2.6-image, a task on the image-generation endpoint: up to four after the text.
-            model_image_inputs=(("qwen-image-edit", 3), ("wan2.6-image", 4)),
+            # The Qwen image edit models (plain, plus, max) and the Qwen-Image 2.0 series, called
+            # synchronously on the multimodal-generation endpoint: up to three data-URI images
+            # before the text; and wan2.6-image, a task on the image-generation endpoint: up to
+            # four after the text.
+            model_image_inputs=(("qwen-image-edit", 3), ("qwen-image-2.0", 3), ("wan2.6-image", 4)),
             polls=True,
             # wan2.1/2.2: 512-1440 a side; wan2.5: 768*768 to 1440*1440 pixels, 1:4 to 4:1;
-            # wan2.6: from 1280*1280 pixels; qwen-image: five sizes; the edit models' plus and
-            # max series 512-2048 a side (plain qwen-image-edit is sent no size). The multiple
-            # of 16 is ours.
+            # wan2.6: from 1280*1280 pixels; qwen-image (and -plus, -max): five sizes; the edit
+            # models' plus and max series 512-2048 a side (plain qwen-image-edit is sent no
+            # size); the 2.0 series 512*512 to 2048*2048 pixels. The multiple of 16 is ours.
             size_rules=SizeRules(min_side=512, max_side=1440, multiple=16),
             model_size_rules=(
                 ("qwen-image-edit", SizeRules(min_side=512, max_side=2048, multiple=16)),
+                (
+                    "qwen-image-2.0",
+                    SizeRules(
+                        min_side=512,
+                        max_side=2048,
+                        multiple=16,
+                        min_pixels=512 * 512,
+                        max_pixels=2048 * 2048,
+                    ),
+                ),
                 (
                     "wan2.6",
                     SizeRules(

@@ -170,15 +170,19 @@ class FakeModelScope(FakeTaskApi):
 
 class FakeDashScope(FakeTaskApi):
     """DashScope image synthesis, async: ``output.task_id``, then ``output.task_status``; and
-    the Qwen image edit models, synchronous, on the multimodal-generation endpoint.
+    the Qwen-Image models, synchronous, on the multimodal-generation endpoint.
 
     The submission must carry ``X-DashScope-Async: enable``; otherwise 403 as the service does
-    (``AccessDenied``: synchronous calls are not supported). An edit must not carry it, and is
-    checked as the service checks it (``InvalidParameter`` otherwise): one user message of 1 to 3
-    images, each a base64 data URI of a real image, then the text; no ``size`` for plain
+    (``AccessDenied``: synchronous calls are not supported). Of the Qwen-Image models it takes
+    ``qwen-image`` and ``qwen-image-plus`` alone (``Model not exist`` for the others). A
+    synchronous call must not carry the header, and is checked as the service checks it
+    (``InvalidParameter`` otherwise): one user message of images, each a base64 data URI of a
+    real image, then the text. The edit models take 1 to 3 images: no ``size`` for plain
     ``qwen-image-edit`` (and ``n`` 1), a ``"W*H"`` of 512..2048 a side and ``n`` 1..6 for the
-    plus and max series. ``edits`` records the valid ones; ``script()`` answers the next valid
-    edits instead of the images (a refusal, an error).
+    plus and max series. The 2.0 series takes 0 to 3, ``n`` 1..6 and 512*512..2048*2048 pixels;
+    the others (``qwen-image-max``, dated ids) none, ``n`` 1 and one of the five sizes.
+    ``sync_calls`` records the valid calls; ``script()`` answers the next valid ones instead of
+    the images (a refusal, an error).
 
     The Wan 2.6 models (``wan2.6-t2i``, ``wan2.6-image``) are tasks on the image-generation
     endpoint, in the messages format, and the text-to-image endpoint refuses them as the service
@@ -192,12 +196,12 @@ class FakeDashScope(FakeTaskApi):
     image_prefix = "ds"
     submit_path = "/api/v1/services/aigc/text2image/image-synthesis"
     tasks_path = "/api/v1/tasks/"
-    edit_path = "/api/v1/services/aigc/multimodal-generation/generation"
+    sync_path = "/api/v1/services/aigc/multimodal-generation/generation"
     messages_path = "/api/v1/services/aigc/image-generation/generation"
 
     def __init__(self, image_host: FakeOrigin, host: str = "127.0.0.1", **listening: int) -> None:
         super().__init__(image_host, host, **listening)
-        self.edits: list[Recorded] = []
+        self.sync_calls: list[Recorded] = []
 
     def edit_images(self, edit: Recorded) -> list[bytes]:
         """The decoded input images of a recorded edit, in order."""
@@ -215,9 +219,9 @@ class FakeDashScope(FakeTaskApi):
                 refusal = "current user api does not support synchronous calls"
                 return Answer(403, self.error_json(403, refusal))
             model = recorded.json.get("model") if valid else None
-            if recorded.key is not None and isinstance(model, str) and "wan2.6" in model:
+            if recorded.key is not None and isinstance(model, str) and not _a_task_model(model):
                 return Answer(400, self.error_json(400, f"Model not exist: {model}"))
-        if recorded.method == "POST" and recorded.path.endswith(self.edit_path):
+        if recorded.method == "POST" and recorded.path.endswith(self.sync_path):
             return self._edit(recorded, valid)
         if recorded.method == "POST" and recorded.path.endswith(self.messages_path):
             if recorded.key is None:
@@ -239,10 +243,10 @@ class FakeDashScope(FakeTaskApi):
         if "x-dashscope-async" in recorded.headers:
             refusal = "current user api does not support asynchronous calls"
             return Answer(403, self.error_json(403, refusal))
-        problem = _edit_problem(recorded.json) if valid else "the body is not a JSON object"
+        problem = _synchronous_problem(recorded.json) if valid else "the body is not a JSON object"
         if problem:
             return Answer(400, self.error_json(400, problem))
-        self.edits.append(recorded)
+        self.sync_calls.append(recorded)
         if self.queue:
             return self.queue.popleft()
         count = recorded.json.get("parameters", {}).get("n", 1)
@@ -334,10 +338,31 @@ def _real_image(uri: str) -> bool:
     return webp or data.startswith(_SIGNATURES)
 
 
-def _edit_problem(body: dict[str, Any]) -> str:
-    """What DashScope would refuse in an edit request ("" when nothing)."""
+def _a_task_model(model: str) -> bool:
+    """Whether the text-to-image endpoint knows ``model``: Wan up to 2.5, ``qwen-image``,
+    ``qwen-image-plus``."""
+    if "qwen-image" in model:
+        return model in ("qwen-image", "qwen-image-plus")
+    return "wan" in model and "wan2.6" not in model
+
+
+# The sizes of qwen-image-max and the dated ids; the docs give 4:3 as 1472*1140 in one place
+# and 1472*1104 in another, so both are taken.
+_QWEN_SIZES = {
+    (1664, 928),
+    (1472, 1140),
+    (1472, 1104),
+    (1328, 1328),
+    (1140, 1472),
+    (1104, 1472),
+    (928, 1664),
+}
+
+
+def _synchronous_problem(body: dict[str, Any]) -> str:
+    """What DashScope would refuse in a synchronous call ("" when nothing)."""
     model = body.get("model")
-    if not isinstance(model, str) or "qwen-image-edit" not in model:
+    if not isinstance(model, str) or "qwen-image" not in model:
         return f"Model not exist: {model}"
     given = body.get("input")
     messages = given.get("messages") if isinstance(given, dict) else None
@@ -349,22 +374,29 @@ def _edit_problem(body: dict[str, Any]) -> str:
     if not content or set(content[-1]) != {"text"}:
         return "the content must end with one text part"
     images = content[:-1]
-    if not 1 <= len(images) <= 3:
-        return f"the content must hold 1 to 3 images, not {len(images)}"
+    edit, series_2 = "qwen-image-edit" in model, "qwen-image-2.0" in model
+    least, most = (1, 3) if edit else (0, 3) if series_2 else (0, 0)
+    if not least <= len(images) <= most:
+        return f"the content must hold {least} to {most} images, not {len(images)}"
     if any(set(part) != {"image"} or not _real_image(part["image"]) for part in images):
         return "each image before the text must be a valid image URL or base64 data URI"
     parameters = body.get("parameters", {})
     if not isinstance(parameters, dict):
         return "parameters must be an object"
-    sized = "qwen-image-edit-plus" in model or "qwen-image-edit-max" in model
+    sized_edit = "qwen-image-edit-plus" in model or "qwen-image-edit-max" in model
     n = parameters.get("n", 1)
-    if not isinstance(n, int) or not 1 <= n <= (6 if sized else 1):
+    if not isinstance(n, int) or not 1 <= n <= (6 if sized_edit or series_2 else 1):
         return f"parameters.n is out of range: {n}"
     if "size" in parameters:
-        if not sized:
-            return f"the model {model} does not support a custom size"
         match = re.fullmatch(r"(\d+)\*(\d+)", str(parameters["size"]))
-        if not match or not all(512 <= int(side) <= 2048 for side in match.groups()):
+        width, height = (int(side) for side in match.groups()) if match else (0, 0)
+        if edit and not sized_edit:
+            return f"the model {model} does not support a custom size"
+        if edit or series_2:
+            fits = all(512 <= side <= 2048 for side in (width, height))
+        else:
+            fits = (width, height) in _QWEN_SIZES
+        if not fits:
             return f"parameters.size is invalid: {parameters['size']}"
     seed = parameters.get("seed", 0)
     if not isinstance(seed, int) or not 0 <= seed <= 2147483647:

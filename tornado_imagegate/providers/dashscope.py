@@ -1,4 +1,4 @@
-"""Alibaba DashScope image synthesis (kind ``dashscope``): Wan and Qwen-Image, and Qwen's edits.
+"""Alibaba DashScope image synthesis (kind ``dashscope``): Wan, Qwen-Image and its edit models.
 
 ``POST {base}/services/aigc/text2image/image-synthesis`` with ``X-DashScope-Async: enable``
 answers ``output.task_id``; ``GET {base}/tasks/{task_id}`` answers ``output.task_status`` and,
@@ -9,9 +9,11 @@ The Wan 2.6 models are tasks too, on another endpoint and in the chat format:
 input images) as one user message; their finished task answers
 ``output.choices[].message.content[].image``.
 
-The Qwen image edit models are synchronous: ``POST {base}/services/aigc/multimodal-generation/
-generation`` with the input images and the instruction as one user message answers
-``output.choices[].message.content[].image`` at once (links that also expire after 24 hours).
+Of the Qwen-Image models only ``qwen-image`` and ``qwen-image-plus`` run as tasks; the others
+(``qwen-image-max``, dated ids, the 2.0 series, the edit models) are synchronous:
+``POST {base}/services/aigc/multimodal-generation/generation`` with the input images and the
+prompt as one user message answers ``output.choices[].message.content[].image`` at once (links
+that also expire after 24 hours).
 """
 
 from __future__ import annotations
@@ -43,14 +45,19 @@ from tornado_imagegate.providers.task_engine import (
 # Where the API's base ends: the submission endpoints are under {base}/services/.
 SERVICES = "/services/"
 MAX_IMAGES = 4  # Wan's parameters.n
-EDIT_PATH = "/services/aigc/multimodal-generation/generation"
+SYNCHRONOUS_PATH = "/services/aigc/multimodal-generation/generation"
+# DashScope runs only these Qwen-Image models as tasks; every other one (qwen-image-max, dated
+# ids, the 2.0 series, the edit models) answers on the synchronous endpoint alone.
+QWEN_TASK_MODELS = frozenset({"qwen-image", "qwen-image-plus"})
+QWEN_FAMILY = "qwen-image"
 # The edit models: qwen-image-edit takes no size and makes one image; the plus and max series
-# (dated ones too) take a size and make up to six.
+# (dated ones too) take a size and make up to six, as the 2.0 series does.
 EDIT_FAMILY = "qwen-image-edit"
 SIZED_EDIT_SERIES = ("qwen-image-edit-plus", "qwen-image-edit-max")
-MAX_EDIT_IMAGES = 6
-# parameters.seed of the edit and Wan 2.6 models: 0..2147483647.
-EDIT_SEED_RANGE = 2**31
+SIX_IMAGE_SERIES = (*SIZED_EDIT_SERIES, "qwen-image-2.0")
+MAX_SYNCHRONOUS_IMAGES = 6
+# parameters.seed of the synchronous and Wan 2.6 models: 0..2147483647.
+SEED_RANGE = 2**31
 # The Wan 2.6 models (wan2.6-t2i, wan2.6-image): tasks in the messages format, where the
 # text-to-image endpoint refuses them.
 WAN_MESSAGES_FAMILY = "wan2.6"
@@ -66,9 +73,11 @@ def api_base(endpoint: str) -> str:
     return urlunsplit(parts._replace(path=base, query="", fragment=""))
 
 
-def is_edit_model(model: str) -> bool:
-    """Whether ``model`` is one of the Qwen image edit models (the synchronous endpoint)."""
-    return EDIT_FAMILY in model.lower()
+def is_synchronous(model: str) -> bool:
+    """Whether ``model`` answers on the synchronous endpoint only: a Qwen-Image model other than
+    ``qwen-image`` and ``qwen-image-plus`` (``qwen-image-max``, the 2.0 series, the edits)."""
+    lowered = model.lower()
+    return QWEN_FAMILY in lowered and lowered not in QWEN_TASK_MODELS
 
 
 def is_wan_messages_model(model: str) -> bool:
@@ -77,9 +86,9 @@ def is_wan_messages_model(model: str) -> bool:
 
 
 def takes_size(model: str) -> bool:
-    """Whether an edit model takes ``parameters.size`` (the plus and max series do)."""
+    """Whether a synchronous model takes ``parameters.size`` (all but plain qwen-image-edit)."""
     lowered = model.lower()
-    return any(series in lowered for series in SIZED_EDIT_SERIES)
+    return EDIT_FAMILY not in lowered or any(series in lowered for series in SIZED_EDIT_SERIES)
 
 
 def _failure(holder: dict[str, Any]) -> TaskState:
@@ -104,8 +113,8 @@ def _chosen_images(output: dict[str, Any]) -> tuple[ProviderImage, ...]:
     return tuple(images)
 
 
-def _edited(output: dict[str, Any]) -> TaskState:
-    """An edit's answer: DONE with ``output.choices[].message.content[].image``."""
+def _answered(output: dict[str, Any]) -> TaskState:
+    """A synchronous call's answer: DONE with ``output.choices[].message.content[].image``."""
     images = _chosen_images(output)
     if not images:
         raise ProviderAnswerError("the answer holds no image")
@@ -114,25 +123,26 @@ def _edited(output: dict[str, Any]) -> TaskState:
 
 class DashScopeApi(TaskApiDefaults):
     """``{model, input: {prompt}, parameters: {size: "W*H", n, seed}}`` -> ``output.task_id``;
-    an edit model's ``{model, input: {messages}, parameters}`` -> its images at once."""
+    a synchronous model's ``{model, input: {messages}, parameters}`` -> its images at once."""
 
     def fit_size(self, model: str, width: int, height: int) -> tuple[int, int]:
         """Within the model's limits (wan2.1/2.2 sides, wan2.5/2.6 pixels, qwen-image sizes, the
-        edit models' sides)."""
+        edit models' sides, the 2.0 series' pixels)."""
         return provider_kind("dashscope").sizes_for(model).fit(width, height)
 
     def images_per_call(self, model: str) -> int:
-        """Up to four images a task (Wan); Qwen-Image makes one; the edit models six, the plain
-        qwen-image-edit one."""
-        if is_edit_model(model):
-            return MAX_EDIT_IMAGES if takes_size(model) else 1
-        return 1 if "qwen-image" in model.lower() else MAX_IMAGES
+        """Up to four images a task (Wan); Qwen-Image makes one, but for the edit models' plus
+        and max series and the 2.0 series, which make six."""
+        lowered = model.lower()
+        if any(series in lowered for series in SIX_IMAGE_SERIES):
+            return MAX_SYNCHRONOUS_IMAGES
+        return 1 if QWEN_FAMILY in lowered else MAX_IMAGES
 
     def submit(self, call: ProviderCall) -> HTTPRequest:
-        """The asynchronous submission, or an edit model's synchronous call; extra fields join
+        """The asynchronous submission, or a synchronous model's call; extra fields join
         ``parameters`` (``watermark``...)."""
-        if is_edit_model(call.model):
-            return self._edit(call)
+        if is_synchronous(call.model):
+            return self._synchronous(call)
         if is_wan_messages_model(call.model):
             return self._wan_messages(call)
         prompt: dict[str, Any] = {"prompt": call.prompt}
@@ -160,7 +170,7 @@ class DashScopeApi(TaskApiDefaults):
         parameters: dict[str, Any] = {
             "size": f"{call.size[0]}*{call.size[1]}",
             "n": call.count,
-            "seed": call.seed % EDIT_SEED_RANGE,
+            "seed": call.seed % SEED_RANGE,
         }
         if call.request.negative_prompt:
             parameters["negative_prompt"] = call.request.negative_prompt
@@ -177,17 +187,17 @@ class DashScopeApi(TaskApiDefaults):
         request.headers["X-DashScope-Async"] = "enable"
         return request
 
-    def _edit(self, call: ProviderCall) -> HTTPRequest:
-        """The edit models' synchronous call: the input images (data URIs) first, the text last.
+    def _synchronous(self, call: ProviderCall) -> HTTPRequest:
+        """A synchronous call: the input images (data URIs) first, the text last.
 
-        Without an input image the text goes alone, and DashScope decides, as the other kinds'
-        edit models do.
+        An edit model called without an input image gets the text alone, and DashScope decides,
+        as the other kinds' edit models do.
         """
         # Data URIs even for an image the client named by its http(s) link: the provider gets
         # the very bytes the gateway checked, and needs no route to the client's host.
         content: list[dict[str, str]] = [{"image": data_uri(image)} for image in call.inputs]
         content.append({"text": call.prompt})
-        parameters: dict[str, Any] = {"n": call.count, "seed": call.seed % EDIT_SEED_RANGE}
+        parameters: dict[str, Any] = {"n": call.count, "seed": call.seed % SEED_RANGE}
         if takes_size(call.model):
             parameters["size"] = f"{call.size[0]}*{call.size[1]}"
         if call.request.negative_prompt:
@@ -200,10 +210,10 @@ class DashScopeApi(TaskApiDefaults):
             "input": {"messages": [{"role": "user", "content": content}]},
             "parameters": parameters,
         }
-        return json_request(api_base(call.endpoint) + EDIT_PATH, call.key, body)
+        return json_request(api_base(call.endpoint) + SYNCHRONOUS_PATH, call.key, body)
 
     def read_submission(self, response: HTTPResponse) -> TaskState:
-        """``output.task_id`` (and its first status), or an edit's images at once
+        """``output.task_id`` (and its first status), or a synchronous call's images at once
         (``output.choices``); a ``code`` without ``output`` failed."""
         answer = json_object_answer(response)
         output = answer.get("output")
@@ -212,7 +222,7 @@ class DashScopeApi(TaskApiDefaults):
                 return _failure(answer)
             raise ProviderAnswerError("the answer names no task")
         if "choices" in output:
-            return _edited(output)
+            return _answered(output)
         task_id = output.get("task_id")
         if not isinstance(task_id, str) or not task_id:
             raise ProviderAnswerError("the answer names no task")
