@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 from conftest import LINK, assert_error, chat_body, json_of, post_chat, register_secret, with_env
 from fakes import (
@@ -171,6 +173,51 @@ async def test_n_images_in_one_batch_request(http_client, base_url, fakes):
 async def test_sizes_siliconflow_cannot_make_map_to_the_nearest(http_client, base_url, fakes):
     await generate(http_client, base_url, "flux-test", "a wide valley", width=1500, height=700)
     assert fakes.sf.last().json["image_size"] == "1024x576"
+
+
+SF_QWEN_AND_KOLORS = {"FLUX_GEN_MODEL": "Qwen/Qwen-Image,Qwen/Qwen-Image-Edit,Kwai-Kolors/Kolors"}
+
+
+@pytest.mark.gen_test
+@with_env(SF_QWEN_AND_KOLORS)
+async def test_siliconflow_qwen_image_gets_cfg_its_own_sizes_and_one_image_a_call(
+    http_client, base_url, fakes
+):
+    _, links = await generate(http_client, base_url, "Qwen/Qwen-Image", n=2, seed=5, cfg=30)
+    assert len(links) == 2
+    bodies = sorted((r.json for r in fakes.sf.requests), key=lambda body: body["seed"])
+    assert [body["seed"] for body in bodies] == [5, 6]
+    for body in bodies:
+        assert "batch_size" not in body and "guidance_scale" not in body
+        assert body["cfg"] == 20
+        assert body["image_size"] == "1664x928"
+
+
+@pytest.mark.gen_test
+@with_env(SF_QWEN_AND_KOLORS)
+async def test_siliconflow_kolors_batches_with_guidance_scale(http_client, base_url, fakes):
+    _, links = await generate(http_client, base_url, "Kwai-Kolors/Kolors", n=3, cfg=7.5)
+    assert len(links) == 3
+    [sent] = fakes.sf.requests
+    assert sent.json["batch_size"] == 3
+    assert sent.json["guidance_scale"] == 7.5
+    assert "cfg" not in sent.json
+
+
+@pytest.mark.gen_test
+@with_env(SF_QWEN_AND_KOLORS)
+async def test_siliconflow_edit_model_is_sent_no_image_size(http_client, base_url, fakes):
+    png = png_bytes(seed=12)
+    parts = [
+        {"type": "text", "text": "a hat"},
+        {"type": "image_url", "image_url": {"url": data_uri(png)}},
+    ]
+    body = chat_body(parts, model="Qwen/Qwen-Image-Edit")
+    response = await post_chat(http_client, base_url, body)
+    assert response.code == 200, response.body
+    sent = fakes.sf.last().json
+    assert "image_size" not in sent
+    assert base64.b64decode(sent["image"].split(",", 1)[1]) == png
 
 
 # --- direct groups: chat kind ---

@@ -147,6 +147,25 @@ KINDS: dict[str, ProviderKind] = {
             endpoint_path="/images/generations",
             # The Qwen-Image-Edit models, in image (and image2, image3 for the 2509 one).
             model_image_inputs=(("qwen-image-edit-2509", 3), ("qwen-image-edit", 1)),
+            # The 1024 ratio table's sizes; Qwen-Image's are the seven its API reference
+            # recommends (its edit models are sent no size).
+            size_rules=SizeRules(sizes=tuple(dict.fromkeys(RATIOS_1024.values()))),
+            model_size_rules=(
+                (
+                    "qwen-image",
+                    SizeRules(
+                        sizes=(
+                            (1328, 1328),
+                            (1664, 928),
+                            (928, 1664),
+                            (1472, 1140),
+                            (1140, 1472),
+                            (1584, 1056),
+                            (1056, 1584),
+                        )
+                    ),
+                ),
+            ),
         ),
         ProviderKind(
             name="sd",

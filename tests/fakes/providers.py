@@ -369,6 +369,20 @@ class FakeSiliconFlow(FakeUpstream):
         super().__init__(host, image_host, **listening)
         self.default = Answer(json=self._success)
 
+    def _choose(self, recorded: Recorded, valid: bool) -> Answer:
+        # As SiliconFlow's API reference has it: batch_size and guidance_scale are Kolors'
+        # alone, cfg the Qwen-Image models' alone, and the edit models take no image_size.
+        body = recorded.json if valid and isinstance(recorded.json, dict) else {}
+        model = str(body.get("model", "")).lower()
+        qwen = "qwen-image" in model
+        refused = [name for name in ("batch_size", "guidance_scale") if qwen and name in body]
+        refused += ["cfg"] if not qwen and "cfg" in body else []
+        refused += ["image_size"] if "qwen-image-edit" in model and "image_size" in body else []
+        if refused:
+            message = f"{', '.join(refused)} is not supported by model {body.get('model')}"
+            return self.error_answer(400, message)
+        return super()._choose(recorded, valid)
+
     def _success(self, request: Recorded) -> dict[str, Any]:
         body = request.json
         seed = body.get("seed")
