@@ -188,6 +188,22 @@ async def test_replicate_failures_single_output_and_expiring_links(client, repli
 
 
 @pytest.mark.gen_test
+async def test_replicate_refuses_an_aspect_ratio_outside_the_models_enum(client, replicate):
+    key = {"Authorization": "Bearer r8-k1"}
+    pro = replicate.url("v1/models/black-forest-labs/flux-1.1-pro/predictions")
+    code, refused, _ = await fetch(client, pro, "POST", {"input": {"aspect_ratio": "21:9"}}, key)
+    assert (code, refused["title"]) == (422, "Input validation failed")
+    assert refused["invalid_fields"][0]["field"] == "input.aspect_ratio"
+    assert replicate.tasks == {}
+    code, _, _ = await fetch(client, pro, "POST", {"input": {"aspect_ratio": "16:9"}}, key)
+    assert code == 201
+    schnell = replicate.url("v1/models/black-forest-labs/flux-schnell/predictions")
+    code, _, _ = await fetch(client, schnell, "POST", {"input": {"aspect_ratio": "21:9"}}, key)
+    assert code == 201
+    assert len(replicate.tasks) == 2
+
+
+@pytest.mark.gen_test
 async def test_fal_queue_status_result_and_cancel(client, fal):
     key = {"Authorization": "Key fal-k1"}
     fal.next_tasks(TaskScript(pending=3, queued=2), TaskScript(outcome=NEVER))

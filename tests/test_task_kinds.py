@@ -187,6 +187,29 @@ async def test_replicate_request_shape_extra_inputs_and_a_version_id(http_client
 
 
 @pytest.mark.gen_test(timeout=TIMEOUT)
+@with_env({"IMAGE_GEN_MODEL_2": "black-forest-labs/flux-1.1-pro,black-forest-labs/flux-schnell"})
+async def test_replicate_flux_11_pro_is_sent_only_aspect_ratios_its_schema_takes(
+    http_client, base_url, fakes
+):
+    # FLUX 1.1 [pro] on Replicate has no 21:9 or 9:21: the nearest ratio it takes is sent.
+    fakes.replicate.next_tasks(*[TaskScript(pending=0)] * 3)
+    for prompt, model in [
+        ("a harbour, 21:9", "black-forest-labs/flux-1.1-pro"),
+        ("a tower, 9:21", "black-forest-labs/flux-1.1-pro"),
+        ("a harbour, 21:9", "black-forest-labs/flux-schnell"),
+    ]:
+        response = await post_chat(http_client, base_url, chat_body(prompt, model))
+        assert (await image_of(http_client, response))["width"] > 0
+    wide, tall, schnell = fakes.replicate.submissions()
+    assert wide.path == "/v1/models/black-forest-labs/flux-1.1-pro/predictions"
+    assert (wide.json["input"]["aspect_ratio"], tall.json["input"]["aspect_ratio"]) == (
+        "16:9",
+        "9:16",
+    )
+    assert schnell.json["input"]["aspect_ratio"] == "21:9"
+
+
+@pytest.mark.gen_test(timeout=TIMEOUT)
 async def test_replicate_output_of_one_url_is_read_too(http_client, base_url, fakes):
     fakes.replicate.single_output = True
     fakes.replicate.next_tasks(TaskScript(pending=0))

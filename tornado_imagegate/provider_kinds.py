@@ -38,6 +38,11 @@ REPLICATE_ASPECT_RATIOS = (
     "9:16",
     "9:21",
 )
+# Replicate's FLUX 1.1 [pro] takes all of these but 21:9 and 9:21 (its aspect_ratio enum); its
+# Ultra model takes them all.
+REPLICATE_FLUX_11_PRO_ASPECT_RATIOS = tuple(
+    ratio for ratio in REPLICATE_ASPECT_RATIOS if ratio not in ("21:9", "9:21")
+)
 # The most input images one request may carry, whatever its kind or group says.
 MAX_INPUT_IMAGES = 4
 
@@ -114,6 +119,11 @@ class ProviderKind:
         implementation = pkgutil.resolve_name(self.implementation)
         arguments = {arg: getattr(settings, name) for arg, name in self.settings_fields.items()}
         return implementation(**arguments)
+
+
+def _replicate_sizes(ratios: tuple[str, ...]) -> SizeRules:
+    """The sizes (about a megapixel) of these ``aspect_ratio`` values, as rules."""
+    return SizeRules(sizes=tuple(size_for_ratio(*map(int, r.split(":")), 1024) for r in ratios))
 
 
 KINDS: dict[str, ProviderKind] = {
@@ -306,12 +316,12 @@ KINDS: dict[str, ProviderKind] = {
             settings_fields={"timeout": "image_gen_timeout"},
             native_n=False,
             polls=True,
-            # Sized by aspect_ratio: the one of REPLICATE_ASPECT_RATIOS nearest the size asked.
-            size_rules=SizeRules(
-                sizes=tuple(
-                    size_for_ratio(*map(int, ratio.split(":")), 1024)
-                    for ratio in REPLICATE_ASPECT_RATIOS
-                )
+            # Sized by aspect_ratio: the one of REPLICATE_ASPECT_RATIOS nearest the size asked
+            # (for FLUX 1.1 [pro], of those its enum has: an aspect_ratio outside it is a 422).
+            size_rules=_replicate_sizes(REPLICATE_ASPECT_RATIOS),
+            model_size_rules=(
+                ("flux-1.1-pro-ultra", _replicate_sizes(REPLICATE_ASPECT_RATIOS)),
+                ("flux-1.1-pro", _replicate_sizes(REPLICATE_FLUX_11_PRO_ASPECT_RATIOS)),
             ),
         ),
         ProviderKind(

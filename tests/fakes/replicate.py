@@ -6,6 +6,10 @@ prediction object (``id``, ``status``, ``output``, ``error``, ``logs``, ``urls.g
 ``urls.cancel``) answered 201 on creation; statuses ``starting`` -> ``processing`` ->
 ``succeeded`` | ``failed`` | ``canceled``; ``output`` a list of URLs or one URL; a safety refusal
 is a failed prediction with an NSFW message; a throttled call answers 429 with ``detail``.
+
+An input outside the model's schema is refused before any prediction exists: 422, ``Input
+validation failed``, as Replicate answers it. The fake knows one such rule: FLUX 1.1 [pro]'s
+``aspect_ratio`` enum, which lacks the 21:9 and 9:21 that FLUX.1 [schnell] and [dev] take.
 """
 
 from __future__ import annotations
@@ -20,6 +24,22 @@ from .task_service import DONE, FAILED, MODERATED, FakeTask, FakeTaskService
 NSFW_ERROR = "NSFW content detected. Try running it again, or try a different prompt."
 _PREDICTION = re.compile(r"^/v1/predictions/(?P<id>[a-z0-9]+)(?P<cancel>/cancel)?$")
 _MODEL = re.compile(r"^/v1/models/(?P<owner>[^/]+)/(?P<name>[^/]+)/predictions$")
+# The aspect_ratio enum of a model's input schema (replicate.com/{model}/api), where it is
+# narrower than the ratios the FLUX.1 models take.
+ASPECT_RATIO_ENUMS = {
+    "black-forest-labs/flux-1.1-pro": (
+        "custom",
+        "1:1",
+        "16:9",
+        "3:2",
+        "2:3",
+        "4:5",
+        "5:4",
+        "9:16",
+        "3:4",
+        "4:3",
+    ),
+}
 
 
 class FakeReplicate(FakeTaskService):
@@ -55,6 +75,35 @@ class FakeReplicate(FakeTaskService):
         if recorded.method == "POST" and (path == "/v1/predictions" or _MODEL.match(path)):
             return "submit", path
         return "none", ""
+
+    def _choose(self, recorded: Recorded, valid: bool) -> Answer:
+        """A creation whose input the model's schema refuses is a 422, and no prediction."""
+        found = _MODEL.match(recorded.path.rstrip("/"))
+        if recorded.method == "POST" and found and valid and recorded.key is not None:
+            model = f"{found.group('owner')}/{found.group('name')}"
+            inputs = recorded.json.get("input")
+            ratio = inputs.get("aspect_ratio") if isinstance(inputs, dict) else None
+            allowed = ASPECT_RATIO_ENUMS.get(model)
+            if allowed and ratio is not None and ratio not in allowed:
+                return self.invalid_input(
+                    "input.aspect_ratio",
+                    "aspect_ratio must be one of the following: "
+                    + ", ".join(f'"{value}"' for value in allowed),
+                )
+        return super()._choose(recorded, valid)
+
+    @staticmethod
+    def invalid_input(field: str, description: str) -> Answer:
+        """422 ``Input validation failed`` for one field, as Replicate words it."""
+        return Answer(
+            422,
+            {
+                "title": "Input validation failed",
+                "detail": f"- {field}: {description}",
+                "status": 422,
+                "invalid_fields": [{"type": "enum", "field": field, "description": description}],
+            },
+        )
 
     def prediction(self, task: FakeTask, status: str, **fields: Any) -> dict[str, Any]:
         """A prediction object of ``task`` in ``status``."""
