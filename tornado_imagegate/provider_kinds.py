@@ -135,8 +135,10 @@ KINDS: dict[str, ProviderKind] = {
             implementation="tornado_imagegate.providers.openai_images:OpenAIImagesApi",
             ratios=RATIOS_1024,
             endpoint_path="/images/generations",
-            # Sent to the edits endpoint (/images/edits) beside it, with the mask.
+            # Sent to the edits endpoint (/images/edits) beside it, with the mask. OpenAI's edits
+            # take the GPT image models and dall-e-2 (one image); dall-e-3 has no edits.
             image_inputs=4,
+            model_image_inputs=(("dall-e-3", 0), ("dall-e-2", 1)),
             takes_masks=True,
         ),
         ProviderKind(
