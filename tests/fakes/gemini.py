@@ -3,7 +3,9 @@
 Shapes as Google documents them (camelCase proto JSON): the key in ``x-goog-api-key``, answers
 ``candidates[].content.parts[]`` with ``text`` and ``inlineData`` parts, refusals as a 200 with a
 ``promptFeedback.blockReason`` or a safety ``finishReason``, errors as
-``{"error": {"code", "message", "status", "details"}}``.
+``{"error": {"code", "message", "status", "details"}}``. A request with
+``generationConfig.thinkingConfig.includeThoughts`` gets the thoughts too, as the Gemini 3 image
+models give them: ``"thought": true`` parts, text and an interim image, before the answer.
 """
 
 from __future__ import annotations
@@ -65,6 +67,13 @@ def candidates_answer(*parts: Any, finish_reason: str = "STOP", model: str = "fa
     }
 
 
+def _includes_thoughts(body: Any) -> bool:
+    """Whether a request asks for the model's thoughts (``thinkingConfig.includeThoughts``)."""
+    config = body.get("generationConfig") if isinstance(body, dict) else None
+    thinking = config.get("thinkingConfig") if isinstance(config, dict) else None
+    return isinstance(thinking, dict) and thinking.get("includeThoughts") is True
+
+
 class FakeGemini(FakeUpstream):
     """Gemini ``generateContent`` with image output; keys in ``x-goog-api-key``.
 
@@ -78,6 +87,8 @@ class FakeGemini(FakeUpstream):
         super().__init__(host, image_host)
         self.valid_keys: set[str] | None = None
         self.default = Answer(json=self._success)
+        # The images of the default answers (not the interim thought images), in order.
+        self.drawn: list[bytes] = []
 
     def base_url(self) -> str:
         """The base to configure (``IMAGE_GEN_API_BASE_n``): the API adds the model's path."""
@@ -115,9 +126,14 @@ class FakeGemini(FakeUpstream):
 
     def _success(self, request: Recorded) -> Any:
         image = self.make_png(len(self.requests))
-        return candidates_answer(
-            {"text": "Here is your image."}, inline_part(image), model=self.model_of(request)
-        )
+        self.drawn.append(image)
+        parts = [{"text": "Here is your image."}, inline_part(image)]
+        if _includes_thoughts(request.json):
+            draft = self.make_png(100_000 + len(self.requests))
+            thoughts = [{"text": "Composing the scene.", "thought": True}]
+            thoughts.append({**inline_part(draft), "thought": True})
+            parts = thoughts + parts
+        return candidates_answer(*parts, model=self.model_of(request))
 
     @staticmethod
     def images_answer(*images: bytes, snake_case: bool = False) -> Answer:
