@@ -17,7 +17,7 @@ from conftest import (
     post_chat,
     register_secret,
 )
-from fakes import Answer, FakeGemini, FakeSet, png_bytes
+from fakes import Answer, FakeGemini, FakeSet, data_uri, png_bytes
 from fakes.gemini import candidates_answer, inline_part
 from pngcheck import png_info
 
@@ -200,6 +200,20 @@ async def test_thought_images_are_not_the_answer(http_client, base_url, fakes):
     assert response.code == 200, response.body
     [link] = LINK.findall(json_of(response)["choices"][0]["message"]["content"])
     assert (await http_client.fetch(link)).body == fakes.gemini.drawn[-1]
+
+
+@pytest.mark.gen_test
+async def test_gemini_3_takes_four_input_images_and_2_5_three(http_client, base_url, fakes):
+    pictures = [png_bytes(24, seed=seed) for seed in range(40, 44)]
+    parts = [{"type": "text", "text": "put them in one picture"}]
+    parts += [{"type": "image_url", "image_url": {"url": data_uri(p)}} for p in pictures]
+    response = await post_chat(http_client, base_url, chat_body(parts, model=THINKING_MODEL))
+    assert response.code == 200, response.body
+    sent = fakes.gemini.last().json["contents"][0]["parts"]
+    assert [base64.b64decode(part["inlineData"]["data"]) for part in sent[1:]] == pictures
+    refused = await post_chat(http_client, base_url, chat_body(parts, model=MODEL))
+    assert "at most 3" in assert_error(refused, 400, "invalid_image_input")["message"]
+    assert len(fakes.gemini.requests) == 1
 
 
 @pytest.mark.gen_test

@@ -166,8 +166,10 @@ KINDS: dict[str, ProviderKind] = {
             ratios=RATIOS_GEMINI,
             # The model is part of the path: the API appends /models/{model}:generateContent.
             default_endpoint="https://generativelanguage.googleapis.com/v1beta",
-            # inlineData parts beside the prompt; the Flash image models work best with three.
+            # inlineData parts beside the prompt: Gemini 2.5 Flash Image works best with up to
+            # three; the Gemini 3 image models take up to fourteen (held to the gateway's most).
             image_inputs=3,
+            model_image_inputs=(("gemini-3", MAX_INPUT_IMAGES),),
             native_n=False,
         ),
         ProviderKind(
