@@ -67,6 +67,27 @@ def candidates_answer(*parts: Any, finish_reason: str = "STOP", model: str = "fa
     }
 
 
+# The aspect ratios Google documents for its image models; Gemini 3.1 Flash Image adds four.
+ASPECT_RATIOS = frozenset({"1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9"})
+FLASH_3_1_RATIOS = ASPECT_RATIOS | {"1:4", "4:1", "1:8", "8:1"}
+# imageSize: an uppercase K ("1k" is refused); 512 without one.
+IMAGE_SIZES = frozenset({"512", "1K", "2K", "4K"})
+
+
+def _image_config_refused(model: str, body: Any) -> str | None:
+    """Why Gemini refuses a request's ``imageConfig`` (400 INVALID_ARGUMENT), or None."""
+    config = body.get("generationConfig") if isinstance(body, dict) else None
+    image = config.get("imageConfig") if isinstance(config, dict) else None
+    if not isinstance(image, dict):
+        return None
+    ratios = FLASH_3_1_RATIOS if "3.1-flash" in model else ASPECT_RATIOS
+    if "aspectRatio" in image and image["aspectRatio"] not in ratios:
+        return f"Unsupported aspect ratio: {image['aspectRatio']}"
+    if "imageSize" in image and image["imageSize"] not in IMAGE_SIZES:
+        return f"Unsupported image size: {image['imageSize']}"
+    return None
+
+
 def _includes_thoughts(body: Any) -> bool:
     """Whether a request asks for the model's thoughts (``thinkingConfig.includeThoughts``)."""
     config = body.get("generationConfig") if isinstance(body, dict) else None
@@ -122,6 +143,9 @@ class FakeGemini(FakeUpstream):
                 )
             if self.valid_keys is not None and recorded.key not in self.valid_keys:
                 return self.invalid_key_answer()
+            refused = _image_config_refused(self.model_of(recorded), recorded.json)
+            if refused is not None:
+                return Answer(400, self.error_json(400, refused))
         return super()._choose(recorded, valid)
 
     def _success(self, request: Recorded) -> Any:
