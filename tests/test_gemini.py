@@ -17,7 +17,7 @@ from conftest import (
     post_chat,
     register_secret,
 )
-from fakes import Answer, FakeGemini, FakeSet, png_bytes
+from fakes import Answer, FakeGemini, FakeSet, data_uri, png_bytes
 from fakes.gemini import candidates_answer, inline_part
 from pngcheck import png_info
 
@@ -26,6 +26,8 @@ from tornado_imagegate.config import load_settings
 GEMINI_KEYS = ("AIza-gemini-key-one-1357", "AIza-gemini-key-two-2468")
 register_secret(*GEMINI_KEYS)
 MODEL = "gemini-2.5-flash-image"
+THINKING_MODEL = "gemini-3-pro-image-preview"
+SHOW_THOUGHTS = {"generationConfig": {"thinkingConfig": {"includeThoughts": True}}}
 
 
 @pytest.fixture
@@ -38,12 +40,18 @@ def fakes(io_loop):
 
 @pytest.fixture
 def gateway_env(fakes):
-    """One gemini group with two keys, at the fake's base URL."""
+    """One gemini group with two keys, at the fake's base URL; a Gemini 3 image model that
+    shows its thoughts."""
     return {
         "IMAGE_GEN_MODEL_1": MODEL,
         "IMAGE_GEN_API_BASE_1": fakes.gemini.base_url(),
         "IMAGE_GEN_API_KEY_1": ",".join(GEMINI_KEYS),
         "IMAGE_GEN_KIND_1": "gemini",
+        "IMAGE_GEN_MODEL_2": THINKING_MODEL,
+        "IMAGE_GEN_API_BASE_2": fakes.gemini.base_url(),
+        "IMAGE_GEN_API_KEY_2": GEMINI_KEYS[0],
+        "IMAGE_GEN_KIND_2": "gemini",
+        "IMAGE_GEN_EXTRA_2": json.dumps(SHOW_THOUGHTS),
         "IMAGE_GEN_TIMEOUT": "5",
     }
 
@@ -176,6 +184,36 @@ async def test_images_api_answers_with_the_image_and_geminis_usage(
         assert (await http_client.fetch(entry["url"])).body == image
     assert answer["usage"] == {"input_tokens": 12, "output_tokens": 1290, "total_tokens": 1302}
     assert fakes.gemini.last().json["generationConfig"]["imageConfig"]["aspectRatio"] == "16:9"
+
+
+@pytest.mark.gen_test
+async def test_thought_images_are_not_the_answer(http_client, base_url, fakes):
+    body = {"model": THINKING_MODEL, "prompt": "a fox", "response_format": "b64_json"}
+    response = await images(http_client, base_url, body)
+    assert response.code == 200, response.body
+    [entry] = json_of(response)["data"]
+    assert base64.b64decode(entry["b64_json"]) == fakes.gemini.drawn[-1]
+    sent = fakes.gemini.last().json["generationConfig"]
+    assert sent["thinkingConfig"] == {"includeThoughts": True}
+    assert sent["imageConfig"] == {"aspectRatio": "1:1"}
+    response = await post_chat(http_client, base_url, chat_body("a fox", model=THINKING_MODEL))
+    assert response.code == 200, response.body
+    [link] = LINK.findall(json_of(response)["choices"][0]["message"]["content"])
+    assert (await http_client.fetch(link)).body == fakes.gemini.drawn[-1]
+
+
+@pytest.mark.gen_test
+async def test_gemini_3_takes_four_input_images_and_2_5_three(http_client, base_url, fakes):
+    pictures = [png_bytes(24, seed=seed) for seed in range(40, 44)]
+    parts = [{"type": "text", "text": "put them in one picture"}]
+    parts += [{"type": "image_url", "image_url": {"url": data_uri(p)}} for p in pictures]
+    response = await post_chat(http_client, base_url, chat_body(parts, model=THINKING_MODEL))
+    assert response.code == 200, response.body
+    sent = fakes.gemini.last().json["contents"][0]["parts"]
+    assert [base64.b64decode(part["inlineData"]["data"]) for part in sent[1:]] == pictures
+    refused = await post_chat(http_client, base_url, chat_body(parts, model=MODEL))
+    assert "at most 3" in assert_error(refused, 400, "invalid_image_input")["message"]
+    assert len(fakes.gemini.requests) == 1
 
 
 @pytest.mark.gen_test

@@ -43,7 +43,8 @@ def fakes(io_loop):
 
 @pytest.fixture
 def gateway_env(fakes):
-    """gpt-image and dall-e-3 on the fake Images API; a chat-kind group on the fake chat."""
+    """gpt-image and dall-e-3 on the fake Images API; a chat-kind group on the fake chat;
+    chatgpt-image-latest and dall-e-2 on the Images API again."""
     return {
         "IMAGE_GEN_MODEL_1": "gpt-image-1,dall-e-3",
         "IMAGE_GEN_API_BASE_1": fakes.oi.url("v1"),
@@ -53,6 +54,10 @@ def gateway_env(fakes):
         "IMAGE_GEN_API_BASE_2": fakes.chat.url("v1"),
         "IMAGE_GEN_API_KEY_2": CHAT_KEY,
         "IMAGE_GEN_KIND_2": "chat",
+        "IMAGE_GEN_MODEL_3": "chatgpt-image-latest,dall-e-2",
+        "IMAGE_GEN_API_BASE_3": fakes.oi.url("v1"),
+        "IMAGE_GEN_API_KEY_3": OI_KEY,
+        "IMAGE_GEN_KIND_3": "openai-images",
         "IMAGE_PROXY_ALLOW_PRIVATE_NETWORKS": "true",
     }
 
@@ -135,6 +140,64 @@ async def test_dall_e_answers_without_usage_have_none(http_client, base_url, fak
     assert fakes.oi.last().json["quality"] == "hd"
     assert fakes.oi.last().json["response_format"] == "b64_json"
     assert "usage" not in json_of(response)
+
+
+@pytest.mark.gen_test
+async def test_chatgpt_image_latest_is_sized_and_answered_as_a_gpt_image_model(
+    http_client, base_url, fakes
+):
+    body = {"model": "chatgpt-image-latest", "prompt": "a kite", "size": "1792x1024"}
+    response = await images(http_client, base_url, body)
+    assert response.code == 200, response.body
+    sent = fakes.oi.last().json
+    assert sent["size"] == "1536x1024"
+    assert "response_format" not in sent
+    assert json_of(response)["usage"] == FakeOpenAIImages.GPT_IMAGE_USAGE
+
+
+@pytest.mark.gen_test
+async def test_dall_e_3_makes_no_edits_and_is_refused_before_any_call(http_client, base_url, fakes):
+    body = chat_body(
+        [
+            {"type": "text", "text": "make it snowy"},
+            {"type": "image_url", "image_url": {"url": data_uri(png_bytes(seed=5))}},
+        ],
+        model="dall-e-3",
+    )
+    error = assert_error(
+        await post_chat(http_client, base_url, body), 400, "image_input_not_supported"
+    )
+    assert "dall-e-3" in error["message"]
+    assert not fakes.oi.requests
+
+
+@pytest.mark.gen_test
+async def test_dall_e_2_edits_one_image_and_refuses_two(base_url, fakes):
+    png, mask = png_bytes(seed=31), png_bytes(seed=32)
+    async with openai.AsyncOpenAI(
+        base_url=f"{base_url}/v1", api_key=CLIENT_KEYS[0], max_retries=0, timeout=30
+    ) as client:
+        result = await client.images.edit(
+            model="dall-e-2",
+            image=("photo.png", png, "image/png"),
+            mask=("mask.png", mask, "image/png"),
+            prompt="add a hat",
+            size="512x512",
+        )
+        assert base64.b64decode(result.data[0].b64_json)[:4] == b"\x89PNG"
+        sent = fakes.oi.last()
+        assert sent.path == "/v1/images/edits"
+        assert [entry[2] for entry in sent.files["image"]] == [png]
+        assert sent.json["size"] == "512x512"
+        with pytest.raises(openai.BadRequestError) as refused:
+            await client.images.edit(
+                model="dall-e-2",
+                image=[("a.png", png, "image/png"), ("b.png", mask, "image/png")],
+                prompt="put them together",
+            )
+    assert refused.value.code == "invalid_image_input"
+    assert "at most 1" in refused.value.message
+    assert len(fakes.oi.requests) == 1
 
 
 @pytest.mark.gen_test

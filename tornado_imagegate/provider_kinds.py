@@ -145,8 +145,10 @@ KINDS: dict[str, ProviderKind] = {
             implementation="tornado_imagegate.providers.openai_images:OpenAIImagesApi",
             ratios=RATIOS_1024,
             endpoint_path="/images/generations",
-            # Sent to the edits endpoint (/images/edits) beside it, with the mask.
+            # Sent to the edits endpoint (/images/edits) beside it, with the mask. OpenAI's edits
+            # take the GPT image models and dall-e-2 (one image); dall-e-3 has no edits.
             image_inputs=4,
+            model_image_inputs=(("dall-e-3", 0), ("dall-e-2", 1)),
             takes_masks=True,
         ),
         ProviderKind(
@@ -193,8 +195,10 @@ KINDS: dict[str, ProviderKind] = {
             ratios=RATIOS_GEMINI,
             # The model is part of the path: the API appends /models/{model}:generateContent.
             default_endpoint="https://generativelanguage.googleapis.com/v1beta",
-            # inlineData parts beside the prompt; the Flash image models work best with three.
+            # inlineData parts beside the prompt: Gemini 2.5 Flash Image works best with up to
+            # three; the Gemini 3 image models take up to fourteen (held to the gateway's most).
             image_inputs=3,
+            model_image_inputs=(("gemini-3", MAX_INPUT_IMAGES),),
             native_n=False,
         ),
         ProviderKind(

@@ -3,7 +3,9 @@
 Shapes as Google documents them (camelCase proto JSON): the key in ``x-goog-api-key``, answers
 ``candidates[].content.parts[]`` with ``text`` and ``inlineData`` parts, refusals as a 200 with a
 ``promptFeedback.blockReason`` or a safety ``finishReason``, errors as
-``{"error": {"code", "message", "status", "details"}}``.
+``{"error": {"code", "message", "status", "details"}}``. A request with
+``generationConfig.thinkingConfig.includeThoughts`` gets the thoughts too, as the Gemini 3 image
+models give them: ``"thought": true`` parts, text and an interim image, before the answer.
 """
 
 from __future__ import annotations
@@ -65,6 +67,34 @@ def candidates_answer(*parts: Any, finish_reason: str = "STOP", model: str = "fa
     }
 
 
+# The aspect ratios Google documents for its image models; Gemini 3.1 Flash Image adds four.
+ASPECT_RATIOS = frozenset({"1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9"})
+FLASH_3_1_RATIOS = ASPECT_RATIOS | {"1:4", "4:1", "1:8", "8:1"}
+# imageSize: an uppercase K ("1k" is refused); 512 without one.
+IMAGE_SIZES = frozenset({"512", "1K", "2K", "4K"})
+
+
+def _image_config_refused(model: str, body: Any) -> str | None:
+    """Why Gemini refuses a request's ``imageConfig`` (400 INVALID_ARGUMENT), or None."""
+    config = body.get("generationConfig") if isinstance(body, dict) else None
+    image = config.get("imageConfig") if isinstance(config, dict) else None
+    if not isinstance(image, dict):
+        return None
+    ratios = FLASH_3_1_RATIOS if "3.1-flash" in model else ASPECT_RATIOS
+    if "aspectRatio" in image and image["aspectRatio"] not in ratios:
+        return f"Unsupported aspect ratio: {image['aspectRatio']}"
+    if "imageSize" in image and image["imageSize"] not in IMAGE_SIZES:
+        return f"Unsupported image size: {image['imageSize']}"
+    return None
+
+
+def _includes_thoughts(body: Any) -> bool:
+    """Whether a request asks for the model's thoughts (``thinkingConfig.includeThoughts``)."""
+    config = body.get("generationConfig") if isinstance(body, dict) else None
+    thinking = config.get("thinkingConfig") if isinstance(config, dict) else None
+    return isinstance(thinking, dict) and thinking.get("includeThoughts") is True
+
+
 class FakeGemini(FakeUpstream):
     """Gemini ``generateContent`` with image output; keys in ``x-goog-api-key``.
 
@@ -78,6 +108,8 @@ class FakeGemini(FakeUpstream):
         super().__init__(host, image_host)
         self.valid_keys: set[str] | None = None
         self.default = Answer(json=self._success)
+        # The images of the default answers (not the interim thought images), in order.
+        self.drawn: list[bytes] = []
 
     def base_url(self) -> str:
         """The base to configure (``IMAGE_GEN_API_BASE_n``): the API adds the model's path."""
@@ -111,13 +143,21 @@ class FakeGemini(FakeUpstream):
                 )
             if self.valid_keys is not None and recorded.key not in self.valid_keys:
                 return self.invalid_key_answer()
+            refused = _image_config_refused(self.model_of(recorded), recorded.json)
+            if refused is not None:
+                return Answer(400, self.error_json(400, refused))
         return super()._choose(recorded, valid)
 
     def _success(self, request: Recorded) -> Any:
         image = self.make_png(len(self.requests))
-        return candidates_answer(
-            {"text": "Here is your image."}, inline_part(image), model=self.model_of(request)
-        )
+        self.drawn.append(image)
+        parts = [{"text": "Here is your image."}, inline_part(image)]
+        if _includes_thoughts(request.json):
+            draft = self.make_png(100_000 + len(self.requests))
+            thoughts = [{"text": "Composing the scene.", "thought": True}]
+            thoughts.append({**inline_part(draft), "thought": True})
+            parts = thoughts + parts
+        return candidates_answer(*parts, model=self.model_of(request))
 
     @staticmethod
     def images_answer(*images: bytes, snake_case: bool = False) -> Answer:

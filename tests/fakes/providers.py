@@ -468,12 +468,44 @@ class FakeChatImages(FakeUpstream):
         return Answer(status, openai_error(status, message, code))
 
 
+def is_gpt_image(model: Any) -> bool:
+    """Whether ``model`` is one of OpenAI's GPT image models (``chatgpt-image-latest`` too)."""
+    return str(model).startswith(("gpt-image", "chatgpt-image"))
+
+
+def openai_size_refused(model: str, size: Any) -> bool:
+    """Whether OpenAI refuses ``size`` for ``model`` (a model not OpenAI's takes any size).
+
+    gpt-image-2 takes any WxH with both sides multiples of 16, 1:3 to 3:1, at most 3840x2160.
+    """
+    sizes = OPENAI_SIZES.get("gpt-image" if is_gpt_image(model) else model)
+    if sizes is None or size is None:
+        return False
+    if str(model).startswith("gpt-image-2") and isinstance(size, str):
+        width, _, height = size.partition("x")
+        if width.isdigit() and height.isdigit():
+            w, h = int(width), int(height)
+            long, short = max(w, h), min(w, h)
+            return bool(w % 16 or h % 16 or not short or long > 3 * short or long > 3840)
+    return size not in sizes
+
+
+# The sizes OpenAI documents for its own models (openai-python's image_generate_params).
+OPENAI_SIZES: dict[str, frozenset[str]] = {
+    "gpt-image": frozenset({"auto", "1024x1024", "1536x1024", "1024x1536"}),
+    "dall-e-2": frozenset({"256x256", "512x512", "1024x1024"}),
+    "dall-e-3": frozenset({"1024x1024", "1792x1024", "1024x1792"}),
+}
+
+
 class FakeOpenAIImages(FakeUpstream):
     """The OpenAI Images API (``/v1/images/generations``, POST to any path).
 
-    ``gpt-image*`` models behave as OpenAI's: ``response_format`` is refused (400), images come
-    as ``b64_json`` in ``output_format`` (png, jpeg or webp), and the answer echoes ``quality``,
-    ``background``, ``output_format`` and ``size`` and carries token ``usage``.
+    GPT image models (``gpt-image*``, ``chatgpt-image-latest``) behave as OpenAI's:
+    ``response_format`` is refused (400), images come as ``b64_json`` in ``output_format`` (png,
+    jpeg or webp), and the answer echoes ``quality``, ``background``, ``output_format`` and
+    ``size`` and carries token ``usage``. OpenAI's models are held to the sizes OpenAI lists, and
+    its edits endpoint to what OpenAI takes there: no ``dall-e-3``, one image for ``dall-e-2``.
     """
 
     image_prefix = "oai"
@@ -517,17 +549,37 @@ class FakeOpenAIImages(FakeUpstream):
 
     def _choose(self, recorded: Recorded, valid: bool) -> Answer:
         body = recorded.json if valid else {}
-        if str(body.get("model", "")).startswith("gpt-image") and "response_format" in body:
+        model = str(body.get("model", ""))
+        if is_gpt_image(model) and "response_format" in body:
             message = "Unknown parameter: 'response_format'."
             return Answer(400, openai_error(400, message, "unknown_parameter"))
+        if openai_size_refused(model, body.get("size")):
+            message = f"Invalid value: '{body['size']}'. Supported sizes differ by model."
+            return Answer(400, openai_error(400, message, "invalid_value"))
+        if recorded.files:
+            refused = self._edit_refused(model, recorded)
+            if refused is not None:
+                return refused
         return super()._choose(recorded, valid)
+
+    @staticmethod
+    def _edit_refused(model: str, recorded: Recorded) -> Answer | None:
+        """OpenAI's answer to an edit its models cannot make, or None."""
+        if model == "dall-e-3":
+            message = "Invalid value: 'dall-e-3'. Value must be 'dall-e-2' or a GPT image model."
+            return Answer(400, openai_error(400, message, "invalid_value"))
+        images = len(recorded.files.get("image", [])) + len(recorded.files.get("image[]", []))
+        if model == "dall-e-2" and images > 1:
+            message = "dall-e-2 takes one image to edit."
+            return Answer(400, openai_error(400, message, "invalid_value"))
+        return None
 
     def _success(self, request: Recorded) -> dict[str, Any]:
         body = request.json
         count = body.get("n") or 1
         count = count if isinstance(count, int) and count > 0 else 1
         prompt = body.get("prompt", "")
-        if str(body.get("model", "")).startswith("gpt-image"):
+        if is_gpt_image(body.get("model", "")):
             return self._gpt_image_success(body, count)
         data: list[dict[str, Any]] = []
         for _ in range(count):

@@ -147,7 +147,8 @@ class GeminiApi:
         return isinstance(message, str) and "api key not valid" in message.lower()
 
     def parse(self, response: HTTPResponse) -> list[ProviderImage]:
-        """Every inline image of every candidate; a block or safety finish is a refusal."""
+        """Every inline image of every candidate, thoughts left out; a block or safety finish
+        is a refusal."""
         answer = json_object_answer(response)
         feedback = answer.get("promptFeedback")
         if isinstance(feedback, dict) and feedback.get("blockReason"):
@@ -167,12 +168,14 @@ class GeminiApi:
             content = candidate.get("content")
             parts = content.get("parts") if isinstance(content, dict) else None
             for part in parts if isinstance(parts, list) else []:
-                if not isinstance(part, dict):
+                # A thought (asked for with includeThoughts) is not the answer, even an image:
+                # the Gemini 3 image models draw interim images while thinking.
+                if not isinstance(part, dict) or part.get("thought"):
                     continue
                 image = _inline_image(part)
                 if image is not None:
                     images.append(image)
-                elif isinstance(part.get("text"), str) and not part.get("thought"):
+                elif isinstance(part.get("text"), str):
                     texts.append(part["text"])
         if images:
             usage = _usage(answer.get("usageMetadata"))

@@ -50,7 +50,8 @@ def _extension(image: InputImage) -> str:
 
 def _family(model: str) -> str:
     lowered = model.lower()
-    if lowered.startswith("gpt-image"):
+    # chatgpt-image-latest is one of OpenAI's GPT image models: their sizes, base64 only.
+    if lowered.startswith(("gpt-image", "chatgpt-image")):
         return "gpt-image"
     return lowered
 
