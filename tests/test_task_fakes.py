@@ -289,6 +289,15 @@ def with_image(body: dict, uri: str) -> dict:
     return body
 
 
+async def assert_invalid(
+    client: AsyncHTTPClient, url: str, bodies: list[dict], headers: dict[str, str]
+) -> None:
+    """Each body POSTed to ``url`` is refused as DashScope refuses one: 400 InvalidParameter."""
+    for body in bodies:
+        code, answer, _ = await fetch(client, url, "POST", body, headers)
+        assert (code, answer["code"]) == (400, "InvalidParameter"), body
+
+
 @pytest.mark.gen_test
 async def test_dashscope_edits_are_checked_as_the_service_checks_them(client, dashscope):
     url = dashscope.url(dashscope.sync_path)
@@ -317,9 +326,7 @@ async def test_dashscope_edits_are_checked_as_the_service_checks_them(client, da
         qwen_edit(seed=2**31),
         qwen_edit("wan2.2-t2i-flash"),
     ]
-    for body in refused:
-        code, answer, _ = await fetch(client, url, "POST", body, key)
-        assert (code, answer["code"]) == (400, "InvalidParameter"), body
+    await assert_invalid(client, url, refused, key)
     code, answer, _ = await fetch(client, url, "POST", qwen_edit(), {})
     assert (code, answer["code"]) == (401, "InvalidApiKey")
     async_call = {**key, "X-DashScope-Async": "enable"}
@@ -375,9 +382,7 @@ async def test_dashscope_wan26_tasks_are_checked_and_answer_in_the_chat_format(c
         wan26(seed=2**31),
         wan26("wan2.5-t2i-preview"),
     ]
-    for body in refused:
-        code, answer, _ = await fetch(client, url, "POST", body, key)
-        assert (code, answer["code"]) == (400, "InvalidParameter"), body
+    await assert_invalid(client, url, refused, key)
     without_async = {name: value for name, value in key.items() if name != "X-DashScope-Async"}
     code, answer, _ = await fetch(client, url, "POST", wan26(), without_async)
     assert (code, answer["code"]) == (403, "AccessDenied")
@@ -411,9 +416,7 @@ async def test_dashscope_runs_only_two_qwen_image_models_as_tasks(client, dashsc
         qwen_edit("qwen-image-2.0", images=0, n=7),
         qwen_edit("qwen-image-2.0", images=0, size="256*256"),
     ]
-    for body in refused:
-        code, answer, _ = await fetch(client, url, "POST", body, key)
-        assert (code, answer["code"]) == (400, "InvalidParameter"), body
+    await assert_invalid(client, url, refused, key)
     tasks = dashscope.url(dashscope.submit_path)
     with_async = {**key, "X-DashScope-Async": "enable"}
     for model, known in [

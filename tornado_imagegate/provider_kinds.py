@@ -43,6 +43,8 @@ REPLICATE_ASPECT_RATIOS = (
 REPLICATE_FLUX_11_PRO_ASPECT_RATIOS = tuple(
     ratio for ratio in REPLICATE_ASPECT_RATIOS if ratio not in ("21:9", "9:21")
 )
+# Qwen-Image's five sizes, as DashScope and SiliconFlow list them (SiliconFlow adds 3:2 and 2:3).
+QWEN_IMAGE_SIZES = ((1328, 1328), (1664, 928), (928, 1664), (1472, 1140), (1140, 1472))
 # The most input images one request may carry, whatever its kind or group says.
 MAX_INPUT_IMAGES = 4
 
@@ -165,17 +167,7 @@ KINDS: dict[str, ProviderKind] = {
             model_size_rules=(
                 (
                     "qwen-image",
-                    SizeRules(
-                        sizes=(
-                            (1328, 1328),
-                            (1664, 928),
-                            (928, 1664),
-                            (1472, 1140),
-                            (1140, 1472),
-                            (1584, 1056),
-                            (1056, 1584),
-                        )
-                    ),
+                    SizeRules(sizes=(*QWEN_IMAGE_SIZES, (1584, 1056), (1056, 1584))),
                 ),
             ),
         ),
@@ -278,15 +270,7 @@ KINDS: dict[str, ProviderKind] = {
                 ),
                 (
                     "qwen-image",
-                    SizeRules(
-                        sizes=(
-                            (1328, 1328),
-                            (1664, 928),
-                            (928, 1664),
-                            (1472, 1140),
-                            (1140, 1472),
-                        )
-                    ),
+                    SizeRules(sizes=QWEN_IMAGE_SIZES),
                 ),
             ),
         ),

@@ -359,10 +359,11 @@ _QWEN_SIZES = {
 }
 
 
-def _synchronous_problem(body: dict[str, Any]) -> str:
-    """What DashScope would refuse in a synchronous call ("" when nothing)."""
+def _user_content(body: dict[str, Any], family: str) -> list[dict[str, Any]] | str:
+    """The content parts of a messages-format body's one user message, or what DashScope would
+    refuse in it (a model not of ``family``, another shape of message)."""
     model = body.get("model")
-    if not isinstance(model, str) or "qwen-image" not in model:
+    if not isinstance(model, str) or family not in model:
         return f"Model not exist: {model}"
     given = body.get("input")
     messages = given.get("messages") if isinstance(given, dict) else None
@@ -371,6 +372,15 @@ def _synchronous_problem(body: dict[str, Any]) -> str:
     content = messages[0].get("content") if messages[0].get("role") == "user" else None
     if not isinstance(content, list) or not all(isinstance(part, dict) for part in content):
         return "input.messages must be one user message with a list of content parts"
+    return content
+
+
+def _synchronous_problem(body: dict[str, Any]) -> str:
+    """What DashScope would refuse in a synchronous call ("" when nothing)."""
+    content = _user_content(body, "qwen-image")
+    if isinstance(content, str):
+        return content
+    model = body["model"]
     if not content or set(content[-1]) != {"text"}:
         return "the content must end with one text part"
     images = content[:-1]
@@ -406,16 +416,10 @@ def _synchronous_problem(body: dict[str, Any]) -> str:
 
 def _wan_problem(body: dict[str, Any]) -> str:
     """What DashScope would refuse in a Wan 2.6 submission ("" when nothing)."""
-    model = body.get("model")
-    if not isinstance(model, str) or "wan2.6" not in model:
-        return f"Model not exist: {model}"
-    given = body.get("input")
-    messages = given.get("messages") if isinstance(given, dict) else None
-    if not isinstance(messages, list) or len(messages) != 1 or not isinstance(messages[0], dict):
-        return "input.messages must be one user message"
-    content = messages[0].get("content") if messages[0].get("role") == "user" else None
-    if not isinstance(content, list) or not all(isinstance(part, dict) for part in content):
-        return "input.messages must be one user message with a list of content parts"
+    content = _user_content(body, "wan2.6")
+    if isinstance(content, str):
+        return content
+    model = body["model"]
     texts = [part for part in content if set(part) == {"text"}]
     images = [part for part in content if set(part) == {"image"}]
     if len(texts) != 1 or len(texts) + len(images) != len(content):
