@@ -54,7 +54,8 @@ DS_KEY = "sk-dashscope-inputs-9292"
 register_secret(OI_KEY, CHAT_KEY, GEMINI_KEY, SF_KEY, BFL_KEY, MS_KEY, FAL_KEY, DS_KEY)
 INPUT_MAX_BYTES = 64 * 1024
 FAL_MODELS = (
-    "fal-ai/flux-2/edit,fal-ai/flux-pro/kontext,fal-ai/flux-lora/inpainting,fal-ai/flux/dev"
+    "fal-ai/flux-2/edit,fal-ai/flux-pro/kontext,fal-ai/flux-lora/inpainting,fal-ai/flux/dev,"
+    "fal-ai/flux-pro/kontext/max/multi"
 )
 
 
@@ -725,6 +726,15 @@ async def test_fal_edit_apps_get_data_uris_in_their_own_fields(http_client, base
         await post_chat(http_client, base_url, text_only), 400, "image_input_not_supported"
     )
     assert len(fakes.fal.submissions()) == 3
+    # Kontext's max multi app, like its multi app, takes a list (as fal's clients send it).
+    multi = with_images(
+        "fal-ai/flux-pro/kontext/max/multi", "a hat", *map(data_uri, (first, second))
+    )
+    await links_of(http_client, base_url, multi)
+    sent = fakes.fal.submissions()[-1]
+    assert sent.path.endswith("/fal-ai/flux-pro/kontext/max/multi")
+    assert [decoded(uri) for uri in sent.json["image_urls"]] == [first, second]
+    assert "image_url" not in sent.json
 
 
 @pytest.mark.gen_test

@@ -322,7 +322,7 @@ KINDS: dict[str, ProviderKind] = {
             # held to three, as not every such app is documented to take more), or image_url,
             # one (Kontext, inpainting apps, which take the mask in mask_url).
             model_image_inputs=(
-                ("kontext/multi", 3),
+                ("/multi", 3),  # the Kontext multi apps, kontext/multi and kontext/max/multi
                 ("kontext", 1),
                 ("/edit", 3),
                 ("inpaint", 1),

@@ -53,7 +53,8 @@ _FAILED = {"FAILED", "ERROR", "CANCELED", "CANCELLED"}
 def takes_image_list(model: str) -> bool:
     """Whether the app takes its input images as a list (``image_urls``), not one ``image_url``."""
     lowered = model.lower()
-    return "/edit" in lowered or "kontext/multi" in lowered
+    # The multi-image apps: fal-ai/flux-pro/kontext/multi, and its max app, .../kontext/max/multi.
+    return "/edit" in lowered or "/multi" in lowered
 
 
 def app_path(model: str) -> str:
