@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 from tornado.httpclient import HTTPRequest, HTTPResponse
 
+from tornado_imagegate import jsontext
 from tornado_imagegate.providers import (
     ProviderAnswerError,
     ProviderCall,
@@ -126,7 +127,7 @@ class GeminiApi:
                 "Content-Type": "application/json",
                 "Accept": "application/json",
             },
-            body=json.dumps(body, ensure_ascii=False),
+            body=jsontext.dumps(body),
             follow_redirects=False,
         )
 

@@ -8,12 +8,13 @@ polling URLs are for ``api.bfl.ai``); any other is replaced by the URL built fro
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 from urllib.parse import urlsplit
 
 from tornado.httpclient import HTTPRequest
+
+from tornado_imagegate import jsontext
 
 _PERCENT = re.compile(r"(?<![\d.])(\d{1,3})(?:\.\d+)?\s*%")
 
@@ -23,12 +24,12 @@ def keyed_request(
 ) -> HTTPRequest:
     """A request with the API's key headers; a JSON body when given (PUT and POST send one)."""
     all_headers = {"Accept": "application/json", **headers}
-    payload: str | None = None
+    payload: bytes | None = None
     if body is not None:
         all_headers["Content-Type"] = "application/json"
-        payload = json.dumps(body, ensure_ascii=False)
+        payload = jsontext.dumps(body)
     elif method in ("POST", "PUT"):
-        payload = ""
+        payload = b""
     return HTTPRequest(
         url, method=method, headers=all_headers, body=payload, follow_redirects=False
     )
