@@ -121,6 +121,29 @@ def _answered(output: dict[str, Any]) -> TaskState:
     return TaskState(TaskStatus.DONE, images=images)
 
 
+def _message_parameters(call: ProviderCall, sized: bool) -> dict[str, Any]:
+    """``parameters`` of a messages-format request: ``n``, ``seed`` (within 0..2147483647),
+    ``size`` when the model takes one, and the client's ``negative_prompt``."""
+    parameters: dict[str, Any] = {"n": call.count, "seed": call.seed % SEED_RANGE}
+    if sized:
+        parameters["size"] = f"{call.size[0]}*{call.size[1]}"
+    if call.request.negative_prompt:
+        parameters["negative_prompt"] = call.request.negative_prompt
+    return parameters
+
+
+def _messages_request(
+    call: ProviderCall, path: str, content: list[dict[str, str]], parameters: dict[str, Any]
+) -> HTTPRequest:
+    """``POST {base}{path}`` with ``content`` as the one user message, and ``parameters``."""
+    body = {
+        "model": call.model,
+        "input": {"messages": [{"role": "user", "content": content}]},
+        "parameters": parameters,
+    }
+    return json_request(api_base(call.endpoint) + path, call.key, body)
+
+
 class DashScopeApi(TaskApiDefaults):
     """``{model, input: {prompt}, parameters: {size: "W*H", n, seed}}`` -> ``output.task_id``;
     a synchronous model's ``{model, input: {messages}, parameters}`` -> its images at once."""
@@ -167,23 +190,13 @@ class DashScopeApi(TaskApiDefaults):
         user message; ``size``, ``n``, ``seed`` and ``negative_prompt`` in ``parameters``."""
         content: list[dict[str, str]] = [{"text": call.prompt}]
         content.extend({"image": data_uri(image)} for image in call.inputs)
-        parameters: dict[str, Any] = {
-            "size": f"{call.size[0]}*{call.size[1]}",
-            "n": call.count,
-            "seed": call.seed % SEED_RANGE,
-        }
-        if call.request.negative_prompt:
-            parameters["negative_prompt"] = call.request.negative_prompt
+        parameters = _message_parameters(call, sized=True)
         if "image" in call.model.lower():
             # wan2.6-image draws images alone (interleaved text and images otherwise take at
             # most one input image and make one picture).
             parameters["enable_interleave"] = False
-        body = {
-            "model": call.model,
-            "input": {"messages": [{"role": "user", "content": content}]},
-            "parameters": with_extra(parameters, call.extra),
-        }
-        request = json_request(api_base(call.endpoint) + WAN_MESSAGES_PATH, call.key, body)
+        parameters = with_extra(parameters, call.extra)
+        request = _messages_request(call, WAN_MESSAGES_PATH, content, parameters)
         request.headers["X-DashScope-Async"] = "enable"
         return request
 
@@ -197,20 +210,11 @@ class DashScopeApi(TaskApiDefaults):
         # the very bytes the gateway checked, and needs no route to the client's host.
         content: list[dict[str, str]] = [{"image": data_uri(image)} for image in call.inputs]
         content.append({"text": call.prompt})
-        parameters: dict[str, Any] = {"n": call.count, "seed": call.seed % SEED_RANGE}
-        if takes_size(call.model):
-            parameters["size"] = f"{call.size[0]}*{call.size[1]}"
-        if call.request.negative_prompt:
-            parameters["negative_prompt"] = call.request.negative_prompt
-        parameters = with_extra(parameters, call.extra)
-        if not takes_size(call.model):
+        sized = takes_size(call.model)
+        parameters = with_extra(_message_parameters(call, sized), call.extra)
+        if not sized:
             parameters.pop("size", None)  # qwen-image-edit refuses one, even from the extras
-        body = {
-            "model": call.model,
-            "input": {"messages": [{"role": "user", "content": content}]},
-            "parameters": parameters,
-        }
-        return json_request(api_base(call.endpoint) + SYNCHRONOUS_PATH, call.key, body)
+        return _messages_request(call, SYNCHRONOUS_PATH, content, parameters)
 
     def read_submission(self, response: HTTPResponse) -> TaskState:
         """``output.task_id`` (and its first status), or a synchronous call's images at once
